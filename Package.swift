@@ -1,0 +1,114 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Module map (see docs/ARCHITECTURE.md):
+//   PMUCore       no I/O: wire codec, region/catalog formats, protection table, errors, auth math
+//   PMUStore      region files (fallocate + mmap), the metadata catalog, persistence, recovery
+//   PMUTransport  one transport protocol; the TCP (SwiftNIO) implementation
+//   PMUServer     the server as a Service: sessions, verbs, authentication
+//   PMUClient     async client library
+//   PMUCtl        pmuctl's commands as a library
+//   pmu-server, pmuctl   thin executables
+let package = Package(
+    name: "pmu",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "PMUClient", targets: ["PMUClient"]),
+        .executable(name: "pmu-server", targets: ["pmu-server"]),
+        .executable(name: "pmuctl", targets: ["pmuctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    ],
+    targets: [
+        // Intel ISA-L from Debian's libisal-dev: CRC32C now, erasure coding later.
+        .systemLibrary(
+            name: "CISAL",
+            pkgConfig: "libisal",
+            providers: [.apt(["libisal-dev"])]
+        ),
+        .target(
+            name: "PMUCore",
+            dependencies: [
+                "CISAL",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        .target(
+            name: "PMUStore",
+            dependencies: [
+                "PMUCore",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .target(
+            name: "PMUTransport",
+            dependencies: [
+                "PMUCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "PMUServer",
+            dependencies: [
+                "PMUCore", "PMUStore", "PMUTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .target(
+            name: "PMUClient",
+            dependencies: [
+                "PMUCore", "PMUTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .target(
+            name: "PMUCtl",
+            dependencies: [
+                "PMUCore", "PMUClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(name: "pmu-server", dependencies: ["PMUServer"]),
+        .executableTarget(name: "pmuctl", dependencies: ["PMUCtl"]),
+        .testTarget(
+            name: "PMUCoreTests",
+            dependencies: [
+                "PMUCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "PMUStoreTests",
+            dependencies: ["PMUCore", "PMUStore", .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(
+            name: "PMUIntegrationTests",
+            dependencies: [
+                "PMUCore", "PMUClient", "PMUCtl",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+    ]
+)

@@ -1,0 +1,74 @@
+/// Every failure PMU reports, on the wire and in the client library, carries one of these codes.
+///
+/// The raw values are part of the wire protocol (docs/WIRE_PROTOCOL.md): never renumber, only add.
+public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertible {
+    case malformedFrame = 1
+    case frameTooLarge = 2
+    case unsupportedVersion = 3
+    case notAuthenticated = 4
+    case authenticationFailed = 5
+    case unknownRegion = 6
+    case regionExists = 7
+    case invalidName = 8
+    case invalidSize = 9
+    case noSpace = 10
+    case outOfBounds = 11
+    case invalidKey = 12
+    case permissionDenied = 13
+    case accessDenied = 14
+    case tooManyClients = 15
+    case tooManyHandles = 16
+    case tooManyRegions = 17
+    case ioError = 18
+    case internalError = 19
+    case fenced = 20
+    case shuttingDown = 21
+    case protocolViolation = 22
+    case requestTooLarge = 23
+    case invalidArgument = 24
+    case connectionClosed = 25
+
+    /// A stable, grep-able name for logs and pmuctl's one-line errors.
+    public var description: String {
+        switch self {
+        case .malformedFrame: "MALFORMED_FRAME"
+        case .frameTooLarge: "FRAME_TOO_LARGE"
+        case .unsupportedVersion: "UNSUPPORTED_VERSION"
+        case .notAuthenticated: "NOT_AUTHENTICATED"
+        case .authenticationFailed: "AUTHENTICATION_FAILED"
+        case .unknownRegion: "UNKNOWN_REGION"
+        case .regionExists: "REGION_EXISTS"
+        case .invalidName: "INVALID_NAME"
+        case .invalidSize: "INVALID_SIZE"
+        case .noSpace: "NO_SPACE"
+        case .outOfBounds: "OUT_OF_BOUNDS"
+        case .invalidKey: "INVALID_KEY"
+        case .permissionDenied: "PERMISSION_DENIED"
+        case .accessDenied: "ACCESS_DENIED"
+        case .tooManyClients: "TOO_MANY_CLIENTS"
+        case .tooManyHandles: "TOO_MANY_HANDLES"
+        case .tooManyRegions: "TOO_MANY_REGIONS"
+        case .ioError: "IO_ERROR"
+        case .internalError: "INTERNAL_ERROR"
+        case .fenced: "FENCED"
+        case .shuttingDown: "SHUTTING_DOWN"
+        case .protocolViolation: "PROTOCOL_VIOLATION"
+        case .requestTooLarge: "REQUEST_TOO_LARGE"
+        case .invalidArgument: "INVALID_ARGUMENT"
+        case .connectionClosed: "CONNECTION_CLOSED"
+        }
+    }
+}
+
+/// An error with a code a program can branch on and a message a person can act on.
+public struct PMUError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var code: PMUErrorCode
+    public var message: String
+
+    public init(_ code: PMUErrorCode, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "\(code) (\(code.rawValue)): \(message)" }
+}

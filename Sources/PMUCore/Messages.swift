@@ -1,0 +1,173 @@
+import NIOCore
+
+/// How a region's bytes are meant to be used. The server stores it and reports it; the layout of a
+/// checkpoint region lives in the region's own bytes (docs/DATA_FILES.md) and is the client's.
+public enum RegionKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    case raw = 0
+    case checkpointOverwrite = 1
+    case checkpointAppend = 2
+
+    public var description: String {
+        switch self {
+        case .raw: "raw"
+        case .checkpointOverwrite: "checkpoint-overwrite"
+        case .checkpointAppend: "checkpoint-append"
+        }
+    }
+}
+
+/// CREATE's arguments. Access lists name client ids; "*" means every authenticated client.
+/// The creator always gets read and write and becomes the owner.
+public struct CreateRegion: Sendable, Equatable {
+    public var name: String
+    public var sizeBytes: UInt64
+    public var kind: RegionKind
+    public var readers: [String]
+    public var writers: [String]
+
+    public init(name: String, sizeBytes: UInt64, kind: RegionKind = .raw, readers: [String] = [], writers: [String] = []) {
+        self.name = name
+        self.sizeBytes = sizeBytes
+        self.kind = kind
+        self.readers = readers
+        self.writers = writers
+    }
+}
+
+/// What the server answers to CREATE and OPEN: a key for this connection and the region's shape.
+public struct RegionGrant: Sendable, Equatable {
+    public var key: AccessKey
+    public var regionId: UInt64
+    public var sizeBytes: UInt64
+    public var rights: Rights
+    public var kind: RegionKind
+    /// Writer epoch the grant was issued under (0 for read-only grants).
+    public var epoch: UInt64
+
+    public init(key: AccessKey, regionId: UInt64, sizeBytes: UInt64, rights: Rights, kind: RegionKind, epoch: UInt64) {
+        self.key = key
+        self.regionId = regionId
+        self.sizeBytes = sizeBytes
+        self.rights = rights
+        self.kind = kind
+        self.epoch = epoch
+    }
+}
+
+/// A region as LIST and STAT describe it.
+public struct RegionInfo: Sendable, Equatable {
+    public var id: UInt64
+    public var name: String
+    public var sizeBytes: UInt64
+    public var kind: RegionKind
+    public var createdAtMilliseconds: UInt64
+    /// Bumped on every metadata change (access list, writer epoch).
+    public var generation: UInt64
+    /// Epoch of the most recent writer (0 until a client opens the region for writing).
+    public var writerEpoch: UInt64
+    public var owner: String
+    public var readers: [String]
+    public var writers: [String]
+    /// Grants currently held on the region, across all connections.
+    public var openHandles: UInt32
+
+    public init(
+        id: UInt64, name: String, sizeBytes: UInt64, kind: RegionKind, createdAtMilliseconds: UInt64,
+        generation: UInt64, writerEpoch: UInt64, owner: String, readers: [String], writers: [String],
+        openHandles: UInt32
+    ) {
+        self.id = id
+        self.name = name
+        self.sizeBytes = sizeBytes
+        self.kind = kind
+        self.createdAtMilliseconds = createdAtMilliseconds
+        self.generation = generation
+        self.writerEpoch = writerEpoch
+        self.owner = owner
+        self.readers = readers
+        self.writers = writers
+        self.openHandles = openHandles
+    }
+}
+
+/// Requests a client sends. Every one travels in a frame carrying a request id (docs/WIRE_PROTOCOL.md).
+public enum Request: Sendable, Equatable {
+    case hello(clientId: String, clientNonce: [UInt8])
+    case authenticate(proof: [UInt8])
+    case create(CreateRegion)
+    case open(name: String, rights: Rights)
+    case write(key: AccessKey, offset: UInt64, data: ByteBuffer)
+    case read(key: AccessKey, offset: UInt64, length: UInt32)
+    /// length 0 means "to the end of the region".
+    case persist(key: AccessKey, offset: UInt64, length: UInt64)
+    case close(key: AccessKey)
+    case delete(name: String)
+    /// Names sorted bytewise; the reply holds names strictly after `after`, at most `limit`.
+    case list(after: String, limit: UInt32)
+    case stat(name: String)
+
+    public var opcode: Opcode {
+        switch self {
+        case .hello: .hello
+        case .authenticate: .authenticate
+        case .create: .create
+        case .open: .open
+        case .write: .write
+        case .read: .read
+        case .persist: .persist
+        case .close: .close
+        case .delete: .delete
+        case .list: .list
+        case .stat: .stat
+        }
+    }
+}
+
+/// Replies the server sends, each in a frame carrying the request's id.
+public enum Response: Sendable, Equatable {
+    case ok
+    case challenge(serverNonce: [UInt8])
+    case authenticated(serverProof: [UInt8])
+    case grant(RegionGrant)
+    case data(ByteBuffer)
+    case info(RegionInfo)
+    case list(entries: [RegionInfo], more: Bool)
+    case error(PMUError)
+
+    public var opcode: Opcode {
+        switch self {
+        case .ok: .ok
+        case .challenge: .challenge
+        case .authenticated: .authenticated
+        case .grant: .grant
+        case .data: .data
+        case .info: .info
+        case .list: .listReply
+        case .error: .error
+        }
+    }
+}
+
+/// Opcodes: requests below 0x80, replies from 0x80. Part of the wire protocol; never renumber.
+public enum Opcode: UInt8, Sendable {
+    case hello = 0x01
+    case authenticate = 0x02
+    case create = 0x10
+    case open = 0x11
+    case write = 0x12
+    case read = 0x13
+    case persist = 0x14
+    case close = 0x15
+    case delete = 0x16
+    case list = 0x17
+    case stat = 0x18
+
+    case ok = 0x80
+    case challenge = 0x81
+    case authenticated = 0x82
+    case grant = 0x83
+    case data = 0x84
+    case info = 0x85
+    case listReply = 0x86
+    case error = 0xFF
+}

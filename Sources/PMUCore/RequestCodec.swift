@@ -1,0 +1,104 @@
+import NIOCore
+
+extension Request: WireMessage {
+    public func encodeBody(into buffer: inout ByteBuffer) {
+        switch self {
+        case .hello(let clientId, let nonce):
+            buffer.writeLE(Limits.protocolVersion)
+            buffer.writeWireString(clientId, maxBytes: Limits.maxClientIdBytes)
+            buffer.writeBytes(nonce)
+        case .authenticate(let proof):
+            buffer.writeBytes(proof)
+        case .create(let create):
+            buffer.writeWireString(create.name, maxBytes: Limits.maxNameBytes)
+            buffer.writeLE(create.sizeBytes)
+            buffer.writeLE(create.kind.rawValue)
+            buffer.writeWireStrings(create.readers, maxBytes: Limits.maxClientIdBytes)
+            buffer.writeWireStrings(create.writers, maxBytes: Limits.maxClientIdBytes)
+        case .open(let name, let rights):
+            buffer.writeWireString(name, maxBytes: Limits.maxNameBytes)
+            buffer.writeLE(rights.rawValue)
+        case .write(let key, let offset, let data):
+            buffer.writeAccessKey(key)
+            buffer.writeLE(offset)
+            var data = data
+            buffer.writeBuffer(&data)
+        case .read(let key, let offset, let length):
+            buffer.writeAccessKey(key)
+            buffer.writeLE(offset)
+            buffer.writeLE(length)
+        case .persist(let key, let offset, let length):
+            buffer.writeAccessKey(key)
+            buffer.writeLE(offset)
+            buffer.writeLE(length)
+        case .close(let key):
+            buffer.writeAccessKey(key)
+        case .delete(let name), .stat(let name):
+            buffer.writeWireString(name, maxBytes: Limits.maxNameBytes)
+        case .list(let after, let limit):
+            buffer.writeWireString(after, maxBytes: Limits.maxNameBytes)
+            buffer.writeLE(limit)
+        }
+    }
+
+    /// The WRITE payload is kept as a slice of the frame buffer, not copied.
+    public static func decodeBody(opcode rawOpcode: UInt8, body: inout ByteBuffer) throws(PMUError) -> Request {
+        guard let opcode = Opcode(rawValue: rawOpcode), opcode.rawValue < 0x80 else {
+            throw PMUError(.malformedFrame, "unknown request opcode 0x\(String(rawOpcode, radix: 16))")
+        }
+        let request: Request
+        switch opcode {
+        case .hello:
+            let version = try body.readLE(UInt8.self, "version")
+            guard version == Limits.protocolVersion else {
+                throw PMUError(.unsupportedVersion, "client speaks protocol version \(version); this server speaks \(Limits.protocolVersion)")
+            }
+            let clientId = try body.readWireString("client_id", maxBytes: Limits.maxClientIdBytes)
+            let nonce = try body.readFixedBytes(Limits.nonceBytes, "client_nonce")
+            request = .hello(clientId: clientId, clientNonce: nonce)
+        case .authenticate:
+            request = .authenticate(proof: try body.readFixedBytes(Authentication.proofBytes, "proof"))
+        case .create:
+            let name = try body.readWireString("name", maxBytes: Limits.maxNameBytes)
+            let size = try body.readLE(UInt64.self, "size")
+            let rawKind = try body.readLE(UInt8.self, "kind")
+            guard let kind = RegionKind(rawValue: rawKind) else {
+                throw PMUError(.malformedFrame, "unknown region kind \(rawKind)")
+            }
+            let readers = try body.readWireStrings("readers", maxCount: Limits.maxAccessListEntries, maxBytes: Limits.maxClientIdBytes)
+            let writers = try body.readWireStrings("writers", maxCount: Limits.maxAccessListEntries, maxBytes: Limits.maxClientIdBytes)
+            request = .create(CreateRegion(name: name, sizeBytes: size, kind: kind, readers: readers, writers: writers))
+        case .open:
+            let name = try body.readWireString("name", maxBytes: Limits.maxNameBytes)
+            let rights = Rights(rawValue: try body.readLE(UInt8.self, "rights"))
+            guard rights == .read || rights == .readWrite else {
+                throw PMUError(.malformedFrame, "open rights must be read (1) or read-write (3), got \(rights.rawValue)")
+            }
+            request = .open(name: name, rights: rights)
+        case .write:
+            let key = try body.readAccessKey()
+            let offset = try body.readLE(UInt64.self, "offset")
+            let data = body.readSlice(length: body.readableBytes)!
+            request = .write(key: key, offset: offset, data: data)
+        case .read:
+            let key = try body.readAccessKey()
+            request = .read(key: key, offset: try body.readLE(UInt64.self, "offset"), length: try body.readLE(UInt32.self, "length"))
+        case .persist:
+            let key = try body.readAccessKey()
+            request = .persist(key: key, offset: try body.readLE(UInt64.self, "offset"), length: try body.readLE(UInt64.self, "length"))
+        case .close:
+            request = .close(key: try body.readAccessKey())
+        case .delete:
+            request = .delete(name: try body.readWireString("name", maxBytes: Limits.maxNameBytes))
+        case .stat:
+            request = .stat(name: try body.readWireString("name", maxBytes: Limits.maxNameBytes))
+        case .list:
+            let after = try body.readWireString("after", maxBytes: Limits.maxNameBytes)
+            request = .list(after: after, limit: try body.readLE(UInt32.self, "limit"))
+        default:
+            throw PMUError(.malformedFrame, "opcode \(opcode) is a reply, not a request")
+        }
+        try body.expectEnd(opcode)
+        return request
+    }
+}

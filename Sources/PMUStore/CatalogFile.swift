@@ -1,0 +1,84 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PMUCore
+
+/// The catalog log on disk: append one record, fdatasync, and only then let it take effect.
+///
+/// Not thread-safe; RegionStore serialises access under its lock.
+final class CatalogFile {
+    private let path: String
+    private let tempPath: String
+    private let directoryPath: String
+    private var fd: Int32
+    private(set) var lengthBytes: Int
+    private(set) var recordsSinceCompaction: Int
+
+    /// Opens the log for appending at `validBytes`, cutting off a torn tail first.
+    init(path: String, tempPath: String, directoryPath: String, validBytes: Int, records: Int) throws(PMUError) {
+        self.path = path
+        self.tempPath = tempPath
+        self.directoryPath = directoryPath
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw Sys.error(.ioError, "cannot open catalog", path) }
+        if let size = Sys.fileSize(path), size != UInt64(validBytes) {
+            guard ftruncate(fd, off_t(validBytes)) == 0, fdatasync(fd) == 0 else {
+                throw Sys.error(.ioError, "cannot truncate torn tail of catalog", path)
+            }
+        }
+        guard lseek(fd, off_t(validBytes), SEEK_SET) >= 0 else { throw Sys.error(.ioError, "cannot seek catalog", path) }
+        lengthBytes = validBytes
+        recordsSinceCompaction = records
+    }
+
+    deinit { close(fd) }
+
+    /// Appends and syncs. On failure the log is cut back to where it was, so a half-written record
+    /// can never sit in front of a later good one (which recovery would call corruption).
+    func append(_ record: [UInt8]) throws(PMUError) {
+        do throws(PMUError) {
+            try Sys.writeAll(fd, record, path: path)
+            guard fdatasync(fd) == 0 else { throw Sys.error(.ioError, "cannot fdatasync catalog", path) }
+        } catch {
+            _ = ftruncate(fd, off_t(lengthBytes))
+            _ = lseek(fd, off_t(lengthBytes), SEEK_SET)
+            _ = fdatasync(fd)
+            throw error
+        }
+        lengthBytes += record.count
+        recordsSinceCompaction += 1
+    }
+
+    /// Replaces the log with a snapshot of the live state: write catalog.new, fsync, rename over
+    /// the log, fsync the directory. A crash at any point leaves either the old or the new log whole.
+    func compact(to records: [[UInt8]]) throws(PMUError) {
+        let tempFD = open(tempPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard tempFD >= 0 else { throw Sys.error(.ioError, "cannot create", tempPath) }
+        var total = 0
+        do throws(PMUError) {
+            for record in records {
+                try Sys.writeAll(tempFD, record, path: tempPath)
+                total += record.count
+            }
+            guard fsync(tempFD) == 0 else { throw Sys.error(.ioError, "cannot fsync", tempPath) }
+        } catch {
+            close(tempFD)
+            unlink(tempPath)
+            throw error
+        }
+        close(tempFD)
+        guard rename(tempPath, path) == 0 else {
+            let failure = Sys.error(.ioError, "cannot rename compacted catalog over", path)
+            unlink(tempPath)
+            throw failure
+        }
+        try Sys.fsyncPath(directoryPath, directory: true)
+        let newFD = open(path, O_RDWR | O_CLOEXEC)
+        guard newFD >= 0 else { throw Sys.error(.ioError, "cannot reopen catalog", path) }
+        close(fd)
+        fd = newFD
+        _ = lseek(fd, 0, SEEK_END)
+        lengthBytes = total
+        recordsSinceCompaction = records.count
+    }
+}

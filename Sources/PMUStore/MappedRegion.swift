@@ -1,0 +1,63 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import PMUCore
+
+/// A region's file mapped MAP_SHARED: the memory remote clients write into and read from.
+///
+/// Bytes written here are in the page cache at once (they survive kill -9 of the server); they are
+/// durable against an OS crash or power loss only once `persist` covering them has returned.
+///
+/// Unchecked Sendable: concurrent readers and writers of overlapping bytes race exactly as RDMA
+/// READ and WRITE do on registered memory; ordering between clients is theirs to arrange. The
+/// mapping itself is immutable and lives until the last reference (including in-flight I/O) is gone.
+public final class MappedRegion: @unchecked Sendable {
+    public let id: UInt64
+    public let sizeBytes: UInt64
+    public let base: UnsafeMutableRawPointer
+    let path: String
+
+    init(id: UInt64, path: String, sizeBytes: UInt64) throws(PMUError) {
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { throw Sys.error(.ioError, "cannot open region file", path) }
+        defer { close(fd) }
+        guard let pointer = mmap(nil, Int(sizeBytes), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), pointer != MAP_FAILED else {
+            throw Sys.error(.ioError, "cannot map region file (\(sizeBytes) bytes)", path)
+        }
+        self.id = id
+        self.sizeBytes = sizeBytes
+        self.base = pointer
+        self.path = path
+    }
+
+    deinit {
+        munmap(base, Int(sizeBytes))
+    }
+
+    /// Copies bytes into the region. Bounds were checked by the protection table; asserted again.
+    public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) {
+        precondition(offset <= sizeBytes && UInt64(bytes.count) <= sizeBytes - offset, "write outside region")
+        guard bytes.count > 0 else { return }
+        (base + Int(offset)).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+    }
+
+    /// Bytes of the region without copying, valid while `self` is alive.
+    public func bytes(at offset: UInt64, length: Int) -> UnsafeRawBufferPointer {
+        precondition(offset <= sizeBytes && UInt64(length) <= sizeBytes - offset, "read outside region")
+        return UnsafeRawBufferPointer(start: base + Int(offset), count: length)
+    }
+
+    /// Makes [offset, offset+length) durable: msync(MS_SYNC) of the pages covering it. On Linux this
+    /// writes the dirty pages and waits, and the filesystem commits the extent changes it needs
+    /// (the file was preallocated, so no block allocation remains to be made durable).
+    public func persist(offset: UInt64, length: UInt64) throws(PMUError) {
+        precondition(offset <= sizeBytes && length <= sizeBytes - offset, "persist outside region")
+        guard length > 0 else { return }
+        let page = UInt64(Sys.pageSize)
+        let start = offset / page * page
+        let end = offset + length
+        guard msync(base + Int(start), Int(end - start), MS_SYNC) == 0 else {
+            throw Sys.error(.ioError, "msync failed for region file", path)
+        }
+    }
+}

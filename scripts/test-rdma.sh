@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# RDMA tests of PMU, run against soft-RoCE (rdma_rxe) in a throw-away qemu VM, because the host
+# kernel has no RDMA. See scripts/rdma-vm/README.md.
+#
+# Usage: scripts/test-rdma.sh            build the VM image (cached) and run everything in one boot
+#        scripts/test-rdma.sh --in-vm    (internal) the part that runs inside the VM
+#
+# Steps in the VM: ibv_devices lists rxe0; ibv_devinfo shows rxe0's port PORT_ACTIVE;
+# ib_write_lat and ib_write_bw against 10.11.12.1 (server in the background, client in the
+# foreground, same guest, RoCE v2 GID index 1); then the Swift verbs suite (PMU_RDMA_TESTS).
+# Exit 0 only if every step passed. Ends with a line "rdma: N passed, N failed".
+#
+# Env: PMU_RDMA_TESTS   command run in the VM, from the project dir, as the Swift verbs suite
+#                       (see run_swift_verbs_suite below); empty = not run yet.
+#      PMU_RDMA_TIMEOUT seconds for the whole VM run (default 600).
+#      PMU_VM_*         see scripts/rdma-vm/run-in-vm.sh.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+project=$(cd "$here/.." && pwd)
+
+# ---------------------------------------------------------------------------------------------
+# The Swift verbs test suite: THE PLACE TO HOOK IT IN.
+# It runs inside the VM, from the project directory (shared read-write at the same path), as
+# root, with `ulimit -l unlimited` and PMU_RDMA_DEV=rxe0 PMU_RDMA_IP=10.11.12.1
+# PMU_RDMA_GID_INDEX=1 in its environment. Build it on the host first (the VM only runs it;
+# compiling under emulation would be very slow), e.g.
+#   swift build --build-tests && PMU_RDMA_TESTS='swift test --skip-build --filter Verbs' \
+#       scripts/test-rdma.sh
+# or point PMU_RDMA_TESTS at the built test binary. Any server data directory it makes must be
+# under the guest's /tmp (tmpfs), not under the 9p-shared project directory.
+PMU_RDMA_TESTS=${PMU_RDMA_TESTS:-}
+run_swift_verbs_suite() {
+    if [[ -z $PMU_RDMA_TESTS ]]; then
+        echo "(Swift verbs suite: not hooked in yet; set PMU_RDMA_TESTS)"
+        return 0
+    fi
+    (cd "$project" && bash -c "$PMU_RDMA_TESTS")
+}
+# ---------------------------------------------------------------------------------------------
+
+passed=0
+failed=0
+step() {
+    local name=$1; shift
+    echo "=== $name"
+    local t0=$SECONDS
+    if "$@"; then
+        passed=$((passed + 1)); echo "=== PASS $name ($((SECONDS - t0)) s)"
+    else
+        failed=$((failed + 1)); echo "=== FAIL $name ($((SECONDS - t0)) s)"
+    fi
+}
+
+dev=${PMU_RDMA_DEV:-rxe0}
+ip=${PMU_RDMA_IP:-10.11.12.1}
+gid=${PMU_RDMA_GID_INDEX:-1}
+port=18515   # perftest's out-of-band TCP port, on the guest's dummy0 address only
+
+check_devices() {
+    local out
+    out=$(ibv_devices) || return 1
+    echo "$out"
+    grep -qw "$dev" <<<"$out"
+}
+
+check_devinfo() {
+    local out
+    out=$(ibv_devinfo -d "$dev") || return 1
+    echo "$out"
+    grep -q 'PORT_ACTIVE' <<<"$out"
+}
+
+# perftest pair: server in the background, client in the foreground, both bounded in time.
+# Prints the client's result table; fails if either side fails.
+perftest_pair() {
+    local srv_log=/tmp/perftest-server.log srv rc_c=0 rc_s=0 i
+    timeout 60 "$@" >"$srv_log" 2>&1 &
+    srv=$!
+    # Wait until the server listens for the client's out-of-band connection.
+    for i in $(seq 100); do
+        ss -Hltn "sport = :$port" | grep -q . && break
+        kill -0 "$srv" 2>/dev/null || break
+        sleep 0.1
+    done
+    timeout 60 "$@" "$ip" >/tmp/perftest-client.log 2>&1 || rc_c=$?
+    wait "$srv" || rc_s=$?
+    # The result table (header line and the figures), or everything when something failed.
+    if (( rc_c == 0 && rc_s == 0 )); then
+        grep -A1 '#bytes' /tmp/perftest-client.log
+    else
+        echo "--- client (exit $rc_c):"; cat /tmp/perftest-client.log
+        echo "--- server (exit $rc_s):"; cat "$srv_log"
+    fi
+    (( rc_c == 0 && rc_s == 0 ))
+}
+
+in_vm() {
+    [[ ${PMU_IN_VM:-} == 1 ]] || { echo "--in-vm is for inside the VM (use run-in-vm.sh)" >&2; exit 2; }
+    # -F: do not fail on the CPU-frequency check, meaningless in an emulated CPU.
+    step "ibv_devices lists $dev" check_devices
+    step "ibv_devinfo: $dev port active" check_devinfo
+    step "ib_write_lat -n 200" perftest_pair ib_write_lat -d "$dev" -x "$gid" -n 200 -F
+    step "ib_write_bw -D 2" perftest_pair ib_write_bw -d "$dev" -x "$gid" -D 2 -F
+    if [[ -n $PMU_RDMA_TESTS ]]; then
+        step "Swift verbs suite" run_swift_verbs_suite
+    else
+        run_swift_verbs_suite
+    fi
+    echo "rdma: $passed passed, $failed failed"
+    (( failed == 0 ))
+}
+
+if [[ ${1:-} == --in-vm ]]; then
+    in_vm
+    exit
+fi
+
+# Host side: one boot for all steps (a boot costs ~10 s of emulation).
+"$here/rdma-vm/build-image.sh"
+cd "$project"
+set +e
+"$here/rdma-vm/run-in-vm.sh" --timeout "${PMU_RDMA_TIMEOUT:-600}" --share "$project" -- \
+    "$here/test-rdma.sh" --in-vm
+rc=$?
+set -e
+if (( rc != 0 )); then
+    echo "test-rdma: FAILED (exit $rc)" >&2
+fi
+exit "$rc"
