@@ -88,8 +88,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
-        .executableTarget(name: "pmu-server", dependencies: ["PMUServer"]),
-        .executableTarget(name: "pmuctl", dependencies: ["PMUCtl"]),
+        .executableTarget(name: "pmu-server", dependencies: ["PMUServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(name: "pmuctl", dependencies: ["PMUCtl", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(
             name: "PMUCoreTests",
             dependencies: [

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317  # the step functions are called indirectly, through step()
 # RDMA tests of PMU, run against soft-RoCE (rdma_rxe) in a throw-away qemu VM, because the host
 # kernel has no RDMA. See scripts/rdma-vm/README.md.
 #
@@ -74,11 +75,11 @@ check_devinfo() {
 # perftest pair: server in the background, client in the foreground, both bounded in time.
 # Prints the client's result table; fails if either side fails.
 perftest_pair() {
-    local srv_log=/tmp/perftest-server.log srv rc_c=0 rc_s=0 i
+    local srv_log=/tmp/perftest-server.log srv rc_c=0 rc_s=0
     timeout 60 "$@" >"$srv_log" 2>&1 &
     srv=$!
     # Wait until the server listens for the client's out-of-band connection.
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         ss -Hltn "sport = :$port" | grep -q . && break
         kill -0 "$srv" 2>/dev/null || break
         sleep 0.1
@@ -116,8 +117,8 @@ if [[ ${1:-} == --in-vm ]]; then
     exit
 fi
 
-# Host side: one boot for all steps (a boot costs ~10 s of emulation).
-"$here/rdma-vm/build-image.sh"
+# Host side: one boot for all steps (a boot costs ~10 s of emulation). run-in-vm.sh builds the
+# VM image first (cached after the first time).
 cd "$project"
 set +e
 "$here/rdma-vm/run-in-vm.sh" --timeout "${PMU_RDMA_TIMEOUT:-600}" --share "$project" -- \

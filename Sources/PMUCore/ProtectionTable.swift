@@ -133,3 +133,7 @@ public enum AccessPolicy {
         isAdmin || clientId == owner
     }
 }
+
+extension ProtectionTable: Sendable where Region: Sendable {}
+extension ProtectionTable.Entry: Sendable where Region: Sendable {}
+extension ProtectionTable.Translation: Sendable where Region: Sendable {}

@@ -14,7 +14,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-cache=${PMU_VM_CACHE:-$HOME/.cache/pmu-rdma-vm}
+cache=${PMU_VM_CACHE:-${HOME:-$(cd ~ && pwd)}/.cache/pmu-rdma-vm}
 force=0
 [[ ${1:-} == --force ]] && force=1
 
@@ -39,7 +39,8 @@ apt_update_once() {
 ensure_packages() {
     local missing=() p
     for p in "${packages[@]}"; do
-        dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' \
+        # one dpkg-query per package: it reports nothing at all for a package it never heard of
+        [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] \
             || missing+=("$p")
     done
     (( ${#missing[@]} == 0 )) && return 0
@@ -76,6 +77,19 @@ exec 9>"$cache/.lock"
 flock 9
 
 recipe=$(sha256sum "$here/build-image.sh" | cut -c1-16)
+# Fast path (apt-cache takes seconds): same recipe, same requested kernel package, and apt's
+# package lists not refreshed since the image was built, so the kernel cannot have changed.
+if [[ $force == 0 && -f $cache/stamp && -f $cache/image.env && $cache/stamp -nt /var/lib/apt/lists ]]; then
+    old=$(<"$cache/stamp")
+    if [[ $old == *" recipe=$recipe" && ( -z ${PMU_VM_KERNEL_PKG:-} || $old == "$PMU_VM_KERNEL_PKG "* ) ]]; then
+        # shellcheck disable=SC1091
+        . "$cache/image.env"
+        if [[ -f $VM_KERNEL && -f $VM_INITRD ]]; then
+            log "image up to date ($old)"
+            exit 0
+        fi
+    fi
+fi
 kernel=$(resolve_kernel)
 if [[ -z $kernel ]]; then
     # No apt lists (fresh machine) or the package vanished: an existing image is good enough,

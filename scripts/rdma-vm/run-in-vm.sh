@@ -78,7 +78,7 @@ esac
 
 # Image (fast no-op when cached).
 "$here/build-image.sh"
-cache=${PMU_VM_CACHE:-$HOME/.cache/pmu-rdma-vm}
+cache=${PMU_VM_CACHE:-${HOME:-$(cd ~ && pwd)}/.cache/pmu-rdma-vm}
 # shellcheck disable=SC1091
 . "$cache/image.env"
 
@@ -92,6 +92,7 @@ if [[ $accel == auto ]]; then
         accel=tcg
     fi
 fi
+# shellcheck disable=SC2054  # commas belong to qemu's option syntax
 case $accel in
     kvm) accel_args=(-accel kvm -cpu host) ;;
     tcg) accel_args=(-accel tcg,thread=multi -cpu max) ;;
@@ -102,6 +103,7 @@ run=$(mktemp -d "${TMPDIR:-/tmp}/pmu-rdma-vm-run.XXXXXX")
 ctl=$run/ctl
 mkdir "$ctl"
 relay_pids=()
+# shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
     local p
     for p in "${relay_pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -143,6 +145,10 @@ mkfifo "$run/out" "$run/err"
 cat "$run/out" & relay_pids+=($!)
 cat "$run/err" >&2 & relay_pids+=($!)
 
+# -display none + -serial file: instead of -nographic: qemu then never touches the caller's
+# terminal or stdin, and the guest console (kernel + init messages) goes to a log that is shown
+# only when something fails (or with --verbose).
+# shellcheck disable=SC2054  # commas belong to qemu's option syntax
 qemu=(qemu-system-x86_64 -name pmu-rdma-vm "${accel_args[@]}" -smp "$cpus" -m "$mem"
       -nodefaults -display none -monitor none -no-reboot -nic none
       -serial "file:$run/console.log"
@@ -155,11 +161,14 @@ qemu=(qemu-system-x86_64 -name pmu-rdma-vm "${accel_args[@]}" -smp "$cpus" -m "$
 
 say "booting ($accel, $cpus vCPUs, $mem, timeout ${timeout_s}s, rw: ${shares[*]}) to run: $*"
 t0=$(date +%s.%N)
-set +e
-# qemu must not read the caller's stdin (it is not used, and CI has none).
-timeout --kill-after=10 "$timeout_s" "${qemu[@]}" </dev/null 2>"$run/qemu.err"
-qrc=$?
-set -e
+# In the background so that a TERM/INT sent to this script stops the VM at once (timeout passes
+# the signal on to qemu); qemu must not read the caller's stdin (unused, and CI has none).
+timeout --kill-after=10 "$timeout_s" "${qemu[@]}" </dev/null 2>"$run/qemu.err" &
+qpid=$!
+trap 'kill -TERM "$qpid" 2>/dev/null; wait "$qpid"; echo "rdma-vm: interrupted" >&2; exit 130' INT TERM
+qrc=0
+wait "$qpid" || qrc=$?
+trap - INT TERM
 t1=$(date +%s.%N)
 elapsed=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}')
 
@@ -175,7 +184,13 @@ relay_pids=()
 
 show_console() {
     echo "----- guest console ($run/console.log) -----" >&2
-    if [[ $1 == all ]]; then cat "$run/console.log" >&2; else tail -n 40 "$run/console.log" >&2; fi
+    if [[ ! -s $run/console.log ]]; then
+        echo "(empty: the guest kernel had printed nothing yet)" >&2
+    elif [[ $1 == all ]]; then
+        cat "$run/console.log" >&2
+    else
+        tail -n 40 "$run/console.log" >&2
+    fi
     echo "----- end of guest console -----" >&2
 }
 [[ $verbose == 1 ]] && show_console all

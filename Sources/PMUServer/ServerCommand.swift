@@ -1,0 +1,99 @@
+import ArgumentParser
+import Logging
+import PMUCore
+import PMUStore
+import PMUTransport
+import ServiceLifecycle
+
+/// `pmu-server`'s command line. Lives in the library so it can be tested without a process.
+public struct ServerCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "pmu-server",
+        abstract: "Serve persistent memory regions to remote clients.",
+        discussion: """
+            With no options: serves ./pmu-data on 127.0.0.1:\(Endpoint.defaultPort). On first start it creates \
+            DATA_DIR/secrets with a random secret for client 'admin', and DATA_DIR/admin.secret holding that secret \
+            for `pmuctl --secret-file`. A write is durable once a PERSIST covering it has been answered.
+            """)
+
+    @Option(name: .customLong("data-dir"), help: "Directory for region files and metadata (created if missing; its parent must exist).")
+    var dataDirectory = "pmu-data"
+
+    @Option(help: "Address to listen on, HOST:PORT.")
+    var listen = "127.0.0.1:\(Endpoint.defaultPort)"
+
+    @Option(help: "Secrets file, one CLIENT_ID:SECRET a line, mode 0600 (default: DATA_DIR/secrets, created on first start).")
+    var secrets: String?
+
+    @Option(name: .customLong("admin"), help: "Client id allowed to open, list and delete every region (repeatable).")
+    var admins: [String] = ["admin"]
+
+    @Option(name: .customLong("max-clients"), help: "Connections served at once.")
+    var maxClients = 1024
+
+    @Option(name: .customLong("max-handles"), help: "Open region handles per connection.")
+    var maxHandles = 4096
+
+    @Option(name: .customLong("max-regions"), help: "Regions the server holds.")
+    var maxRegions = 50_000
+
+    @Option(name: .customLong("max-region-size"), help: "Largest region a client may create (e.g. 64GiB).")
+    var maxRegionSize = "1TiB"
+
+    @Option(name: .customLong("reserve-free"), help: "Free space a create must leave on the data directory's filesystem.")
+    var reserveFree = "64MiB"
+
+    @Option(name: .customLong("ready-file"), help: "Write the bound HOST:PORT to this file once accepting connections.")
+    var readyFile: String?
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel = "info"
+
+    public init() {}
+
+    public func validate() throws {
+        _ = try Endpoint(parsing: listen)
+        _ = try ByteSize.parse(maxRegionSize)
+        _ = try ByteSize.parse(reserveFree)
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+        guard maxClients > 0, maxHandles > 0, maxRegions > 0 else { throw ValidationError("limits must be positive") }
+        for admin in admins { try NameRules.validateClientId(admin) }
+    }
+
+    public func makeConfiguration() throws -> ServerConfiguration {
+        var configuration = ServerConfiguration()
+        configuration.dataDirectory = dataDirectory
+        configuration.listen = try Endpoint(parsing: listen)
+        configuration.secretsPath = secrets
+        configuration.adminClients = Set(admins)
+        configuration.maxClients = maxClients
+        configuration.maxHandlesPerConnection = maxHandles
+        configuration.store = StoreConfiguration(
+            maxRegionBytes: try ByteSize.parse(maxRegionSize), maxRegions: maxRegions, reserveFreeBytes: try ByteSize.parse(reserveFree))
+        configuration.readyFile = readyFile
+        return configuration
+    }
+
+    /// Named `execute`, not `run`: see main.swift.
+    public func execute() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "pmu-server")
+        let service = PMUServerService(configuration: try makeConfiguration(), logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: service)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        do {
+            try await group.run()
+        } catch let error as PMUError {
+            logger.critical("pmu-server cannot run", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+    }
+}

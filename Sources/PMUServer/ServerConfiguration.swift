@@ -1,0 +1,24 @@
+import PMUStore
+import PMUTransport
+
+public struct ServerConfiguration: Sendable {
+    /// Region files and the catalog. Created (last component only) if missing.
+    public var dataDirectory: String = "pmu-data"
+    public var listen: Endpoint = .default
+    /// nil: DATA_DIR/secrets, created with a random admin secret on first start.
+    public var secretsPath: String?
+    /// Clients that may open, list and delete every region.
+    public var adminClients: Set<String> = ["admin"]
+    /// Connections served at once; one more is refused with TOO_MANY_CLIENTS.
+    public var maxClients: Int = 1024
+    public var maxHandlesPerConnection: Int = 4096
+    public var store = StoreConfiguration()
+    /// Threads that run blocking work (msync, fsync, fallocate) off the event loops.
+    public var blockingThreads: Int = 8
+    /// Written with the bound address once the server accepts connections (for scripts and tests).
+    public var readyFile: String?
+
+    public init() {}
+
+    public var resolvedSecretsPath: String { secretsPath ?? dataDirectory + "/secrets" }
+}

@@ -1,0 +1,107 @@
+import NIOConcurrencyHelpers
+import PMUCore
+import PMUStore
+
+/// A region as the server serves it: its mapping plus what fencing needs.
+final class ServedRegion: Sendable {
+    let mapping: MappedRegion
+    let kind: RegionKind
+
+    init(mapping: MappedRegion, kind: RegionKind) {
+        self.mapping = mapping
+        self.kind = kind
+    }
+}
+
+/// State shared by every session: the store, the secrets, the protection table and the writer
+/// epochs. The table has its own lock, separate from the store's, so the data path (check key,
+/// copy bytes) never waits on a metadata fsync. Lock order where both are held: store, then table.
+final class ServerState: Sendable {
+    let store: RegionStore
+    let secrets: SecretsTable
+    let configuration: ServerConfiguration
+    private let table: NIOLockedValueBox<Table>
+
+    struct Table: Sendable {
+        var keys: ProtectionTable<ServedRegion>
+        /// Current writer epoch per region id; grants from older epochs are fenced.
+        var epochs: [UInt64: UInt64] = [:]
+        var connections = 0
+    }
+
+    init(store: RegionStore, secrets: SecretsTable, configuration: ServerConfiguration) {
+        self.store = store
+        self.secrets = secrets
+        self.configuration = configuration
+        self.table = NIOLockedValueBox(Table(keys: ProtectionTable(maxHandlesPerConnection: configuration.maxHandlesPerConnection)))
+    }
+
+    func isAdmin(_ clientId: String) -> Bool { configuration.adminClients.contains(clientId) }
+
+    /// Admits a connection if under the limit.
+    func admitConnection() -> Bool {
+        table.withLockedValue { table in
+            guard table.connections < configuration.maxClients else { return false }
+            table.connections += 1
+            return true
+        }
+    }
+
+    func connectionClosed(_ connection: UInt64, admitted: Bool) {
+        table.withLockedValue { table in
+            table.keys.revokeAll(connection: connection)
+            if admitted { table.connections -= 1 }
+        }
+    }
+
+    func grant(connection: UInt64, record: RegionRecord, rights: Rights, epoch: UInt64, region: ServedRegion) throws(PMUError) -> AccessKey {
+        try table.withTypedLock { table throws(PMUError) in
+            var generator = SystemRandomNumberGenerator()
+            if rights.contains(.write) { table.epochs[record.id] = max(table.epochs[record.id] ?? 0, epoch) }
+            return try table.keys.grant(
+                connection: connection, regionId: record.id, sizeBytes: record.sizeBytes, rights: rights, epoch: epoch,
+                region: region, using: &generator)
+        }
+    }
+
+    /// The check every data operation passes: key, connection, rights, bounds, and for checkpoint
+    /// regions the writer epoch.
+    func translate(key: AccessKey, connection: UInt64, need: Rights, offset: UInt64, length: UInt64) throws(PMUError) -> ProtectionTable<ServedRegion>.Translation {
+        try table.withTypedLock { table throws(PMUError) in
+            let translation = try table.keys.check(key: key, connection: connection, need: need, offset: offset, length: length)
+            if need.contains(.write), translation.region.kind != .raw,
+                let current = table.epochs[translation.regionId], translation.epoch < current
+            {
+                throw PMUError(.fenced, "this handle's writer epoch \(translation.epoch) was superseded by epoch \(current): another primary opened the region for writing; this writer must stop")
+            }
+            return translation
+        }
+    }
+
+    func close(key: AccessKey, connection: UInt64) throws(PMUError) {
+        try table.withTypedLock { table throws(PMUError) in
+            _ = try table.keys.revoke(key: key, connection: connection)
+        }
+    }
+
+    func revokeAll(regionId: UInt64) {
+        table.withLockedValue { table in
+            table.keys.revokeAll(regionId: regionId)
+            table.epochs[regionId] = nil
+        }
+    }
+
+    func handleCount(regionId: UInt64) -> Int {
+        table.withLockedValue { $0.keys.handleCount(regionId: regionId) }
+    }
+}
+
+extension NIOLockedValueBox {
+    /// `withLockedValue` keeping the body's typed error.
+    func withTypedLock<T>(_ body: (inout Value) throws(PMUError) -> T) throws(PMUError) -> T {
+        let result: Result<T, PMUError> = withLockedValue { value in
+            do throws(PMUError) { return .success(try body(&value)) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+}

@@ -1,0 +1,283 @@
+import Logging
+import NIOCore
+import NIOPosix
+import PMUCore
+import PMUStore
+import PMUTransport
+
+/// One client connection's server side, independent of the transport: the authentication state
+/// machine and the verbs.
+///
+/// Requests execute in arrival order. Fast ones (write, read, close, stat, list, open for read)
+/// run on the connection's event loop as they arrive; slow ones (create, delete, open for write:
+/// they fsync) run on the blocking pool while reading pauses, so later requests still see their
+/// effects. PERSIST runs on the pool without holding up later requests: it covers every write
+/// that arrived before it, and a later write landing in the same pages is harmless.
+///
+/// Unchecked Sendable: confined to its event loop; work on the pool hops back before touching it.
+final class Session: RequestHandler, @unchecked Sendable {
+    private enum Phase {
+        case awaitingHello
+        case challenged(clientId: String, clientNonce: [UInt8], serverNonce: [UInt8], secret: [UInt8]?)
+        case authenticated(clientId: String)
+        case closed
+    }
+
+    private let info: ConnectionInfo
+    private let state: ServerState
+    private let pool: NIOThreadPool
+    private var logger: Logger
+    private let admitted: Bool
+    private var phase: Phase = .awaitingHello
+    private var queue: [Frame<Request>] = []
+    private var busy = false
+
+    init(info: ConnectionInfo, state: ServerState, pool: NIOThreadPool, logger: Logger) {
+        self.info = info
+        self.state = state
+        self.pool = pool
+        self.logger = logger
+        self.logger[metadataKey: "connection"] = "\(info.id)"
+        self.logger[metadataKey: "peer"] = "\(info.remoteAddress)"
+        self.admitted = state.admitConnection()
+        if !admitted {
+            phase = .closed
+            logger.warning("refused connection: client limit reached", metadata: ["maxClients": "\(state.configuration.maxClients)"])
+            info.replies.sendAndClose(
+                .error(PMUError(.tooManyClients, "server is serving \(state.configuration.maxClients) clients, its limit (--max-clients); try again later")),
+                requestId: 0)
+        }
+    }
+
+    // MARK: RequestHandler
+
+    func handle(_ frame: Frame<Request>) {
+        guard case .closed = phase else {
+            queue.append(frame)
+            drain()
+            return
+        }
+    }
+
+    func malformedFrame(_ error: PMUError, requestId: UInt64?) {
+        logger.notice("bad frame; closing connection", metadata: ["error": "\(error)"])
+        phase = .closed
+        info.replies.sendAndClose(.error(error), requestId: requestId ?? 0)
+    }
+
+    func connectionClosed() {
+        phase = .closed
+        queue.removeAll()
+        state.connectionClosed(info.id, admitted: admitted)
+        logger.debug("connection closed")
+    }
+
+    // MARK: Ordering
+
+    private func drain() {
+        while !busy, !queue.isEmpty {
+            let frame = queue.removeFirst()
+            if case .closed = phase { queue.removeAll(); return }
+            dispatch(frame)
+        }
+    }
+
+    /// Runs `work` on the blocking pool; reading pauses and later requests wait until it replies.
+    private func runBlocking(_ requestId: UInt64, _ work: @escaping @Sendable () throws(PMUError) -> Response) {
+        busy = true
+        info.replies.pauseReading()
+        let future = pool.runIfActive(eventLoop: info.eventLoop) { () -> Response in
+            do throws(PMUError) { return try work() } catch { return .error(error) }
+        }
+        future.whenComplete { [self] result in
+            // Completion callbacks run on the connection's event loop.
+            self.reply(requestId, (try? result.get()) ?? .error(PMUError(.shuttingDown, "server is shutting down")))
+            self.busy = false
+            self.info.replies.resumeReading()
+            self.drain()
+        }
+    }
+
+    private func reply(_ requestId: UInt64, _ response: Response) {
+        if case .closed = phase { return }
+        info.replies.send(response, requestId: requestId)
+    }
+
+    // MARK: Verbs
+
+    private func dispatch(_ frame: Frame<Request>) {
+        let id = frame.requestId
+        switch phase {
+        case .closed:
+            return
+        case .awaitingHello:
+            guard case .hello(let clientId, let clientNonce) = frame.message else {
+                return refuse(id, PMUError(.notAuthenticated, "authenticate first: send HELLO, then AUTHENTICATE (pmuctl and the client library do this)"))
+            }
+            do throws(PMUError) {
+                try NameRules.validateClientId(clientId)
+            } catch {
+                return refuse(id, error)
+            }
+            let serverNonce = Authentication.randomNonce()
+            // An unknown client gets a challenge like any other and fails at AUTHENTICATE with the
+            // same error as a wrong secret, so ids cannot be probed.
+            phase = .challenged(clientId: clientId, clientNonce: clientNonce, serverNonce: serverNonce, secret: state.secrets.secret(for: clientId))
+            reply(id, .challenge(serverNonce: serverNonce))
+        case .challenged(let clientId, let clientNonce, let serverNonce, let secret):
+            guard case .authenticate(let proof) = frame.message else {
+                return refuse(id, PMUError(.protocolViolation, "expected AUTHENTICATE after CHALLENGE"))
+            }
+            guard let secret,
+                Authentication.proofsMatch(proof, Authentication.clientProof(secret: secret, clientId: clientId, clientNonce: clientNonce, serverNonce: serverNonce))
+            else {
+                logger.warning("authentication failed", metadata: ["client": "\(clientId)"])
+                return refuse(id, PMUError(.authenticationFailed, "authentication failed for client '\(clientId)': unknown client id or wrong secret"))
+            }
+            phase = .authenticated(clientId: clientId)
+            logger[metadataKey: "client"] = "\(clientId)"
+            logger.info("client authenticated")
+            reply(id, .authenticated(serverProof: Authentication.serverProof(secret: secret, clientId: clientId, clientNonce: clientNonce, serverNonce: serverNonce)))
+        case .authenticated(let clientId):
+            execute(frame.message, id: id, clientId: clientId)
+        }
+    }
+
+    private func refuse(_ id: UInt64, _ error: PMUError) {
+        phase = .closed
+        queue.removeAll()
+        info.replies.sendAndClose(.error(error), requestId: id)
+    }
+
+    private func execute(_ request: Request, id: UInt64, clientId: String) {
+        let state = self.state
+        let connection = info.id
+        let isAdmin = state.isAdmin(clientId)
+        do throws(PMUError) {
+            switch request {
+            case .hello, .authenticate:
+                throw PMUError(.protocolViolation, "this connection is already authenticated")
+
+            case .write(let key, let offset, let data):
+                let translation = try state.translate(key: key, connection: connection, need: .write, offset: offset, length: UInt64(data.readableBytes))
+                data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) }
+                reply(id, .ok)
+
+            case .read(let key, let offset, let length):
+                guard Int(length) <= Limits.maxIOBytes else {
+                    throw PMUError(.requestTooLarge, "read of \(length) bytes exceeds the per-request limit of \(Limits.maxIOBytes); split it (the client library does)")
+                }
+                let translation = try state.translate(key: key, connection: connection, need: .read, offset: offset, length: UInt64(length))
+                let buffer = ByteBuffer(bytes: translation.region.mapping.bytes(at: offset, length: Int(length)))
+                reply(id, .data(buffer))
+
+            case .persist(let key, let offset, let length):
+                // Checked now, against the state at arrival; the msync runs on the pool.
+                let probe = try state.translate(key: key, connection: connection, need: .write, offset: offset, length: 0)
+                let resolvedLength = length == 0 ? probe.region.mapping.sizeBytes - offset : length
+                let translation = try state.translate(key: key, connection: connection, need: .write, offset: offset, length: resolvedLength)
+                let region = translation.region
+                let replies = info.replies
+                pool.runIfActive(eventLoop: info.eventLoop) { () -> Response in
+                    do throws(PMUError) {
+                        try region.mapping.persist(offset: offset, length: resolvedLength)
+                        return .ok
+                    } catch {
+                        return .error(error)
+                    }
+                }.whenComplete { result in
+                    replies.send((try? result.get()) ?? .error(PMUError(.shuttingDown, "server is shutting down")), requestId: id)
+                }
+
+            case .close(let key):
+                try state.close(key: key, connection: connection)
+                reply(id, .ok)
+
+            case .stat(let name):
+                guard let record = state.store.record(named: name),
+                    AccessPolicy.mayView(clientId, owner: record.owner, readers: record.readers, writers: record.writers, isAdmin: isAdmin)
+                else {
+                    throw PMUError(.unknownRegion, "no region named \(NameRules.quoted(name)) visible to client '\(clientId)'")
+                }
+                reply(id, .info(record.info(openHandles: state.handleCount(regionId: record.id))))
+
+            case .list(let after, let limit):
+                let cap = min(Int(limit == 0 ? UInt32(Limits.maxListEntries) : limit), Limits.maxListEntries)
+                var entries: [RegionInfo] = []
+                var cursor = after
+                var more = true
+                // Page through the store until `cap` visible regions are found or it runs out.
+                while entries.count < cap, more {
+                    let page = state.store.list(after: cursor, limit: cap)
+                    more = page.more
+                    for record in page.records {
+                        cursor = record.name
+                        guard AccessPolicy.mayView(clientId, owner: record.owner, readers: record.readers, writers: record.writers, isAdmin: isAdmin) else { continue }
+                        entries.append(record.info(openHandles: state.handleCount(regionId: record.id)))
+                        if entries.count == cap {
+                            more = more || record.name != page.records.last?.name
+                            break
+                        }
+                    }
+                }
+                reply(id, .list(entries: entries, more: more))
+
+            case .open(let name, let rights):
+                try NameRules.validateRegionName(name)
+                guard let record = state.store.record(named: name) else {
+                    throw PMUError(.unknownRegion, "no region named \(NameRules.quoted(name)); create it first")
+                }
+                guard AccessPolicy.may(clientId, open: rights, owner: record.owner, readers: record.readers, writers: record.writers, isAdmin: isAdmin) else {
+                    throw PMUError(.accessDenied, "client '\(clientId)' may not open region \(NameRules.quoted(name)) for \(rights); its owner or an admin can grant it")
+                }
+                if rights.contains(.write) {
+                    // Taking the writer role bumps the epoch durably (fencing), which syncs the catalog.
+                    runBlocking(id) { () throws(PMUError) -> Response in
+                        let updated = try state.store.update(id: record.id) { (current: inout RegionRecord) throws(PMUError) in
+                            current.writerEpoch += 1
+                        }
+                        return .grant(try Session.grant(state: state, connection: connection, record: updated, rights: rights, epoch: updated.writerEpoch))
+                    }
+                } else {
+                    reply(id, .grant(try Session.grant(state: state, connection: connection, record: record, rights: rights, epoch: 0)))
+                }
+
+            case .create(let create):
+                try NameRules.validateRegionName(create.name)
+                for member in create.readers + create.writers where member != AccessPolicy.anyone {
+                    try NameRules.validateClientId(member)
+                }
+                runBlocking(id) { () throws(PMUError) -> Response in
+                    let record = try state.store.create(create, owner: clientId)
+                    let updated = try state.store.update(id: record.id) { (current: inout RegionRecord) throws(PMUError) in
+                        current.writerEpoch += 1
+                    }
+                    return .grant(try Session.grant(state: state, connection: connection, record: updated, rights: .readWrite, epoch: updated.writerEpoch))
+                }
+                logger.debug("create", metadata: ["region": "\(create.name)", "size": "\(create.sizeBytes)"])
+
+            case .delete(let name):
+                runBlocking(id) { () throws(PMUError) -> Response in
+                    let record = try state.store.delete(named: name) { (record: RegionRecord) throws(PMUError) in
+                        guard AccessPolicy.mayDelete(clientId, owner: record.owner, isAdmin: isAdmin) else {
+                            throw PMUError(.accessDenied, "only the owner ('\(record.owner)') or an admin may delete region \(NameRules.quoted(name))")
+                        }
+                        // Revoked before the delete commits: no key outlives its region.
+                        state.revokeAll(regionId: record.id)
+                    }
+                    _ = record
+                    return .ok
+                }
+            }
+        } catch {
+            reply(id, .error(error))
+        }
+    }
+
+    private static func grant(state: ServerState, connection: UInt64, record: RegionRecord, rights: Rights, epoch: UInt64) throws(PMUError) -> RegionGrant {
+        let mapping = try state.store.mapping(id: record.id)
+        let region = ServedRegion(mapping: mapping, kind: record.kind)
+        let key = try state.grant(connection: connection, record: record, rights: rights, epoch: epoch, region: region)
+        return RegionGrant(key: key, regionId: record.id, sizeBytes: record.sizeBytes, rights: rights, kind: record.kind, epoch: epoch)
+    }
+}
