@@ -18,10 +18,9 @@ public struct SecretsTable: Sendable, Equatable {
     public static func parse(_ text: String, source: String) throws(PMUError) -> SecretsTable {
         var table: [String: [UInt8]] = [:]
         var lineNumber = 0
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // Character.isNewline: "\r\n" is one Character in Swift, so splitting on "\n" would miss it.
+        for line in text.split(omittingEmptySubsequences: false, whereSeparator: { $0.isNewline }) {
             lineNumber += 1
-            var line = Substring(rawLine)
-            if line.last == "\r" { line = line.dropLast() }
             let trimmed = line.trimmingSpaces()
             if trimmed.isEmpty || trimmed.hasPrefix("#") { continue }
             guard let colon = trimmed.firstIndex(of: ":") else {

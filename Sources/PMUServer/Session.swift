@@ -172,10 +172,11 @@ final class Session: RequestHandler, @unchecked Sendable {
                 reply(id, .data(buffer))
 
             case .persist(let key, let offset, let length):
-                // Checked now, against the state at arrival; the msync runs on the pool.
-                let probe = try state.translate(key: key, connection: connection, need: .write, offset: offset, length: 0)
+                // Checked now, against the state at arrival; the msync runs on the pool. Read rights
+                // suffice: persisting changes no byte, and a backup may want the primary's writes durable.
+                let probe = try state.translate(key: key, connection: connection, need: .read, offset: offset, length: 0)
                 let resolvedLength = length == 0 ? probe.region.mapping.sizeBytes - offset : length
-                let translation = try state.translate(key: key, connection: connection, need: .write, offset: offset, length: resolvedLength)
+                let translation = try state.translate(key: key, connection: connection, need: .read, offset: offset, length: resolvedLength)
                 let region = translation.region
                 let replies = info.replies
                 pool.runIfActive(eventLoop: info.eventLoop) { () -> Response in

@@ -30,7 +30,8 @@ public final class TCPClientTransport: ClientTransport, @unchecked Sendable {
                 .connect(host: endpoint.host, port: endpoint.port)
                 .get()
         } catch {
-            throw PMUError(.connectionClosed, "cannot connect to pmu-server at \(endpoint): \(error)")
+            let reason = (error as? NIOConnectionError)?.connectionErrors.first.map { "\($0.error)" } ?? "\(error)"
+            throw PMUError(.connectionClosed, "cannot connect to pmu-server at \(endpoint) (is it running and listening there?): \(reason)")
         }
         return TCPClientTransport(channel: channel, pending: pending)
     }

@@ -218,9 +218,11 @@ mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=$msize pmuctl "$ct
     || fail "mount control share"
 [ -f "$ctl/shares" ] || fail "no $ctl/shares"
 
-# Read-write host folders, mounted at their host paths over the read-only root.
+# Read-write host folders, mounted at their host paths over the read-only root. One under /tmp
+# or /run (a CI clone may be there) gets its mount point made in the guest's tmpfs.
 while read -r tag path; do
     [ -n "$tag" ] || continue
+    case $path in /tmp/*|/run/*) mkdir -p "/host$path" ;; esac
     [ -d "/host$path" ] || fail "share $path does not exist"
     mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=$msize "$tag" "/host$path" \
         || fail "mount share $path"

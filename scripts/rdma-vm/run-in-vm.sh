@@ -13,7 +13,7 @@
 #   - /tmp, /run and /dev/shm are fresh, empty, guest-local tmpfs (in guest RAM). Server data
 #     directories and memory-registered region files MUST be there (e.g. mktemp -d /tmp/...),
 #     not on a 9p share: 9p is slow and memory registered with ibv_reg_mr must be pinnable.
-#     The host's /tmp is therefore not visible in the guest.
+#     The host's /tmp is therefore not visible in the guest, except folders shared with --share.
 #   - Background processes left by the command are killed when it exits (the VM powers off).
 #
 # Exit status: the command's; 124 if the VM ran out of time; 125 if the VM failed to boot or to
@@ -65,15 +65,22 @@ for s in "${shares[@]}"; do
     s=$(cd "$s" && pwd -P)
     [[ $s != / ]] || die "sharing / read-write is not supported (it is shared read-only anyway)"
     [[ $s != *$'\n'* ]] || die "share path with a newline: $s"
-    [[ $s != /tmp && $s != /tmp/* && $s != /run && $s != /run/* ]] \
-        || die "share $s: /tmp and /run are guest-local tmpfs in the VM; share another folder"
+    [[ $s != /tmp && $s != /run && $s != /run/pmu-vm && $s != /run/pmu-vm/* ]] \
+        || die "share $s: /tmp and /run are guest-local tmpfs in the VM; share a folder below or elsewhere"
     norm+=("$s")
 done
 mapfile -t shares < <(printf '%s\n' "${norm[@]}" | LC_ALL=C sort -u)
 
+# The guest's /tmp and /run are fresh tmpfs: a cwd there is reachable only inside a share.
 cwd=$(pwd -P)
 case $cwd in
-    /tmp|/tmp/*|/run|/run/*) die "cwd $cwd is hidden in the VM (its /tmp and /run are fresh tmpfs)" ;;
+    /tmp|/tmp/*|/run|/run/*)
+        reachable=0
+        for s in "${shares[@]}"; do
+            [[ $cwd == "$s" || $cwd == "$s"/* ]] && reachable=1
+        done
+        (( reachable )) || die "cwd $cwd is hidden in the VM (its /tmp and /run are fresh tmpfs); --share it or a folder above it"
+        ;;
 esac
 
 # Image (fast no-op when cached).

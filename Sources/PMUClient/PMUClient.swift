@@ -1,0 +1,249 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import PMUCore
+import PMUTransport
+
+/// How a client reaches and authenticates to a pmu-server.
+public struct ClientConfiguration: Sendable {
+    public var endpoint: Endpoint
+    public var clientId: String
+    public var secret: [UInt8]
+    /// Bytes per WRITE/READ request when a transfer is split (at most Limits.maxIOBytes).
+    public var chunkBytes: Int = 4 * 1024 * 1024
+    /// Chunks of one transfer in flight at once: enough to keep the pipe full, bounded so a large
+    /// transfer never queues unbounded memory.
+    public var chunksInFlight: Int = 4
+
+    public init(endpoint: Endpoint = .default, clientId: String, secret: [UInt8]) {
+        self.endpoint = endpoint
+        self.clientId = clientId
+        self.secret = secret
+    }
+}
+
+/// The PMU client library: one authenticated connection to one pmu-server.
+///
+/// Every method throws `PMUError`, carrying the server's code and message, or CONNECTION_CLOSED.
+/// Calls may be made concurrently from many tasks; they are pipelined on the one connection.
+///
+/// Durability: a write is durable against an OS crash or power loss once a `persist` covering it
+/// has returned. Before that it is in the server's page cache: it survives the server process
+/// being killed (kill -9), but not the server machine losing power.
+public final class PMUClient: Sendable {
+    public let configuration: ClientConfiguration
+    private let transport: any ClientTransport
+
+    private init(configuration: ClientConfiguration, transport: any ClientTransport) {
+        self.configuration = configuration
+        self.transport = transport
+    }
+
+    /// Connects and authenticates (challenge-response; the secret never crosses the wire, and the
+    /// server proves it knows the secret too).
+    public static func connect(
+        _ configuration: ClientConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) async throws(PMUError) -> PMUClient {
+        try NameRules.validateClientId(configuration.clientId)
+        let transport: TCPClientTransport
+        do {
+            transport = try await TCPClientTransport.connect(to: configuration.endpoint, group: group)
+        } catch {
+            throw Self.pmuError(error)
+        }
+        let client = PMUClient(configuration: configuration, transport: transport)
+        do throws(PMUError) {
+            try await client.authenticate()
+        } catch {
+            await transport.close()
+            throw error
+        }
+        return client
+    }
+
+    private func authenticate() async throws(PMUError) {
+        let clientNonce = Authentication.randomNonce()
+        let id = configuration.clientId
+        guard case .challenge(let serverNonce) = try await call(.hello(clientId: id, clientNonce: clientNonce)) else {
+            throw PMUError(.protocolViolation, "server did not answer HELLO with a challenge")
+        }
+        let proof = Authentication.clientProof(secret: configuration.secret, clientId: id, clientNonce: clientNonce, serverNonce: serverNonce)
+        guard case .authenticated(let serverProof) = try await call(.authenticate(proof: proof)) else {
+            throw PMUError(.protocolViolation, "server did not answer AUTHENTICATE")
+        }
+        let expected = Authentication.serverProof(secret: configuration.secret, clientId: id, clientNonce: clientNonce, serverNonce: serverNonce)
+        guard Authentication.proofsMatch(serverProof, expected) else {
+            throw PMUError(.authenticationFailed, "the server at \(configuration.endpoint) could not prove it knows client '\(id)'s secret; not trusting it")
+        }
+    }
+
+    public func disconnect() async {
+        await transport.close()
+    }
+
+    // MARK: Regions
+
+    public func createRegion(
+        _ name: String, sizeBytes: UInt64, kind: RegionKind = .raw, readers: [String] = [], writers: [String] = []
+    ) async throws(PMUError) -> RegionHandle {
+        let request = CreateRegion(name: name, sizeBytes: sizeBytes, kind: kind, readers: readers, writers: writers)
+        return RegionHandle(name: name, grant: try await expectGrant(.create(request)))
+    }
+
+    /// Opens an existing region. `.readWrite` takes the writer role: for checkpoint regions, any
+    /// earlier writer's handles are fenced from then on.
+    public func openRegion(_ name: String, rights: Rights = .read) async throws(PMUError) -> RegionHandle {
+        RegionHandle(name: name, grant: try await expectGrant(.open(name: name, rights: rights)))
+    }
+
+    public func close(_ handle: RegionHandle) async throws(PMUError) {
+        try await expectOK(.close(key: handle.grant.key))
+    }
+
+    public func delete(_ name: String) async throws(PMUError) {
+        try await expectOK(.delete(name: name))
+    }
+
+    public func stat(_ name: String) async throws(PMUError) -> RegionInfo {
+        guard case .info(let info) = try await call(.stat(name: name)) else { throw unexpected("STAT") }
+        return info
+    }
+
+    /// Every region this client may see, sorted by name (pages through LIST).
+    public func list() async throws(PMUError) -> [RegionInfo] {
+        var all: [RegionInfo] = []
+        var after = ""
+        while true {
+            guard case .list(let entries, let more) = try await call(.list(after: after, limit: UInt32(Limits.maxListEntries))) else {
+                throw unexpected("LIST")
+            }
+            all += entries
+            guard more, let last = entries.last else { return all }
+            after = last.name
+        }
+    }
+
+    // MARK: Data
+
+    /// Writes `bytes` at `offset`, split into chunks sent concurrently. Returns when the server has
+    /// placed every byte in the region (visible to readers, not yet durable: see `persist`).
+    public func write(_ handle: RegionHandle, at offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError) {
+        let total = bytes.readableBytes
+        if total <= configuration.chunkBytes {
+            return try await expectOK(.write(key: handle.grant.key, offset: offset, data: bytes))
+        }
+        let chunk = configuration.chunkBytes
+        try await forEachChunk(total: total) { (start: Int) async throws(PMUError) in
+            let slice = bytes.getSlice(at: bytes.readerIndex + start, length: min(chunk, total - start))!
+            try await self.expectOK(.write(key: handle.grant.key, offset: offset + UInt64(start), data: slice))
+        }
+    }
+
+    public func write(_ handle: RegionHandle, at offset: UInt64, _ bytes: [UInt8]) async throws(PMUError) {
+        try await write(handle, at: offset, ByteBuffer(bytes: bytes))
+    }
+
+    /// Reads `length` bytes at `offset`, split into chunks read concurrently.
+    public func read(_ handle: RegionHandle, at offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
+        guard length >= 0 else { throw PMUError(.invalidArgument, "read length \(length) is negative") }
+        if length <= configuration.chunkBytes {
+            return try await readChunk(handle, at: offset, length: length)
+        }
+        let chunk = configuration.chunkBytes
+        let result = ResultBuffer(length: length)
+        try await forEachChunk(total: length) { (start: Int) async throws(PMUError) in
+            let part = try await self.readChunk(handle, at: offset + UInt64(start), length: min(chunk, length - start))
+            result.set(part, at: start)
+        }
+        return result.take()
+    }
+
+    /// Makes [offset, offset+length) durable; `length` 0 means to the end of the region. When it
+    /// returns, every write to that range that returned before this call was made is on stable storage.
+    public func persist(_ handle: RegionHandle, offset: UInt64 = 0, length: UInt64 = 0) async throws(PMUError) {
+        try await expectOK(.persist(key: handle.grant.key, offset: offset, length: length))
+    }
+
+    // MARK: Plumbing
+
+    private func readChunk(_ handle: RegionHandle, at offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
+        guard case .data(let data) = try await call(.read(key: handle.grant.key, offset: offset, length: UInt32(length))) else {
+            throw unexpected("READ")
+        }
+        guard data.readableBytes == length else {
+            throw PMUError(.protocolViolation, "server returned \(data.readableBytes) bytes for a read of \(length)")
+        }
+        return data
+    }
+
+    /// Runs `body` for each chunk start offset, at most `chunksInFlight` at a time; the first error wins.
+    private func forEachChunk(total: Int, _ body: @escaping @Sendable (Int) async throws(PMUError) -> Void) async throws(PMUError) {
+        let chunk = configuration.chunkBytes
+        let window = max(1, configuration.chunksInFlight)
+        let starts = stride(from: 0, to: total, by: chunk).map { $0 }
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                var next = 0
+                while next < min(window, starts.count) {
+                    let start = starts[next]
+                    group.addTask { try await body(start) }
+                    next += 1
+                }
+                while try await group.next() != nil {
+                    if next < starts.count {
+                        let start = starts[next]
+                        group.addTask { try await body(start) }
+                        next += 1
+                    }
+                }
+            }
+        } catch {
+            throw Self.pmuError(error)
+        }
+    }
+
+    private func call(_ request: Request) async throws(PMUError) -> Response {
+        let response: Response
+        do {
+            response = try await transport.send(request)
+        } catch {
+            throw Self.pmuError(error)
+        }
+        if case .error(let error) = response { throw error }
+        return response
+    }
+
+    private func expectOK(_ request: Request) async throws(PMUError) {
+        guard case .ok = try await call(request) else { throw unexpected("\(request.opcode)") }
+    }
+
+    private func expectGrant(_ request: Request) async throws(PMUError) -> RegionGrant {
+        guard case .grant(let grant) = try await call(request) else { throw unexpected("\(request.opcode)") }
+        return grant
+    }
+
+    private func unexpected(_ what: String) -> PMUError {
+        PMUError(.protocolViolation, "unexpected reply type to \(what)")
+    }
+
+    static func pmuError(_ error: any Error) -> PMUError {
+        (error as? PMUError) ?? PMUError(.connectionClosed, "\(error)")
+    }
+}
+
+/// Assembles concurrently read chunks; each chunk writes a disjoint range.
+private final class ResultBuffer: @unchecked Sendable {
+    private var buffer: ByteBuffer
+    private let lock = NIOLock()
+
+    init(length: Int) {
+        buffer = ByteBufferAllocator().buffer(capacity: length)
+        buffer.moveWriterIndex(forwardBy: length)
+    }
+
+    func set(_ part: ByteBuffer, at index: Int) {
+        lock.withLock { _ = buffer.setBuffer(part, at: index) }
+    }
+
+    func take() -> ByteBuffer { lock.withLock { buffer } }
+}

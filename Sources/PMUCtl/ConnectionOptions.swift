@@ -1,0 +1,51 @@
+import ArgumentParser
+import Foundation
+import PMUClient
+import PMUCore
+import PMUTransport
+
+/// Where pmuctl connects and as whom. Each flag falls back to an environment variable, then to the
+/// embedded default (the server started with no flags, in the current directory).
+public struct ConnectionOptions: ParsableArguments {
+    @Option(help: "pmu-server address HOST:PORT (env PMU_SERVER; default 127.0.0.1:\(Endpoint.defaultPort)).")
+    var server: String?
+
+    @Option(help: "Client id (env PMU_CLIENT; default admin).")
+    var client: String?
+
+    @Option(name: .customLong("secret-file"), help: "File holding this client's secret alone (env PMU_SECRET_FILE; default pmu-data/admin.secret).")
+    var secretFile: String?
+
+    @Flag(help: "Print JSON instead of tables.")
+    var json = false
+
+    public init() {}
+
+    func configuration(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> ClientConfiguration {
+        let endpoint = try Endpoint(parsing: server ?? environment["PMU_SERVER"] ?? Endpoint.default.description)
+        let clientId = client ?? environment["PMU_CLIENT"] ?? "admin"
+        let path = secretFile ?? environment["PMU_SECRET_FILE"] ?? "pmu-data/admin.secret"
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw PMUError(.invalidArgument, "cannot read secret file \(path); pass --secret-file or set PMU_SECRET_FILE (the server writes DATA_DIR/admin.secret on first start)")
+        }
+        let secret = try SecretsTable.parseClientSecret(String(decoding: data, as: UTF8.self), source: path)
+        return ClientConfiguration(endpoint: endpoint, clientId: clientId, secret: secret)
+    }
+
+    func connect() async throws -> PMUClient {
+        try await PMUClient.connect(try configuration())
+    }
+}
+
+/// Runs a command body with a connected client, disconnecting afterwards whatever happens.
+func withClient<T>(_ options: ConnectionOptions, _ body: (PMUClient) async throws -> T) async throws -> T {
+    let client = try await options.connect()
+    do {
+        let result = try await body(client)
+        await client.disconnect()
+        return result
+    } catch {
+        await client.disconnect()
+        throw error
+    }
+}

@@ -1,0 +1,5 @@
+import Foundation
+import PMUCtl
+
+// Thin on purpose: every command lives in PMUCtl.
+exit(await PMUCtl.runMain())
