@@ -86,6 +86,7 @@ public final class PMUClient: Sendable {
     public func createRegion(
         _ name: String, sizeBytes: UInt64, kind: RegionKind = .raw, readers: [String] = [], writers: [String] = []
     ) async throws(PMUError) -> RegionHandle {
+        try NameRules.validateRegionName(name)
         let request = CreateRegion(name: name, sizeBytes: sizeBytes, kind: kind, readers: readers, writers: writers)
         return RegionHandle(name: name, grant: try await expectGrant(.create(request)))
     }
@@ -93,7 +94,8 @@ public final class PMUClient: Sendable {
     /// Opens an existing region. `.readWrite` takes the writer role: for checkpoint regions, any
     /// earlier writer's handles are fenced from then on.
     public func openRegion(_ name: String, rights: Rights = .read) async throws(PMUError) -> RegionHandle {
-        RegionHandle(name: name, grant: try await expectGrant(.open(name: name, rights: rights)))
+        try NameRules.validateRegionName(name)
+        return RegionHandle(name: name, grant: try await expectGrant(.open(name: name, rights: rights)))
     }
 
     public func close(_ handle: RegionHandle) async throws(PMUError) {

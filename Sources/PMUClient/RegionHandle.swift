@@ -6,6 +6,11 @@ public struct RegionHandle: Sendable, Hashable, CustomStringConvertible {
     public let name: String
     public let grant: RegionGrant
 
+    public init(name: String, grant: RegionGrant) {
+        self.name = name
+        self.grant = grant
+    }
+
     public var sizeBytes: UInt64 { grant.sizeBytes }
     public var rights: Rights { grant.rights }
     public var kind: RegionKind { grant.kind }

@@ -27,7 +27,7 @@ extension Response: WireMessage {
             for entry in entries { buffer.writeRegionInfo(entry) }
         case .error(let error):
             buffer.writeLE(error.code.rawValue)
-            buffer.writeWireString(error.message, maxBytes: Limits.maxMessageBytes)
+            buffer.writeWireString(error.message, maxBytes: Limits.maxMessageBytes, truncating: true)
         }
     }
 

@@ -30,9 +30,11 @@ extension ByteBuffer {
         return string
     }
 
-    mutating func writeWireString(_ string: String, maxBytes: Int) {
-        // Senders truncate rather than emit a frame the peer must reject (only error messages can be long).
-        var utf8 = Array(string.utf8.prefix(maxBytes))
+    /// Writes a string. Names are never truncated (a shortened name would address another region):
+    /// an over-long one goes out whole and the peer refuses it. Only free text (error messages,
+    /// `truncating: true`) is cut, at a character boundary.
+    mutating func writeWireString(_ string: String, maxBytes: Int, truncating: Bool = false) {
+        var utf8 = Array(string.utf8.prefix(truncating ? maxBytes : Int(UInt16.max)))
         while !utf8.isEmpty, String(validating: utf8, as: UTF8.self) == nil { utf8.removeLast() }
         writeLE(UInt16(utf8.count))
         writeBytes(utf8)

@@ -1,0 +1,175 @@
+import Foundation
+import NIOCore
+import PMUClient
+import PMUCore
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The real pmu-server executable, driven through the client library on 127.0.0.1.
+@Suite struct ServerTests {
+    let scratch = Scratch()
+
+    func startServer(_ extra: [String] = [], multiClient: Bool = true) throws -> ServerProcess {
+        let secrets = scratch.path + "/secrets"
+        if multiClient { try writeSecretsFile(secrets) }
+        return try ServerProcess(dataDirectory: scratch.path + "/data", secretsPath: multiClient ? secrets : nil, extraArguments: extra)
+    }
+
+    @Test func regionLifecycleThroughTheClientLibrary() async throws {
+        let server = try startServer()
+        let client = try await server.client()
+        let handle = try await client.createRegion("life", sizeBytes: 3 * 1024 * 1024 + 17)
+        #expect(handle.rights == .readWrite)
+        // Unaligned writes that cross pages and the client's chunk boundaries.
+        let data = pattern(offset: 5, count: 3 * 1024 * 1024 + 12, seed: 1)
+        try await client.write(handle, at: 5, data)
+        try await client.persist(handle, offset: 4095, length: 2)
+        try await client.persist(handle)
+        let back = try await client.read(handle, at: 5, length: data.count)
+        #expect(Array(back.readableBytesView) == data)
+        let head = try await client.read(handle, at: 0, length: 5)
+        #expect(Array(head.readableBytesView) == [0, 0, 0, 0, 0]) // preallocated space reads as zeros
+
+        let info = try await client.stat("life")
+        #expect(info.sizeBytes == 3 * 1024 * 1024 + 17 && info.owner == "admin" && info.openHandles == 1 && info.writerEpoch == 1)
+        #expect(try await client.list().map(\.name) == ["life"])
+        try await client.close(handle)
+        #expect(try await client.stat("life").openHandles == 0)
+        #expect(await code { try await client.write(handle, at: 0, [1]) } == .invalidKey)
+        try await client.delete("life")
+        #expect(try await client.list().isEmpty)
+        #expect(await code { _ = try await client.stat("life") } == .unknownRegion)
+        await client.disconnect()
+        #expect(server.terminate() == 0)
+        #expect(server.log.contains("pmu-server stopped"))
+    }
+
+    @Test func manyConcurrentRequestsPipelineOnOneConnection() async throws {
+        let server = try startServer()
+        let client = try await server.client()
+        let handle = try await client.createRegion("pipe", sizeBytes: 1 << 20)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<256 {
+                group.addTask {
+                    let offset = UInt64(index * 4096)
+                    try await client.write(handle, at: offset, pattern(offset: offset, count: 4096, seed: 2))
+                }
+            }
+            try await group.waitForAll()
+        }
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            for index in 0..<256 {
+                group.addTask {
+                    let offset = UInt64(index * 4096)
+                    let bytes = try await client.read(handle, at: offset, length: 4096)
+                    return Array(bytes.readableBytesView) == pattern(offset: offset, count: 4096, seed: 2)
+                }
+            }
+            for try await ok in group { #expect(ok) }
+        }
+        await client.disconnect()
+    }
+
+    @Test func badRegionRequestsGetClearErrorsAndStoreNothing() async throws {
+        let server = try startServer()
+        let client = try await server.client()
+        let handle = try await client.createRegion("keep", sizeBytes: 8192)
+        try await client.write(handle, at: 0, pattern(offset: 0, count: 8192, seed: 3))
+
+        #expect(await code { _ = try await client.openRegion("nope") } == .unknownRegion)
+        #expect(await code { _ = try await client.createRegion("keep", sizeBytes: 1) } == .regionExists)
+        for name in ["", String(repeating: "x", count: 256), "a/b", "..", "x..y", "nul\u{0}byte"] {
+            #expect(await code { _ = try await client.createRegion(name, sizeBytes: 1) } == .invalidName, "\(name.debugDescription)")
+        }
+        #expect(await code { _ = try await client.createRegion("zero", sizeBytes: 0) } == .invalidSize)
+        #expect(await code { _ = try await client.createRegion("huge", sizeBytes: 1 << 52) } == .invalidSize) // over --max-region-size
+        #expect(await code { try await client.write(handle, at: 8190, [1, 2, 3]) } == .outOfBounds)
+        #expect(await code { try await client.write(handle, at: .max, [1]) } == .outOfBounds)
+        #expect(await code { _ = try await client.read(handle, at: 1, length: 8192) } == .outOfBounds)
+        #expect(await code { try await client.persist(handle, offset: 8193, length: 0) } == .outOfBounds)
+        #expect(await code { try await client.persist(handle, offset: 1, length: .max) } == .outOfBounds)
+
+        // Stale, forged and foreign keys.
+        let forged = RegionHandle(name: "keep", grant: RegionGrant(key: AccessKey(high: 1, low: 2), regionId: 1, sizeBytes: 8192, rights: .readWrite, kind: .raw, epoch: 1))
+        #expect(await code { try await client.write(forged, at: 0, [9]) } == .invalidKey)
+        let other = try await server.client()
+        #expect(await code { _ = try await other.read(handle, at: 0, length: 1) } == .invalidKey)
+        let readOnly = try await other.openRegion("keep", rights: .read)
+        #expect(await code { try await other.write(readOnly, at: 0, [9]) } == .permissionDenied)
+        try await other.close(readOnly)
+        #expect(await code { _ = try await other.read(readOnly, at: 0, length: 1) } == .invalidKey)
+        #expect(await code { try await other.close(readOnly) } == .invalidKey)
+
+        // Nothing above changed a byte.
+        #expect(Array(try await client.read(handle, at: 0, length: 8192).readableBytesView) == pattern(offset: 0, count: 8192, seed: 3))
+        await other.disconnect()
+        await client.disconnect()
+    }
+
+    @Test func regionLargerThanTheFreeDiskIsRefusedAtCreate() async throws {
+        let server = try startServer(["--max-region-size", "16TiB"])
+        let client = try await server.client()
+        let error = await code { _ = try await client.createRegion("too-big", sizeBytes: 15 << 40) }
+        #expect(error == .noSpace)
+        #expect(try await client.list().isEmpty)
+        #expect((try FileManager.default.contentsOfDirectory(atPath: server.dataDirectory + "/regions")).isEmpty)
+        await client.disconnect()
+    }
+
+    @Test func deleteRevokesEveryonesKeys() async throws {
+        let server = try startServer()
+        let owner = try await server.client("alice")
+        let handle = try await owner.createRegion("shared", sizeBytes: 4096, readers: ["bob"])
+        let bob = try await server.client("bob")
+        let bobHandle = try await bob.openRegion("shared")
+        #expect(await code { try await bob.delete("shared") } == .accessDenied)
+        try await owner.delete("shared")
+        #expect(await code { _ = try await bob.read(bobHandle, at: 0, length: 1) } == .invalidKey)
+        #expect(await code { try await owner.write(handle, at: 0, [1]) } == .invalidKey)
+        _ = try await owner.createRegion("shared", sizeBytes: 4096) // name is free again
+        #expect(await code { _ = try await bob.read(bobHandle, at: 0, length: 1) } == .invalidKey)
+        await bob.disconnect()
+        await owner.disconnect()
+    }
+
+    @Test func accessListsDecideWhoOpensWhat() async throws {
+        let server = try startServer()
+        let alice = try await server.client("alice")
+        let bob = try await server.client("bob")
+        let admin = try await server.client("admin")
+        _ = try await alice.createRegion("private", sizeBytes: 4096)
+        _ = try await alice.createRegion("readable", sizeBytes: 4096, readers: ["bob"])
+        _ = try await alice.createRegion("writable", sizeBytes: 4096, writers: ["*"])
+        #expect(await code { _ = try await bob.openRegion("private") } == .accessDenied)
+        #expect(await code { _ = try await bob.stat("private") } == .unknownRegion) // not even visible
+        _ = try await bob.openRegion("readable")
+        #expect(await code { _ = try await bob.openRegion("readable", rights: .readWrite) } == .accessDenied)
+        _ = try await bob.openRegion("writable", rights: .readWrite)
+        #expect(try await bob.list().map(\.name) == ["readable", "writable"])
+        #expect(try await admin.list().map(\.name) == ["private", "readable", "writable"])
+        _ = try await admin.openRegion("private", rights: .readWrite)
+        try await admin.delete("private")
+        for client in [alice, bob, admin] { await client.disconnect() }
+    }
+
+    @Test func listPagesThroughManyRegions() async throws {
+        let server = try startServer()
+        let client = try await server.client()
+        let names = (0..<1500).map { String(format: "r%05d", $0) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for chunk in stride(from: 0, to: names.count, by: 150) {
+                group.addTask {
+                    let c = try await server.client()
+                    for name in names[chunk..<min(chunk + 150, names.count)] { _ = try await c.createRegion(name, sizeBytes: 1) }
+                    await c.disconnect()
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(try await client.list().map(\.name) == names)
+        await client.disconnect()
+    }
+}
