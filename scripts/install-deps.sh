@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages PMU builds against (rdma-core and ISA-L headers, pkg-config).
+# Idempotent: does nothing when they are present. Uses sudo when not root.
+set -euo pipefail
+
+packages=(libibverbs-dev librdmacm-dev libisal-dev pkg-config)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+as_root=()
+[[ $(id -u) -eq 0 ]] || as_root=(sudo)
+echo "installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" apt-get update -qq
+"${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs PMU's test suite: unit tests of the pure core and the store, and integration tests that
+# start the real pmu-server executable on 127.0.0.1 (ephemeral ports, temporary data directories),
+# kill -9 it, restart it and compare every byte. Installs the build dependencies first.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/install-deps.sh
+# The integration tests run the built pmu-server and pmuctl: build every product, then the tests.
+swift build
+swift build --build-tests
+swift test --skip-build "$@"
