@@ -14,6 +14,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .library(name: "PMUClient", targets: ["PMUClient"]),
+        .library(name: "PMUCheckpoint", targets: ["PMUCheckpoint"]),
         .executable(name: "pmu-server", targets: ["pmu-server"]),
         .executable(name: "pmuctl", targets: ["pmuctl"]),
     ],
@@ -39,6 +40,15 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
+        ),
+        .target(
+            name: "PMUCheckpoint",
+            dependencies: ["PMUCore", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        // Test doubles: an in-memory region with simulated crashes, torn and lost writes.
+        .target(
+            name: "PMUTesting",
+            dependencies: ["PMUCore", "PMUCheckpoint", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(
             name: "PMUStore",
@@ -75,7 +85,7 @@ let package = Package(
         .target(
             name: "PMUClient",
             dependencies: [
-                "PMUCore", "PMUTransport",
+                "PMUCore", "PMUTransport", "PMUCheckpoint",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -99,6 +109,10 @@ let package = Package(
                 .product(name: "NIOTestUtils", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
+        ),
+        .testTarget(
+            name: "PMUCheckpointTests",
+            dependencies: ["PMUCore", "PMUCheckpoint", "PMUTesting", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "PMUStoreTests",

@@ -27,6 +27,11 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     case requestTooLarge = 23
     case invalidArgument = 24
     case connectionClosed = 25
+    case regionFull = 26
+    case checkpointTooLarge = 27
+    case notCheckpointRegion = 28
+    case unknownSequence = 29
+    case damaged = 30
 
     /// A stable, grep-able name for logs and pmuctl's one-line errors.
     public var description: String {
@@ -56,6 +61,11 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .requestTooLarge: "REQUEST_TOO_LARGE"
         case .invalidArgument: "INVALID_ARGUMENT"
         case .connectionClosed: "CONNECTION_CLOSED"
+        case .regionFull: "REGION_FULL"
+        case .checkpointTooLarge: "CHECKPOINT_TOO_LARGE"
+        case .notCheckpointRegion: "NOT_CHECKPOINT_REGION"
+        case .unknownSequence: "UNKNOWN_SEQUENCE"
+        case .damaged: "DAMAGED"
         }
     }
 }

@@ -39,7 +39,9 @@ public final class TCPClientTransport: ClientTransport, @unchecked Sendable {
     public func send(_ request: Request) async throws -> Response {
         let promise = channel.eventLoop.makePromise(of: Response.self)
         guard let id = pending.register(promise) else {
-            throw pending.closedError
+            let error = pending.closedError
+            promise.fail(error) // a promise must never be dropped uncompleted
+            throw error
         }
         TCPFrameWriter.write(Frame(requestId: id, message: request), to: channel, flush: true)
         return try await promise.futureResult.get()

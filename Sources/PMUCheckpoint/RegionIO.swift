@@ -1,0 +1,14 @@
+import NIOCore
+import PMUCore
+
+/// What checkpointing needs from a region: positional reads and writes and a persist barrier.
+///
+/// The client library implements it over a remote region (any transport); PMUTesting implements it
+/// in memory with simulated crashes, torn and lost writes. The checkpoint code is the same for both.
+public protocol RegionIO: Sendable {
+    var sizeBytes: UInt64 { get }
+    func read(at offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer
+    func write(at offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError)
+    /// When it returns, every write to [offset, offset+length) that returned before the call is durable.
+    func persist(at offset: UInt64, length: UInt64) async throws(PMUError)
+}
