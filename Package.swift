@@ -48,7 +48,11 @@ let package = Package(
         // Test doubles: an in-memory region with simulated crashes, torn and lost writes.
         .target(
             name: "PMUTesting",
-            dependencies: ["PMUCore", "PMUCheckpoint", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: [
+                "PMUCore", "PMUCheckpoint",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
         ),
         .target(
             name: "PMUStore",

@@ -24,6 +24,9 @@ public actor CheckpointWriter {
     private var head: UInt64
     private var lastCommit: Task<Void, Never>?
     private var failure: PMUError?
+    /// Every checkpoint up to this sequence is committed; those above it up to nextSequence - 1 are
+    /// in flight (commits happen in order, and after a failure nothing more commits).
+    private var newestCommitted: UInt64
 
     /// Opens a region for writing checkpoints. If it was never formatted (a create interrupted
     /// before its header was written, or a region created by hand), `format` formats it.
@@ -48,6 +51,7 @@ public actor CheckpointWriter {
         self.live = Dictionary(uniqueKeysWithValues: records.map { ($0.sequence, $0) })
         let newest = records.last
         self.nextSequence = (newest?.sequence ?? 0) + 1
+        self.newestCommitted = newest?.sequence ?? 0
         self.head = newest.map { $0.span.upperBound } ?? 0
     }
 
@@ -59,10 +63,23 @@ public actor CheckpointWriter {
 
     /// Writes a checkpoint and returns its sequence number once it is durable.
     public func checkpoint(_ payload: ByteBuffer) async throws(PMUError) -> UInt64 {
-        if let failure { throw PMUError(failure.code, "checkpoint writer stopped after an earlier failure: \(failure.message)") }
-        let sequence = nextSequence
         let length = UInt64(payload.readableBytes)
-        let placement = try PlacementRules.place(sequence: sequence, payloadLength: length, geometry: geometry, live: Array(live.values), head: head)
+        var placement: Placement
+        var sequence: UInt64
+        while true {
+            if let failure { throw PMUError(failure.code, "checkpoint writer stopped after an earlier failure: \(failure.message)") }
+            sequence = nextSequence
+            do throws(PMUError) {
+                placement = try PlacementRules.place(
+                    sequence: sequence, payloadLength: length, geometry: geometry, live: Array(live.values), head: head,
+                    newestCommitted: newestCommitted)
+                break
+            } catch {
+                // Space held by checkpoints still in flight frees up as they commit: wait, then retry.
+                guard error.code == .regionFull, nextSequence - 1 > newestCommitted, let pending = lastCommit else { throw error }
+                await pending.value
+            }
+        }
         let crc = payload.withUnsafeReadableBytes { CRC32C.checksum($0) }
         let record = CheckpointRecord(
             sequence: sequence, epoch: epoch, dataOffset: placement.dataOffset, payloadLength: length,
@@ -80,6 +97,8 @@ public actor CheckpointWriter {
                 try await self.commit(record)
                 return .success(())
             } catch {
+                // Recorded before this task ends, so a caller waiting on it sees the failure.
+                await self.recordFailure(error)
                 return .failure(error)
             }
         }
@@ -88,7 +107,6 @@ public actor CheckpointWriter {
         case .success:
             return sequence
         case .failure(let error):
-            failure = failure ?? error
             throw error
         }
     }
@@ -106,11 +124,16 @@ public actor CheckpointWriter {
         try await io.persist(at: geometry.dataOffset + record.dataOffset, length: record.payloadLength)
     }
 
+    private func recordFailure(_ error: PMUError) {
+        failure = failure ?? error
+    }
+
     private func commit(_ record: CheckpointRecord) async throws(PMUError) {
         if let failure { throw failure } // an earlier checkpoint failed: committing this one would leave a gap
         let offset = geometry.entryOffset(sequence: record.sequence)
         try await io.write(at: offset, record.encode())
         try await io.persist(at: offset, length: CheckpointGeometry.entryBytes)
+        newestCommitted = record.sequence
     }
 
     static func now() -> UInt64 {

@@ -14,8 +14,11 @@ public enum PlacementRules {
     /// - Parameters:
     ///   - live: records currently in the index (committed or in flight), any order.
     ///   - head: data-area offset just past the newest record (0 when there is none).
+    ///   - newestCommitted: every checkpoint up to this sequence is committed (commits are in order);
+    ///     the retention promise counts only these, never ones still in flight.
     public static func place(
-        sequence: UInt64, payloadLength: UInt64, geometry: CheckpointGeometry, live: [CheckpointRecord], head: UInt64
+        sequence: UInt64, payloadLength: UInt64, geometry: CheckpointGeometry, live: [CheckpointRecord], head: UInt64,
+        newestCommitted: UInt64
     ) throws(PMUError) -> Placement {
         guard payloadLength <= geometry.maxPayloadBytes else {
             throw PMUError(.checkpointTooLarge, "checkpoint of \(payloadLength) bytes exceeds this \(geometry.mode) region's capacity of \(geometry.maxPayloadBytes) bytes per checkpoint; create a larger region")
@@ -34,10 +37,10 @@ public enum PlacementRules {
             record.sequence != sequence
                 && (record.sequence % UInt64(geometry.indexEntries) == slot || (span > 0 && record.span.overlaps(range)))
         }
-        // Checkpoint n may displace only records older than the newest N, so the newest N stay
-        // readable while n is written and after it commits; with no policy (N = 0) nothing.
+        // Checkpoint n may displace only records older than the newest N committed ones, so those
+        // stay readable while n is written, whatever happens to n; with no policy (N = 0) nothing.
         let keep = UInt64(geometry.keepNewest)
-        for record in conflicting where keep == 0 || record.sequence + keep >= sequence {
+        for record in conflicting where keep == 0 || record.sequence + keep > newestCommitted {
             let why = record.sequence % UInt64(geometry.indexEntries) == slot
                 ? "all \(geometry.indexEntries) checkpoint entries are in use"
                 : "the data area has no room for \(payloadLength) more bytes"
