@@ -98,7 +98,7 @@ let package = Package(
         .target(
             name: "PMUCtl",
             dependencies: [
-                "PMUCore", "PMUClient",
+                "PMUCore", "PMUClient", "PMUTransport", "PMUCheckpoint",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -125,7 +125,7 @@ let package = Package(
         .testTarget(
             name: "PMUIntegrationTests",
             dependencies: [
-                "PMUCore", "PMUClient", "PMUCtl",
+                "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

@@ -81,6 +81,12 @@ public enum FrameCodec {
                 error: PMUError(.frameTooLarge, "frame of \(Int(length) + 4) bytes exceeds the limit of \(maxFrameBytes) bytes; split large writes (the client library does)"),
                 requestId: id)
         }
+        if buffer.readableBytes >= 5, let version = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self), version != Limits.protocolVersion {
+            // Refused from the header, before any body arrives.
+            throw FrameDecodingError(
+                error: PMUError(.unsupportedVersion, "frame version \(version); this peer speaks \(Limits.protocolVersion)"),
+                requestId: buffer.getInteger(at: buffer.readerIndex + 8, endianness: .little, as: UInt64.self))
+        }
         guard buffer.readableBytes >= Int(length) + 4 else { return nil }
         var frame = buffer.readSlice(length: Int(length) + 4)!
         frame.moveReaderIndex(forwardBy: 4)

@@ -3,6 +3,7 @@ import Logging
 import PMUCore
 import PMUStore
 import PMUTransport
+import NIOCore
 import ServiceLifecycle
 
 /// `pmu-server`'s command line. Lives in the library so it can be tested without a process.
@@ -43,6 +44,9 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("reserve-free"), help: "Free space a create must leave on the data directory's filesystem.")
     var reserveFree = "64MiB"
 
+    @Option(name: .customLong("auth-timeout"), help: "Seconds a connection has to authenticate before it is closed.")
+    var authTimeoutSeconds = 10
+
     @Option(name: .customLong("ready-file"), help: "Write the bound HOST:PORT to this file once accepting connections.")
     var readyFile: String?
 
@@ -56,7 +60,7 @@ public struct ServerCommand: ParsableCommand {
         _ = try ByteSize.parse(maxRegionSize)
         _ = try ByteSize.parse(reserveFree)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
-        guard maxClients > 0, maxHandles > 0, maxRegions > 0 else { throw ValidationError("limits must be positive") }
+        guard maxClients > 0, maxHandles > 0, maxRegions > 0, authTimeoutSeconds > 0 else { throw ValidationError("limits must be positive") }
         for admin in admins { try NameRules.validateClientId(admin) }
     }
 
@@ -71,6 +75,7 @@ public struct ServerCommand: ParsableCommand {
         configuration.store = StoreConfiguration(
             maxRegionBytes: try ByteSize.parse(maxRegionSize), maxRegions: maxRegions, reserveFreeBytes: try ByteSize.parse(reserveFree))
         configuration.readyFile = readyFile
+        configuration.authenticationTimeout = .seconds(Int64(authTimeoutSeconds))
         return configuration
     }
 

@@ -1,3 +1,4 @@
+import NIOCore
 import PMUStore
 import PMUTransport
 
@@ -15,6 +16,8 @@ public struct ServerConfiguration: Sendable {
     public var store = StoreConfiguration()
     /// Threads that run blocking work (msync, fsync, fallocate) off the event loops.
     public var blockingThreads: Int = 8
+    /// A connection must finish HELLO/AUTHENTICATE within this, or it is closed (it holds a client slot).
+    public var authenticationTimeout: TimeAmount = .seconds(10)
     /// Written with the bound address once the server accepts connections (for scripts and tests).
     public var readyFile: String?
 

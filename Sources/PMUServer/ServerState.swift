@@ -91,6 +91,14 @@ final class ServerState: Sendable {
         }
     }
 
+    /// Checked before slow work that ends in a grant, so a create never commits and then fails.
+    func checkHandleRoom(connection: UInt64) throws(PMUError) {
+        let count = table.withLockedValue { $0.keys.handleCount(connection: connection) }
+        guard count < configuration.maxHandlesPerConnection else {
+            throw PMUError(.tooManyHandles, "this connection holds \(configuration.maxHandlesPerConnection) open handles, the limit (--max-handles); close some first")
+        }
+    }
+
     func handleCount(regionId: UInt64) -> Int {
         table.withLockedValue { $0.keys.handleCount(regionId: regionId) }
     }

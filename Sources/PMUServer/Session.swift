@@ -40,6 +40,18 @@ final class Session: RequestHandler, @unchecked Sendable {
         self.logger[metadataKey: "connection"] = "\(info.id)"
         self.logger[metadataKey: "peer"] = "\(info.remoteAddress)"
         self.admitted = state.admitConnection()
+        // A connection holds a client slot: one that does not authenticate in time gives it back.
+        let deadline = state.configuration.authenticationTimeout
+        info.eventLoop.scheduleTask(in: deadline) { [weak self] in
+            guard let self else { return }
+            switch self.phase {
+            case .awaitingHello, .challenged:
+                self.logger.notice("authentication timed out; closing connection")
+                self.refuse(0, PMUError(.notAuthenticated, "authentication did not complete within \(deadline); closing"))
+            case .authenticated, .closed:
+                break
+            }
+        }
         if !admitted {
             phase = .closed
             logger.warning("refused connection: client limit reached", metadata: ["maxClients": "\(state.configuration.maxClients)"])
@@ -91,7 +103,12 @@ final class Session: RequestHandler, @unchecked Sendable {
         }
         future.whenComplete { [self] result in
             // Completion callbacks run on the connection's event loop.
-            self.reply(requestId, (try? result.get()) ?? .error(PMUError(.shuttingDown, "server is shutting down")))
+            let response = (try? result.get()) ?? .error(PMUError(.shuttingDown, "server is shutting down"))
+            if case .closed = self.phase, case .grant(let grant) = response {
+                // The client left while its open or create ran: drop the key nobody will close.
+                try? self.state.close(key: grant.key, connection: self.info.id)
+            }
+            self.reply(requestId, response)
             self.busy = false
             self.info.replies.resumeReading()
             self.drain()
@@ -207,15 +224,19 @@ final class Session: RequestHandler, @unchecked Sendable {
                 var entries: [RegionInfo] = []
                 var cursor = after
                 var more = true
+                var replyBytes = 0
                 // Page through the store until `cap` visible regions are found or it runs out.
-                while entries.count < cap, more {
+                while entries.count < cap, replyBytes <= Limits.maxFrameBytes / 2, more {
                     let page = state.store.list(after: cursor, limit: cap)
                     more = page.more
                     for record in page.records {
                         cursor = record.name
                         guard AccessPolicy.mayView(clientId, owner: record.owner, readers: record.readers, writers: record.writers, isAdmin: isAdmin) else { continue }
                         entries.append(record.info(openHandles: state.handleCount(regionId: record.id)))
-                        if entries.count == cap {
+                        replyBytes += 64 + record.name.utf8.count + record.owner.utf8.count
+                            + (record.readers + record.writers).reduce(0) { $0 + 2 + $1.utf8.count }
+                        // Stay well inside the frame limit however long the access lists are.
+                        if entries.count == cap || replyBytes > Limits.maxFrameBytes / 2 {
                             more = more || record.name != page.records.last?.name
                             break
                         }
@@ -232,6 +253,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                     throw PMUError(.accessDenied, "client '\(clientId)' may not open region \(NameRules.quoted(name)) for \(rights); its owner or an admin can grant it")
                 }
                 if rights.contains(.write) {
+                    try state.checkHandleRoom(connection: connection)
                     // Taking the writer role bumps the epoch durably (fencing), which syncs the catalog.
                     runBlocking(id) { () throws(PMUError) -> Response in
                         let updated = try state.store.update(id: record.id) { (current: inout RegionRecord) throws(PMUError) in
@@ -248,6 +270,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                 for member in create.readers + create.writers where member != AccessPolicy.anyone {
                     try NameRules.validateClientId(member)
                 }
+                try state.checkHandleRoom(connection: connection)
                 runBlocking(id) { () throws(PMUError) -> Response in
                     let record = try state.store.create(create, owner: clientId)
                     let updated = try state.store.update(id: record.id) { (current: inout RegionRecord) throws(PMUError) in

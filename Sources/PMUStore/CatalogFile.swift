@@ -67,18 +67,26 @@ final class CatalogFile {
             throw error
         }
         close(tempFD)
-        guard rename(tempPath, path) == 0 else {
-            let failure = Sys.error(.ioError, "cannot rename compacted catalog over", path)
+        // Open the new log before the rename, so that once the rename happens appends can only go
+        // to the file that is now the catalog (never to the replaced one).
+        let newFD = open(tempPath, O_RDWR | O_CLOEXEC)
+        guard newFD >= 0 else {
+            let failure = Sys.error(.ioError, "cannot reopen compacted catalog", tempPath)
             unlink(tempPath)
             throw failure
         }
-        try Sys.fsyncPath(directoryPath, directory: true)
-        let newFD = open(path, O_RDWR | O_CLOEXEC)
-        guard newFD >= 0 else { throw Sys.error(.ioError, "cannot reopen catalog", path) }
+        guard rename(tempPath, path) == 0 else {
+            let failure = Sys.error(.ioError, "cannot rename compacted catalog over", path)
+            close(newFD)
+            unlink(tempPath)
+            throw failure
+        }
         close(fd)
         fd = newFD
         _ = lseek(fd, 0, SEEK_END)
         lengthBytes = total
         recordsSinceCompaction = records.count
+        // Until this fsync the rename may not be durable; either log is whole, so a crash loses nothing.
+        try Sys.fsyncPath(directoryPath, directory: true)
     }
 }

@@ -105,7 +105,7 @@ public final class RegionStore: @unchecked Sendable {
                 logger.notice("removed region file of a create that did not commit", metadata: ["file": "\(file)"])
                 continue
             }
-            guard file.hasSuffix(".region"), let id = UInt64(file.dropLast(7), radix: 16) else {
+            guard file.hasSuffix(".region"), file.count == 16 + 7, let id = UInt64(file.dropLast(7), radix: 16) else {
                 if !file.hasSuffix(".quarantine") {
                     logger.warning("ignoring unexpected file in regions directory", metadata: ["file": "\(file)"])
                 }
@@ -123,7 +123,10 @@ public final class RegionStore: @unchecked Sendable {
                 // Cannot happen through PMU (files are preallocated before the record commits); keep
                 // the bytes for an operator rather than serve a region whose size is wrong.
                 let quarantine = directory.regionsPath + "/" + DataDirectory.hex(id) + ".quarantine"
-                rename(path, quarantine)
+                guard rename(path, quarantine) == 0 else {
+                    throw Sys.error(.ioError, "cannot move aside mis-sized region file", path)
+                }
+                removed = true // the directory changed: synced below before the catalog drops the region
                 lost.append(id)
                 report.quarantined.append(record.name)
                 logger.error("region file size does not match its metadata; moved aside and dropped the region", metadata: [
@@ -137,20 +140,18 @@ public final class RegionStore: @unchecked Sendable {
             report.quarantined.append(record.name)
             logger.error("region in the catalog has no file; dropping its metadata", metadata: ["region": "\(record.name)", "id": "\(id)"])
         }
+        if removed { try Sys.fsyncPath(directory.regionsPath, directory: true) }
         for id in lost {
             let sequence = state.lastSequence + 1
             try catalog.append(CatalogFormat.encode(.delete(id: id), sequence: sequence))
             state.apply(.delete(id: id), sequence: sequence)
         }
-        if removed { try Sys.fsyncPath(directory.regionsPath, directory: true) }
 
         report.regions = state.regions.count
+        report.compacted = catalog.recordsSinceCompaction > 2 * state.regions.count + 64
         self.state = state
         self.recoveryReport = report
-        if catalog.recordsSinceCompaction > 2 * state.regions.count + 64 {
-            try compactLocked()
-            report.compacted = true
-        }
+        if report.compacted { try compactLocked() }
         logger.info("recovered data directory", metadata: [
             "dir": "\(directory.path)", "regions": "\(report.regions)", "catalogRecords": "\(report.catalogRecords)",
             "tornTailBytes": "\(report.tornTailBytes)", "removedIncomplete": "\(report.removedIncompleteCreates.count)",
@@ -227,7 +228,7 @@ public final class RegionStore: @unchecked Sendable {
                 let sequence = state.lastSequence + 1
                 try catalog.append(CatalogFormat.encode(.put(record), sequence: sequence))
                 state.apply(.put(record), sequence: sequence)
-                try compactIfNeededLocked()
+                compactIfNeededLocked()
             }
         } catch {
             unlink(final)
@@ -281,7 +282,7 @@ public final class RegionStore: @unchecked Sendable {
             let sequence = state.lastSequence + 1
             try catalog.append(CatalogFormat.encode(.put(record), sequence: sequence))
             state.apply(.put(record), sequence: sequence)
-            try compactIfNeededLocked()
+            compactIfNeededLocked()
             return record
         }
     }
@@ -299,7 +300,7 @@ public final class RegionStore: @unchecked Sendable {
             state.apply(.delete(id: record.id), sequence: sequence)
             // The mapping is released when the last in-flight operation holding it finishes.
             mappings[record.id] = nil
-            try compactIfNeededLocked()
+            compactIfNeededLocked()
             return record
         }
         // Committed: from here a crash leaves an orphan file that recovery removes.
@@ -312,9 +313,14 @@ public final class RegionStore: @unchecked Sendable {
         return record
     }
 
-    private func compactIfNeededLocked() throws(PMUError) {
-        if catalog.recordsSinceCompaction > max(1024, 4 * state.regions.count) {
+    /// Compaction never fails the operation that triggered it: that operation has already
+    /// committed. A failed compaction is logged and retried at the next trigger.
+    private func compactIfNeededLocked() {
+        guard catalog.recordsSinceCompaction > max(1024, 4 * state.regions.count) else { return }
+        do throws(PMUError) {
             try compactLocked()
+        } catch {
+            logger.error("catalog compaction failed; the log keeps growing until it succeeds", metadata: ["error": "\(error)"])
         }
     }
 

@@ -160,3 +160,21 @@ extension AuthAndFrameTests {
         #expect(!FileManager.default.fileExists(atPath: server.dataDirectory + "/regions/0000000000000001.region"))
     }
 }
+
+extension AuthAndFrameTests {
+    /// A connection that never authenticates is closed and gives back its client slot.
+    @Test func silentConnectionsAreClosedAfterTheAuthenticationTimeout() async throws {
+        let server = try startServer(["--auth-timeout", "1", "--max-clients", "1"])
+        let silent = try RawConnection(server.endpoint)
+        let (frames, closed) = silent.readUntilClosed()
+        #expect(closed)
+        if case .error(let error)? = frames.last?.message {
+            #expect(error.code == .notAuthenticated)
+        } else {
+            Issue.record("no error reply before close")
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        let client = try await server.client("alice") // the slot is free again
+        await client.disconnect()
+    }
+}
