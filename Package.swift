@@ -17,6 +17,8 @@ let package = Package(
         .library(name: "PMUCheckpoint", targets: ["PMUCheckpoint"]),
         .executable(name: "pmu-server", targets: ["pmu-server"]),
         .executable(name: "pmuctl", targets: ["pmuctl"]),
+        .executable(name: "pmu-example-primary", targets: ["pmu-example-primary"]),
+        .executable(name: "pmu-example-backup", targets: ["pmu-example-backup"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -105,6 +107,22 @@ let package = Package(
         ),
         .executableTarget(name: "pmu-server", dependencies: ["PMUServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "pmuctl", dependencies: ["PMUCtl", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        // Examples/: a primary that checkpoints a computation, a backup that takes over from it.
+        .target(
+            name: "PMUExampleComputation",
+            dependencies: ["PMUClient", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "NIOCore", package: "swift-nio")],
+            path: "Examples/Computation"
+        ),
+        .executableTarget(
+            name: "pmu-example-primary",
+            dependencies: ["PMUClient", "PMUExampleComputation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/Primary"
+        ),
+        .executableTarget(
+            name: "pmu-example-backup",
+            dependencies: ["PMUClient", "PMUExampleComputation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/Backup"
+        ),
         .testTarget(
             name: "PMUCoreTests",
             dependencies: [
@@ -125,7 +143,7 @@ let package = Package(
         .testTarget(
             name: "PMUIntegrationTests",
             dependencies: [
-                "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint",
+                "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint", "PMUExampleComputation",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

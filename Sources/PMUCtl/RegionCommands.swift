@@ -6,13 +6,15 @@ import PMUCore
 struct RegionCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "region", abstract: "Create, list, describe and delete regions.",
-        subcommands: [Create.self, List.self, Stat.self, Delete.self])
+        subcommands: [Create.self, List.self, Stat.self, Inspect.self, Delete.self])
 
     struct Create: PMUCtlCommand {
         static let configuration = CommandConfiguration(abstract: "Create a region (preallocated on the server).")
         @Argument(help: "Region name (1-255 bytes; no '/', '..' or control characters).") var name: String
         @Option(help: "Size, e.g. 4096, 4KiB, 64MiB, 1GiB.") var size: String
         @Option(help: "raw, checkpoint-overwrite or checkpoint-append.") var kind = "raw"
+        @Option(name: .customLong("max-checkpoints"), help: "checkpoint-append: most checkpoints kept at once.") var maxCheckpoints: UInt32 = 1024
+        @Option(name: .customLong("keep-newest"), help: "checkpoint-append: keep the newest N, reusing older space as a ring (0: keep all, refuse when full).") var keepNewest: UInt32 = 0
         @Option(name: .customLong("reader"), help: "Client id that may open it for reading ('*': anyone). Repeatable.") var readers: [String] = []
         @Option(name: .customLong("writer"), help: "Client id that may open it for writing ('*': anyone). Repeatable.") var writers: [String] = []
         @OptionGroup var connection: ConnectionOptions
@@ -27,13 +29,20 @@ struct RegionCommand: ParsableCommand {
         func execute() async throws {
             let bytes = try ByteSize.parse(size)
             let regionKind = RegionKind.allCases.first { $0.description == kind }!
-            let handle = try await withClient(connection) { client in
-                try await client.createRegion(name, sizeBytes: bytes, kind: regionKind, readers: readers, writers: writers)
+            let info = try await withClient(connection) { client in
+                if let mode = CheckpointMode(kind: regionKind) {
+                    let options = CheckpointOptions(mode: mode, maxCheckpoints: maxCheckpoints, keepNewest: keepNewest, readers: readers, writers: writers)
+                    try await client.createCheckpointRegion(name, sizeBytes: bytes, options: options)
+                } else {
+                    let handle = try await client.createRegion(name, sizeBytes: bytes, kind: regionKind, readers: readers, writers: writers)
+                    try await client.close(handle)
+                }
+                return try await client.stat(name)
             }
             if connection.json {
-                print(Output.json(["name": name, "id": handle.grant.regionId, "sizeBytes": handle.sizeBytes, "kind": kind]))
+                print(Output.json(["name": name, "id": info.id, "sizeBytes": info.sizeBytes, "kind": kind]))
             } else {
-                print("created region \(name) (id \(handle.grant.regionId), \(ByteSize.format(handle.sizeBytes)), \(kind))")
+                print("created region \(name) (id \(info.id), \(ByteSize.format(info.sizeBytes)), \(kind))")
             }
         }
     }
@@ -77,6 +86,8 @@ struct RegionCommand: ParsableCommand {
             print(Output.table(["FIELD", "VALUE"], rows))
         }
     }
+
+    typealias Inspect = InspectCommand
 
     struct Delete: PMUCtlCommand {
         static let configuration = CommandConfiguration(abstract: "Delete a region and its data (owner or admin only).")

@@ -1,0 +1,5 @@
+// Users of the client library need these types (errors, checkpoint modes, endpoints) without
+// naming the internal modules that define them.
+@_exported import PMUCheckpoint
+@_exported import PMUCore
+@_exported import struct PMUTransport.Endpoint
