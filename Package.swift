@@ -123,6 +123,12 @@ let package = Package(
             dependencies: ["PMUClient", "PMUExampleComputation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Examples/Backup"
         ),
+        // Benchmarks/: PMU's side of each benchmark workload (scripts/bench.sh runs it with baselines).
+        .executableTarget(
+            name: "pmu-bench",
+            dependencies: ["PMUClient", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "NIOCore", package: "swift-nio")],
+            path: "Benchmarks/pmu-bench"
+        ),
         .testTarget(
             name: "PMUCoreTests",
             dependencies: [

@@ -101,12 +101,17 @@ final class ClientFrameHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         if !pending.complete(frame), case .error(let error) = frame.message {
+            // An error for no request (id 0) is about the connection (TOO_MANY_CLIENTS, timeout):
+            // every waiting request fails with it rather than with a bare "connection closed".
             lastConnectionError = error
+            pending.failAll(PMUError(error.code, "server closed the connection: \(error.message)"))
         }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        let reason = (error as? FrameDecodingError)?.error ?? PMUError(.connectionClosed, "connection to pmu-server failed: \(error)")
+        let reason = (error as? FrameDecodingError)?.error
+            ?? lastConnectionError.map { PMUError($0.code, "server closed the connection: \($0.message)") }
+            ?? PMUError(.connectionClosed, "connection to pmu-server failed: \(error)")
         pending.failAll(reason)
         context.close(promise: nil)
     }

@@ -97,7 +97,13 @@ struct ChannelReplySink: ReplySink {
         let promise = channel.eventLoop.makePromise(of: Void.self)
         TCPFrameWriter.write(Frame(requestId: requestId, message: response), to: channel, flush: true, promise: promise)
         let channel = self.channel
-        promise.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        // Close our side only, then the rest shortly after: a full close while the client's next
+        // request is in flight would answer it with a reset, and a reset can discard our error
+        // reply from the client's receive buffer before it is read.
+        promise.futureResult.whenComplete { _ in
+            channel.close(mode: .output, promise: nil)
+            channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
+        }
     }
 
     func close() {

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# PMU benchmarks with their baselines measured in the same run, on 127.0.0.1 only:
+#   limits: raw TCP ping-pong and stream (Benchmarks/baselines/rawtcp.c), local write + msync
+#           into a preallocated mmap'd file (Benchmarks/baselines/localmsync.c);
+#   peer:   Redis from Debian (redis-server started here on a free port, without persistence and
+#           with appendonly yes + appendfsync always), driven by redis-benchmark;
+#   PMU:    pmu-server (release) on a temporary on-disk data directory, driven by pmu-bench.
+# Prints a table with ratios, writes bench-out/results.json, bench-out/BENCHMARKS.md and
+# bench-out/benchmarks.png. --quick: smaller counts (under a minute of measuring).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+quick=0
+[[ ${1:-} == --quick ]] && quick=1
+
+scripts/install-deps.sh
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-benchmark >/dev/null || need+=(redis-tools)
+if [[ ${#need[@]} -gt 0 ]]; then
+    as_root=(); [[ $(id -u) -eq 0 ]] || as_root=(sudo)
+    DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
+
+for product in pmu-server pmu-bench; do swift build -c release --product "$product" >/dev/null; done
+bin=$(swift build -c release --show-bin-path)
+out=bench-out
+mkdir -p "$out/raw"
+work=$(mktemp -d /var/tmp/pmu-bench.XXXXXX)   # on disk, not tmpfs: msync must reach a device
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+gcc -O2 -o "$work/rawtcp" Benchmarks/baselines/rawtcp.c
+gcc -O2 -o "$work/localmsync" Benchmarks/baselines/localmsync.c
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+# Servers.
+"$bin/pmu-server" --data-dir "$work/pmu-data" --listen 127.0.0.1:0 --ready-file "$work/ready" --log-level warning 2>"$work/pmu-server.log" &
+pids+=($!); pmu_pid=$!
+for _ in $(seq 100); do [[ -s $work/ready ]] && break; sleep 0.1; done
+pmu=$(cat "$work/ready")
+tcp_port=$(free_port); "$work/rawtcp" server "$tcp_port" & pids+=($!)
+redis_port=$(free_port); redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --daemonize no >/dev/null &
+pids+=($!)
+aof_port=$(free_port); mkdir -p "$work/aof"
+redis-server --port "$aof_port" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always --dir "$work/aof" --daemonize no >/dev/null &
+pids+=($!)
+sleep 0.5
+bench() { "$bin/pmu-bench" "$@" --server "$pmu" --secret-file "$work/pmu-data/admin.secret"; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$pmu_pid/status"; }
+redis_set() {  # port size clients count
+    redis-benchmark -p "$1" -t set -d "$2" -c "$3" -n "$4" -r 100000 --csv -q 2>/dev/null | tail -1
+}
+
+if [[ $quick -eq 1 ]]; then small=5000; bulk=$((256 << 20)); secs=1; regions=1000; redis_n=5000; else small=20000; bulk=$((1 << 30)); secs=3; regions=10000; redis_n=20000; fi
+
+r="$out/raw"
+echo "measuring (this takes $([[ $quick -eq 1 ]] && echo 'about a minute' || echo 'a few minutes'))..." >&2
+for size in 64 4096; do
+    "$work/rawtcp" pingpong 127.0.0.1 "$tcp_port" "$size" "$small" > "$r/tcp-pingpong-$size.json"
+    bench small --size "$size" --count "$small" > "$r/pmu-small-$size.json"
+    bench small --size "$size" --count $((small / 4)) --persist > "$r/pmu-durable-$size.json"
+    "$work/localmsync" "$work/msync.bin" "$size" $((small / 4)) > "$r/msync-$size.json"
+    redis_set "$redis_port" "$size" 1 "$redis_n" > "$r/redis-set-$size.csv"
+    redis_set "$aof_port" "$size" 1 $((redis_n / 4)) > "$r/redis-aof-$size.csv"
+done
+"$work/rawtcp" stream 127.0.0.1 "$tcp_port" $((1 << 20)) "$bulk" > "$r/tcp-stream.json"
+"$work/localmsync" "$work/msync.bin" "$bulk" $((1 << 20)) bulk > "$r/msync-bulk.json"
+for chunk in $((1 << 20)) $((4 << 20)); do bench bulk --total "$bulk" --chunk "$chunk" > "$r/pmu-bulk-$chunk.json"; done
+redis_set "$redis_port" $((1 << 20)) 1 $((bulk >> 20)) > "$r/redis-set-1m.csv"
+for clients in 1 4 16 64; do
+    bench concurrency --clients "$clients" --seconds "$secs" > "$r/pmu-conc-$clients.json"
+    redis_set "$aof_port" 4096 "$clients" $((redis_n / 2)) > "$r/redis-aof-conc-$clients.csv"
+done
+rss_before=$(rss_kib)
+bench regions --count "$regions" > "$r/pmu-regions.json"
+rss_after=$(rss_kib)
+echo "{\"rss_before_kib\": $rss_before, \"rss_after_kib\": $rss_after, \"regions\": $regions}" > "$r/pmu-rss.json"
+
+python3 Benchmarks/report.py "$r" "$out" --quick "$quick"
