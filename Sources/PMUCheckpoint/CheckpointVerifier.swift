@@ -42,6 +42,26 @@ public enum CheckpointVerifier {
                 items.append(.init(record: record, status: ok ? .ok : .damaged))
             }
         }
+        // A writer may have displaced a record while we read it: a record whose index entry has
+        // changed since is not damage, it is gone. Re-check the suspects against a fresh index.
+        if items.contains(where: { $0.status == .damaged }) {
+            let now = try await CheckpointIndex.entries(of: io, geometry: geometry)
+            items = try await items.asyncCompactMap { item throws(PMUError) -> VerificationReport.Item? in
+                guard item.status == .damaged else { return item }
+                let slot = Int(item.record.sequence % UInt64(geometry.indexEntries))
+                guard case .record(let current) = now[slot], current == item.record else { return nil }
+                let ok = try await CheckpointIndex.payload(of: current, io: io, geometry: geometry) != nil
+                return .init(record: current, status: ok ? .ok : .damaged)
+            }
+        }
         return VerificationReport(geometry: geometry, items: items.sorted { $0.record.sequence < $1.record.sequence }, unreadableSlots: unreadable)
+    }
+}
+
+extension Array {
+    func asyncCompactMap<T>(_ transform: (Element) async throws(PMUError) -> T?) async throws(PMUError) -> [T] {
+        var result: [T] = []
+        for element in self { if let value = try await transform(element) { result.append(value) } }
+        return result
     }
 }

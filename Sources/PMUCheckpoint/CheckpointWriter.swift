@@ -33,6 +33,12 @@ public actor CheckpointWriter {
     public static func open(io: some RegionIO, epoch: UInt64, format: CheckpointGeometry? = nil) async throws(PMUError) -> CheckpointWriter {
         var geometry = try await CheckpointIndex.geometry(of: io)
         if geometry == nil, let format {
+            // Format only a region whose header block was never written: a header that is there
+            // but fails its checksum is damage, and formatting over it would lose the checkpoints.
+            let block = try await io.read(at: 0, length: Int(CheckpointGeometry.headerBytes))
+            guard block.readableBytesView.allSatisfy({ $0 == 0 }) else {
+                throw PMUError(.damaged, "the region's checkpoint header is damaged (checksum mismatch); not formatting over it. Read what is left with pmuctl read, then recreate the region")
+            }
             try await io.write(at: 0, format.encode())
             try await io.persist(at: 0, length: CheckpointGeometry.headerBytes)
             geometry = format

@@ -105,9 +105,17 @@ extension PMUClient {
             mode: options.mode, regionBytes: sizeBytes, maxCheckpoints: options.maxCheckpoints, keepNewest: options.keepNewest)
         let handle = try await createRegion(name, sizeBytes: sizeBytes, kind: options.mode.regionKind, readers: options.readers, writers: options.writers)
         let region = RemoteRegion(client: self, handle: handle)
-        try await region.write(at: 0, geometry.encode())
-        try await region.persist(at: 0, length: CheckpointGeometry.headerBytes)
-        try await close(handle)
+        do throws(PMUError) {
+            try await region.write(at: 0, geometry.encode())
+            try await region.persist(at: 0, length: CheckpointGeometry.headerBytes)
+            try await close(handle)
+        } catch {
+            // Never leave a region whose layout options were not written (a later open would format
+            // it with defaults): remove it, best effort, and report the original error.
+            try? await close(handle)
+            try? await delete(name)
+            throw error
+        }
         return geometry
     }
 

@@ -1,4 +1,5 @@
 import NIOConcurrencyHelpers
+import NIOCore
 import PMUCore
 import PMUStore
 
@@ -76,6 +77,30 @@ final class ServerState: Sendable {
             }
             return translation
         }
+    }
+
+    /// WRITE: check and copy. For checkpoint regions the copy happens under the table lock, so a
+    /// takeover (which raises the epoch under the same lock) cannot fall between a stale writer's
+    /// fence check and its bytes landing. Raw regions copy outside the lock.
+    func write(key: AccessKey, connection: UInt64, offset: UInt64, data: ByteBuffer) throws(PMUError) {
+        let length = UInt64(data.readableBytes)
+        let translation: ProtectionTable<ServedRegion>.Translation? = try table.withTypedLock { table throws(PMUError) in
+            let translation = try table.keys.check(key: key, connection: connection, need: .write, offset: offset, length: length)
+            guard translation.region.kind != .raw else { return translation }
+            if let current = table.epochs[translation.regionId], translation.epoch < current {
+                throw PMUError(.fenced, "this handle's writer epoch \(translation.epoch) was superseded by epoch \(current): another primary opened the region for writing; this writer must stop")
+            }
+            data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) }
+            return nil
+        }
+        if let translation {
+            data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) }
+        }
+    }
+
+    /// Records a region's new writer epoch as soon as it is durable, before anything else can fail.
+    func raiseEpoch(regionId: UInt64, to epoch: UInt64) {
+        table.withLockedValue { $0.epochs[regionId] = max($0.epochs[regionId] ?? 0, epoch) }
     }
 
     func close(key: AccessKey, connection: UInt64) throws(PMUError) {

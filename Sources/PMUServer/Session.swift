@@ -176,8 +176,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                 throw PMUError(.protocolViolation, "this connection is already authenticated")
 
             case .write(let key, let offset, let data):
-                let translation = try state.translate(key: key, connection: connection, need: .write, offset: offset, length: UInt64(data.readableBytes))
-                data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) }
+                try state.write(key: key, connection: connection, offset: offset, data: data)
                 reply(id, .ok)
 
             case .read(let key, let offset, let length):
@@ -259,6 +258,8 @@ final class Session: RequestHandler, @unchecked Sendable {
                         let updated = try state.store.update(id: record.id) { (current: inout RegionRecord) throws(PMUError) in
                             current.writerEpoch += 1
                         }
+                        // Fence older writers now, even if mapping or granting fails below.
+                        state.raiseEpoch(regionId: updated.id, to: updated.writerEpoch)
                         return .grant(try Session.grant(state: state, connection: connection, record: updated, rights: rights, epoch: updated.writerEpoch))
                     }
                 } else {

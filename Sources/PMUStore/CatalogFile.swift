@@ -13,6 +13,9 @@ final class CatalogFile {
     private var fd: Int32
     private(set) var lengthBytes: Int
     private(set) var recordsSinceCompaction: Int
+    /// Set when a compaction's rename may not be durable: appending more would risk records that
+    /// a restart could not find. Metadata changes then fail until the server restarts.
+    private var broken: PMUError?
 
     /// Opens the log for appending at `validBytes`, cutting off a torn tail first.
     init(path: String, tempPath: String, directoryPath: String, validBytes: Int, records: Int) throws(PMUError) {
@@ -36,6 +39,7 @@ final class CatalogFile {
     /// Appends and syncs. On failure the log is cut back to where it was, so a half-written record
     /// can never sit in front of a later good one (which recovery would call corruption).
     func append(_ record: [UInt8]) throws(PMUError) {
+        if let broken { throw broken }
         do throws(PMUError) {
             try Sys.writeAll(fd, record, path: path)
             guard fdatasync(fd) == 0 else { throw Sys.error(.ioError, "cannot fdatasync catalog", path) }
@@ -87,6 +91,11 @@ final class CatalogFile {
         lengthBytes = total
         recordsSinceCompaction = records.count
         // Until this fsync the rename may not be durable; either log is whole, so a crash loses nothing.
-        try Sys.fsyncPath(directoryPath, directory: true)
+        do throws(PMUError) {
+            try Sys.fsyncPath(directoryPath, directory: true)
+        } catch {
+            broken = PMUError(.ioError, "the catalog's directory could not be synced after compaction (\(error.message)); metadata changes are refused until pmu-server restarts")
+            throw error
+        }
     }
 }

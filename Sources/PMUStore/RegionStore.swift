@@ -105,7 +105,9 @@ public final class RegionStore: @unchecked Sendable {
                 logger.notice("removed region file of a create that did not commit", metadata: ["file": "\(file)"])
                 continue
             }
-            guard file.hasSuffix(".region"), file.count == 16 + 7, let id = UInt64(file.dropLast(7), radix: 16) else {
+            guard file.hasSuffix(".region"), file.count == 16 + 7, file.dropLast(7).allSatisfy({ $0.isHexDigit && !$0.isUppercase }),
+                let id = UInt64(file.dropLast(7), radix: 16)
+            else {
                 if !file.hasSuffix(".quarantine") {
                     logger.warning("ignoring unexpected file in regions directory", metadata: ["file": "\(file)"])
                 }

@@ -96,6 +96,13 @@ import Glibc
         let verify = try run(binDirectory + "/pmuctl", ["checkpoint", "verify", "hurt", "--server", server.endpoint.description, "--secret-file", server.dataDirectory + "/admin.secret"])
         #expect(verify.status != 0)
         #expect(verify.stderr.contains("checkpoint(s) 3 damaged"))
+        // A damaged region header is reported, never formatted over.
+        try await client.write(raw, at: 9, [0x42])
+        #expect(await code { _ = try await client.openPrimary("hurt") } == .damaged)
+        #expect(await code { _ = try await client.openBackup("hurt") } == .notCheckpointRegion)
+        let repair = try await client.openRegion("hurt", rights: .readWrite) // the failed open fenced `raw`
+        try await client.write(repair, at: 9, [0x00]) // restored: the checkpoints are all still there
+        #expect(try await client.openBackup("hurt").all().map(\.sequence) == [1, 2])
         await client.disconnect()
     }
 
