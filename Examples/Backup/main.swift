@@ -18,13 +18,21 @@ struct Backup: ParsableCommand {
         let client = try await connection.connect()
         var follower: CheckpointBackup?
         while follower == nil {
-            follower = try? await client.openBackup(region)
-            if follower == nil { try await Task.sleep(for: .milliseconds(100)) } // the primary has not created it yet
+            do {
+                follower = try await client.openBackup(region)
+            } catch {
+                // Only "not there yet" is worth waiting for; anything else (access, auth) is an error.
+                guard error.code == .unknownRegion || error.code == .notCheckpointRegion else { throw error }
+                try await Task.sleep(for: .milliseconds(100))
+            }
         }
         var seen: UInt64 = try await follower!.latest()?.sequence ?? 0
         say("following \(region) from checkpoint \(seen)")
         while let newer = try await follower!.waitForNewer(than: seen, timeout: .milliseconds(takeoverAfterMilliseconds)) {
             seen = newer.sequence
+        }
+        guard seen > 0 else {
+            throw PMUError(.unknownSequence, "the primary never committed a checkpoint; nothing to take over from (not fencing it)")
         }
         say("no checkpoint for \(takeoverAfterMilliseconds) ms after \(seen): taking over")
         let primary = try await client.openPrimary(region) // from here the old primary is fenced

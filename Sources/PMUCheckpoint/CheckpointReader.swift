@@ -34,33 +34,47 @@ public struct CheckpointReader: Sendable {
         try await CheckpointIndex.records(of: io, geometry: geometry)
     }
 
+    /// A header the reader saw may be visible but not yet durable (its writer died between WRITE
+    /// and PERSIST). Persisting it before handing the checkpoint out means a backup never acts on
+    /// a checkpoint a power loss could take back. Read rights suffice; a clean page costs nothing.
+    private func makeDurable(_ record: CheckpointRecord) async throws(PMUError) {
+        try await io.persist(at: geometry.entryOffset(sequence: record.sequence), length: CheckpointGeometry.entryBytes)
+    }
+
     /// The newest complete checkpoint, or nil if there is none.
     public func latest() async throws(PMUError) -> Checkpoint? {
-        // A writer reusing space can overwrite a payload between our index read and payload read;
-        // a few rounds settle it (bounded: each round is one index read).
-        for _ in 0..<8 {
-            let records = try await records()
+        try await newest(after: 0)
+    }
+
+    /// The newest complete checkpoint with a sequence above `floor`, or nil.
+    private func newest(after floor: UInt64) async throws(PMUError) -> Checkpoint? {
+        // A writer reusing space can overwrite a payload between our index read and payload read.
+        // Each round is one index read; rounds back off, and the bound is generous because a
+        // reader on a slow link may be overtaken many times by a fast writer.
+        for round in 0..<64 {
+            let records = try await records().filter { $0.sequence > floor }
+            if records.isEmpty { return nil }
             var sawTorn = false
             for record in records.reversed() {
                 if let payload = try await CheckpointIndex.payload(of: record, io: io, geometry: geometry) {
-                    if !sawTorn { return Self.checkpoint(record, payload) }
-                    // An older one is complete but a newer was torn: re-read the index in case the
-                    // newer was rewritten under us, unless the index did not change.
-                    let again = try await self.records()
-                    if again == records { return Self.checkpoint(record, payload) }
-                    break
+                    // An older one is complete but a newer was torn: only trust it if the index did
+                    // not change meanwhile (else the newer was being rewritten: go round again).
+                    if sawTorn, try await self.records().filter({ $0.sequence > floor }) != records { break }
+                    try await makeDurable(record)
+                    return Self.checkpoint(record, payload)
                 }
                 sawTorn = true
             }
-            if records.isEmpty { return nil }
             if !sawTorn { return nil }
+            if round >= 4 { try? await Task.sleep(for: .milliseconds(min(100, 1 << (round - 4)))) }
         }
-        throw PMUError(.damaged, "no complete checkpoint could be read after repeated attempts (writer overwriting faster than we read?)")
+        throw PMUError(.damaged, "the writer replaced every checkpoint before it could be read, 64 times in a row; the reader is too slow for this writer (read over a faster link, or checkpoint less often)")
     }
 
     /// Every complete checkpoint, oldest first; records whose payload fails its checksum are left out.
     public func all() async throws(PMUError) -> [Checkpoint] {
         var result: [Checkpoint] = []
+        try await io.persist(at: geometry.indexOffset, length: geometry.indexBytes) // see makeDurable
         for record in try await records() {
             if let payload = try await CheckpointIndex.payload(of: record, io: io, geometry: geometry) {
                 result.append(Self.checkpoint(record, payload))
@@ -72,6 +86,7 @@ public struct CheckpointReader: Sendable {
     /// Complete checkpoints with sequence in `range`, oldest first.
     public func checkpoints(in range: ClosedRange<UInt64>) async throws(PMUError) -> [Checkpoint] {
         var result: [Checkpoint] = []
+        try await io.persist(at: geometry.indexOffset, length: geometry.indexBytes) // see makeDurable
         for record in try await records() where range.contains(record.sequence) {
             if let payload = try await CheckpointIndex.payload(of: record, io: io, geometry: geometry) {
                 result.append(Self.checkpoint(record, payload))
@@ -87,8 +102,13 @@ public struct CheckpointReader: Sendable {
             throw PMUError(.unknownSequence, "no checkpoint with sequence \(sequence) in this region (present: \(known))")
         }
         guard let payload = try await CheckpointIndex.payload(of: record, io: io, geometry: geometry) else {
+            // Replaced by the writer while we read it, or really damaged: the index tells which.
+            if try await self.records().first(where: { $0.sequence == sequence }) != record {
+                throw PMUError(.unknownSequence, "checkpoint \(sequence) was replaced by a newer one while it was being read (retention reused its space)")
+            }
             throw PMUError(.damaged, "checkpoint \(sequence) is damaged: its payload does not match its CRC32C")
         }
+        try await makeDurable(record)
         return Self.checkpoint(record, payload)
     }
 
@@ -97,7 +117,8 @@ public struct CheckpointReader: Sendable {
         let clock = ContinuousClock()
         let deadline = clock.now + timeout
         while true {
-            if let newest = try await latest(), newest.sequence > sequence { return newest }
+            // Reads only the index until something newer exists; the payload is fetched once.
+            if let newest = try await newest(after: sequence) { return newest }
             if clock.now >= deadline { return nil }
             do { try await Task.sleep(for: pollInterval) } catch { return nil }
         }

@@ -35,9 +35,9 @@ public actor CheckpointWriter {
         if geometry == nil, let format {
             // Format only a region whose header block was never written: a header that is there
             // but fails its checksum is damage, and formatting over it would lose the checkpoints.
-            let block = try await io.read(at: 0, length: Int(CheckpointGeometry.headerBytes))
+            let block = try await io.read(at: 0, length: Int(format.dataOffset))
             guard block.readableBytesView.allSatisfy({ $0 == 0 }) else {
-                throw PMUError(.damaged, "the region's checkpoint header is damaged (checksum mismatch); not formatting over it. Read what is left with pmuctl read, then recreate the region")
+                throw PMUError(.damaged, "the region's checkpoint header is damaged or missing while its index is not empty; not formatting over it. Read what is left with pmuctl read, then recreate the region")
             }
             try await io.write(at: 0, format.encode())
             try await io.persist(at: 0, length: CheckpointGeometry.headerBytes)
@@ -46,6 +46,11 @@ public actor CheckpointWriter {
         guard let geometry else {
             throw PMUError(.notCheckpointRegion, "region has no checkpoint header; create it as a checkpoint region (overwrite or append)")
         }
+        // A header is visible once its WRITE is answered but committed only once persisted; a
+        // primary that died in between leaves a visible, uncommitted one. Persisting the index now
+        // makes everything this writer is about to build on durable (payloads were persisted
+        // before their headers were written), so a later power loss cannot take it back.
+        try await io.persist(at: geometry.indexOffset, length: geometry.indexBytes)
         let records = try await CheckpointIndex.records(of: io, geometry: geometry)
         return CheckpointWriter(io: io, geometry: geometry, epoch: epoch, records: records)
     }

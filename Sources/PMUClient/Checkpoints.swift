@@ -82,6 +82,12 @@ public final class CheckpointPrimary: Sendable {
 public struct CheckpointBackup: Sendable {
     public let handle: RegionHandle
     public let reader: CheckpointReader
+    let client: PMUClient
+
+    /// Releases the read handle (long-running backups that reopen should close the old one).
+    public func close() async throws(PMUError) {
+        try await client.close(handle)
+    }
 
     public var geometry: CheckpointGeometry { reader.geometry }
 
@@ -144,7 +150,7 @@ extension PMUClient {
             guard CheckpointMode(kind: handle.kind) != nil else {
                 throw PMUError(.notCheckpointRegion, "region \(NameRules.quoted(name)) was created as a raw region, not for checkpoints")
             }
-            return CheckpointBackup(handle: handle, reader: try await CheckpointReader.open(io: RemoteRegion(client: self, handle: handle)))
+            return CheckpointBackup(handle: handle, reader: try await CheckpointReader.open(io: RemoteRegion(client: self, handle: handle)), client: self)
         } catch {
             try? await close(handle)
             throw error

@@ -45,6 +45,9 @@ public final class PMUClient: Sendable {
         _ configuration: ClientConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) async throws(PMUError) -> PMUClient {
         try NameRules.validateClientId(configuration.clientId)
+        guard (1...Limits.maxIOBytes).contains(configuration.chunkBytes), configuration.chunksInFlight >= 1 else {
+            throw PMUError(.invalidArgument, "chunkBytes must be 1...\(Limits.maxIOBytes) and chunksInFlight at least 1; got \(configuration.chunkBytes) and \(configuration.chunksInFlight)")
+        }
         let transport: TCPClientTransport
         do {
             transport = try await TCPClientTransport.connect(to: configuration.endpoint, group: group)
@@ -239,8 +242,8 @@ private final class ResultBuffer: @unchecked Sendable {
     private let lock = NIOLock()
 
     init(length: Int) {
-        buffer = ByteBufferAllocator().buffer(capacity: length)
-        buffer.moveWriterIndex(forwardBy: length)
+        // Zeroed, not merely reserved: no byte of uninitialised memory can ever be returned.
+        buffer = ByteBuffer(repeating: 0, count: length)
     }
 
     func set(_ part: ByteBuffer, at index: Int) {

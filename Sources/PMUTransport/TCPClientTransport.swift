@@ -20,6 +20,8 @@ public final class TCPClientTransport: ClientTransport, @unchecked Sendable {
             channel = try await ClientBootstrap(group: group)
                 .connectTimeout(.seconds(connectTimeoutSeconds))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                // A server machine that vanishes without a FIN is noticed (no request waits forever on a dead peer's kernel).
+                .channelOption(.socketOption(.so_keepalive), value: 1)
                 .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024, maximum: 1024 * 1024))
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
@@ -100,7 +102,7 @@ final class ClientFrameHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
-        if !pending.complete(frame), case .error(let error) = frame.message {
+        if !pending.complete(frame), frame.requestId == 0, case .error(let error) = frame.message {
             // An error for no request (id 0) is about the connection (TOO_MANY_CLIENTS, timeout):
             // every waiting request fails with it rather than with a bare "connection closed".
             lastConnectionError = error

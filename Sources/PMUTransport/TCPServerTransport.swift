@@ -23,6 +23,8 @@ public final class TCPServerTransport: ServerTransport, @unchecked Sendable {
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            // Dead clients (machine gone, no FIN) are eventually noticed and their slots and keys freed.
+            .childChannelOption(.socketOption(.so_keepalive), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)
             // Large receive buffers let 8 MiB WRITE frames arrive in few reads.
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024, maximum: 1024 * 1024))
