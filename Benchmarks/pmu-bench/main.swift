@@ -40,10 +40,19 @@ struct Small: ParsableCommand {
     @Option var size = 64
     @Option var count = 20_000
     @Flag var persist = false
+    @Flag(name: .customLong("pool-executor"), help: "Run on the default executor instead of the connection's event loop.") var poolExecutor = false
     @OptionGroup var connection: Connection
 
     func execute() async throws {
         let client = try await connection.connect()
+        if poolExecutor || client.taskExecutor == nil {
+            try await measure(client)
+        } else {
+            try await withTaskExecutorPreference(client.taskExecutor) { try await measure(client) }
+        }
+    }
+
+    func measure(_ client: PMUClient) async throws {
         let name = "bench-small-\(size)-\(persist)-\(getpid())"
         let region = try await client.createRegion(name, sizeBytes: 64 << 20)
         let payload = ByteBuffer(repeating: 0x5A, count: size)
@@ -124,6 +133,7 @@ struct Concurrency: ParsableCommand {
             for index in 0..<clients {
                 group.addTask {
                     let client = try await connection.connect()
+                    return try await withTaskExecutorPreference(client.taskExecutor) {
                     let name = "bench-conc-\(getpid())-\(index)"
                     let region = try await client.createRegion(name, sizeBytes: 16 << 20)
                     let payload = ByteBuffer(repeating: 7, count: size)
@@ -140,6 +150,7 @@ struct Concurrency: ParsableCommand {
                     try await client.delete(name)
                     await client.disconnect()
                     return samples
+                    }
                 }
             }
             var all: [Double] = []

@@ -33,10 +33,14 @@ public struct ClientConfiguration: Sendable {
 public final class PMUClient: Sendable {
     public let configuration: ClientConfiguration
     private let transport: any ClientTransport
+    /// Run latency-sensitive loops under `withTaskExecutorPreference(client.taskExecutor)` to avoid
+    /// a thread hop per request (see EventLoopTaskExecutor). nil for transports without an event loop.
+    public let taskExecutor: EventLoopTaskExecutor?
 
     private init(configuration: ClientConfiguration, transport: any ClientTransport) {
         self.configuration = configuration
         self.transport = transport
+        self.taskExecutor = (transport as? TCPClientTransport).map { EventLoopTaskExecutor(eventLoop: $0.eventLoop) }
     }
 
     /// Connects and authenticates (challenge-response; the secret never crosses the wire, and the

@@ -52,6 +52,9 @@ public final class TCPClientTransport: ClientTransport, @unchecked Sendable {
     public func close() async {
         try? await channel.close()
     }
+
+    /// The connection's event loop, for tasks that want to run where replies arrive.
+    public var eventLoop: any EventLoop { channel.eventLoop }
 }
 
 /// Promises of requests awaiting replies. Locked because `send` runs on any thread.
