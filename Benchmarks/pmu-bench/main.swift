@@ -128,34 +128,47 @@ struct Concurrency: ParsableCommand {
     func execute() async throws {
         let connection = self.connection
         let size = self.size
-        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-        let results = try await withThrowingTaskGroup(of: [Double].self) { group in
+        // Set-up (connect, create and preallocate each region) happens before the clock starts:
+        // creates fsync, and timing them would measure set-up, not durable writes.
+        let sessions = try await withThrowingTaskGroup(of: (PMUClient, RegionHandle, String).self) { group in
             for index in 0..<clients {
                 group.addTask {
                     let client = try await connection.connect()
-                    return try await withTaskExecutorPreference(client.taskExecutor) {
                     let name = "bench-conc-\(getpid())-\(index)"
-                    let region = try await client.createRegion(name, sizeBytes: 16 << 20)
-                    let payload = ByteBuffer(repeating: 7, count: size)
-                    var samples: [Double] = []
-                    var i = 0
-                    while ContinuousClock.now < deadline, i < 1_000_000 {
-                        let offset = UInt64(i * 4096 % (16 << 20 - 4096))
-                        let start = ContinuousClock.now
-                        try await client.write(region, at: offset, payload)
-                        try await client.persist(region, offset: offset, length: UInt64(size))
-                        samples.append(microseconds(since: start))
-                        i += 1
-                    }
-                    try await client.delete(name)
-                    await client.disconnect()
-                    return samples
+                    return (client, try await client.createRegion(name, sizeBytes: 16 << 20), name)
+                }
+            }
+            var all: [(PMUClient, RegionHandle, String)] = []
+            for try await session in group { all.append(session) }
+            return all
+        }
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        let results = try await withThrowingTaskGroup(of: [Double].self) { group in
+            for (client, region, _) in sessions {
+                group.addTask {
+                    try await withTaskExecutorPreference(client.taskExecutor) {
+                        let payload = ByteBuffer(repeating: 7, count: size)
+                        var samples: [Double] = []
+                        var i = 0
+                        while ContinuousClock.now < deadline, i < 1_000_000 {
+                            let offset = UInt64(i * 4096 % (16 << 20 - 4096))
+                            let start = ContinuousClock.now
+                            try await client.write(region, at: offset, payload)
+                            try await client.persist(region, offset: offset, length: UInt64(size))
+                            samples.append(microseconds(since: start))
+                            i += 1
+                        }
+                        return samples
                     }
                 }
             }
             var all: [Double] = []
             for try await samples in group { all += samples }
             return all
+        }
+        for (client, _, name) in sessions {
+            try await client.delete(name)
+            await client.disconnect()
         }
         emit(percentiles(results).merging(["clients": Double(clients), "ops_per_sec": Double(results.count) / seconds]) { a, _ in a })
     }
