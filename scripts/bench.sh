@@ -53,7 +53,7 @@ redis_set() {  # port size clients count
     redis-benchmark -p "$1" -t set -d "$2" -c "$3" -n "$4" -r 100000 --csv -q 2>/dev/null | tail -1
 }
 
-if [[ $quick -eq 1 ]]; then small=5000; bulk=$((256 << 20)); secs=1; regions=1000; redis_n=5000; else small=20000; bulk=$((1 << 30)); secs=3; regions=10000; redis_n=20000; fi
+if [[ $quick -eq 1 ]]; then small=5000; bulk=$((256 << 20)); secs=2; regions=1000; redis_n=5000; else small=20000; bulk=$((1 << 30)); secs=3; regions=10000; redis_n=20000; fi
 
 r="$out/raw"
 echo "measuring (this takes $([[ $quick -eq 1 ]] && echo 'about a minute' || echo 'a few minutes'))..." >&2

@@ -123,11 +123,13 @@ struct Concurrency: ParsableCommand {
     @Option var clients = 16
     @Option var seconds = 3.0
     @Option var size = 4096
+    @Option(help: "Bytes of each region the writes cycle through (small: rewrites already-written blocks).") var span = 16 << 20
     @OptionGroup var connection: Connection
 
     func execute() async throws {
         let connection = self.connection
         let size = self.size
+        let span = self.span
         // Set-up (connect, create and preallocate each region) happens before the clock starts:
         // creates fsync, and timing them would measure set-up, not durable writes.
         let sessions = try await withThrowingTaskGroup(of: (PMUClient, RegionHandle, String).self) { group in
@@ -151,7 +153,7 @@ struct Concurrency: ParsableCommand {
                         var samples: [Double] = []
                         var i = 0
                         while ContinuousClock.now < deadline, i < 1_000_000 {
-                            let offset = UInt64(i * 4096 % (16 << 20 - 4096))
+                            let offset = UInt64((i % max(1, (span - size) / 4096 + 1)) * 4096)
                             let start = ContinuousClock.now
                             try await client.write(region, at: offset, payload)
                             try await client.persist(region, offset: offset, length: UInt64(size))
