@@ -132,7 +132,7 @@ let package = Package(
         .testTarget(
             name: "PMUCoreTests",
             dependencies: [
-                "PMUCore",
+                "PMUCore", "PMUTesting",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -149,7 +149,7 @@ let package = Package(
         .testTarget(
             name: "PMUIntegrationTests",
             dependencies: [
-                "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint", "PMUExampleComputation",
+                "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint", "PMUExampleComputation", "PMUTesting",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

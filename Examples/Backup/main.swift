@@ -43,14 +43,7 @@ struct Backup: ParsableCommand {
         let verified = state == ComputationState.after(steps: state.step)
         say("took over at step \(state.step) from checkpoint \(latest.sequence) (epoch \(primary.epoch)); state \(verified ? "verified" : "DOES NOT MATCH")")
         guard verified else { throw PMUError(.damaged, "restored state does not match a recomputation") }
-        while state.step < steps {
-            state.advance()
-            if state.step % every == 0 || state.step == steps {
-                let sequence = try await primary.checkpoint(state.encoded())
-                say("committed step \(state.step) sequence \(sequence)")
-            }
-        }
-        say("done at step \(state.step)")
+        try await state.run(to: steps, every: every, primary: primary)
         await client.disconnect()
     }
 }

@@ -1,4 +1,5 @@
 import NIOCore
+import PMUClient
 
 /// The examples' "stateful computation": a deterministic walk whose state after step n depends on
 /// every earlier step, so a resumed run that skipped or repeated a step would be caught.
@@ -41,5 +42,21 @@ public struct ComputationState: Equatable, Sendable {
         self.step = step
         self.accumulator = accumulator
         self.window = (0..<512).map { _ in buffer.readInteger(endianness: .little, as: UInt64.self)! }
+    }
+}
+
+extension ComputationState {
+    /// Advances to `steps`, checkpointing every `every` steps (and at the end) through `primary`,
+    /// and prints each committed step. Shared by the primary and by a backup that took over.
+    public mutating func run(to steps: UInt64, every: UInt64, primary: CheckpointPrimary, pause: () -> Void = {}) async throws {
+        while step < steps {
+            advance()
+            pause()
+            if step % every == 0 || step == steps {
+                let sequence = try await primary.checkpoint(encoded())
+                say("committed step \(step) sequence \(sequence)")
+            }
+        }
+        say("done at step \(step)")
     }
 }

@@ -32,15 +32,8 @@ struct Primary: ParsableCommand {
         } else {
             say("starting at step 0 (epoch \(primary.epoch))")
         }
-        while state.step < steps {
-            state.advance()
-            if stepDelayMicroseconds > 0 { usleep(stepDelayMicroseconds) }
-            if state.step % every == 0 || state.step == steps {
-                let sequence = try await primary.checkpoint(state.encoded())
-                say("committed step \(state.step) sequence \(sequence)")
-            }
-        }
-        say("done at step \(state.step)")
+        let delay = stepDelayMicroseconds
+        try await state.run(to: steps, every: every, primary: primary) { if delay > 0 { usleep(delay) } }
         await client.disconnect()
     }
 }

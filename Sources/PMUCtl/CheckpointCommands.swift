@@ -48,10 +48,7 @@ struct CheckpointCommand: ParsableCommand {
         @OptionGroup var connection: ConnectionOptions
 
         func execute() async throws {
-            let report = try await withClient(connection) { client in
-                let backup = try await client.openBackup(name)
-                return try await CheckpointVerifier.verify(io: RemoteRegion(client: client, handle: backup.handle))
-            }
+            let report = try await verifyRegion(name, connection)
             if connection.json {
                 print(Output.json(report.items.map { item in
                     [
@@ -104,10 +101,7 @@ struct CheckpointCommand: ParsableCommand {
         @OptionGroup var connection: ConnectionOptions
 
         func execute() async throws {
-            let report = try await withClient(connection) { client in
-                let backup = try await client.openBackup(name)
-                return try await CheckpointVerifier.verify(io: RemoteRegion(client: client, handle: backup.handle))
-            }
+            let report = try await verifyRegion(name, connection)
             if connection.json {
                 print(Output.json([
                     "region": name, "checked": report.items.count, "damaged": report.damaged.map { $0.record.sequence },
@@ -122,6 +116,14 @@ struct CheckpointCommand: ParsableCommand {
                 throw PMUError(.damaged, "region \(name): checkpoint(s) \(list) damaged: payload does not match its CRC32C")
             }
         }
+    }
+}
+
+/// Reads every record of a checkpoint region read-only and checks its checksums.
+func verifyRegion(_ name: String, _ connection: ConnectionOptions) async throws -> VerificationReport {
+    try await withClient(connection) { client in
+        let backup = try await client.openBackup(name)
+        return try await CheckpointVerifier.verify(io: RemoteRegion(client: client, handle: backup.handle))
     }
 }
 

@@ -20,7 +20,7 @@ import Testing
     }()
 
     static func payload(sequence: UInt64, length: Int, seed: UInt64) -> ByteBuffer {
-        var generator = SplitMix(seed: seed ^ (sequence &* 0x1000_0000_01B3))
+        var generator = SeededGenerator(seed: seed ^ (sequence &* 0x1000_0000_01B3))
         var bytes = [UInt8](repeating: 0, count: (length + 7) / 8 * 8)
         bytes.withUnsafeMutableBytes { raw in
             let words = raw.bindMemory(to: UInt64.self)
@@ -33,7 +33,7 @@ import Testing
         var failures: [String] = []
         var stats = (cases: 0, acknowledged: 0, kept: 0, dropped: 0, torn: 0, fullRefusals: 0)
         for seed in Self.cases {
-            var generator = SplitMix(seed: seed)
+            var generator = SeededGenerator(seed: seed)
             do {
                 let problems = try await Self.runCase(seed: seed, generator: &generator, stats: &stats)
                 failures += problems.map { "seed \(seed): \($0)" }
@@ -48,7 +48,7 @@ import Testing
     }
 
     static func runCase(
-        seed: UInt64, generator: inout SplitMix, stats: inout (cases: Int, acknowledged: Int, kept: Int, dropped: Int, torn: Int, fullRefusals: Int)
+        seed: UInt64, generator: inout SeededGenerator, stats: inout (cases: Int, acknowledged: Int, kept: Int, dropped: Int, torn: Int, fullRefusals: Int)
     ) async throws -> [String] {
         stats.cases += 1
         let mode: CheckpointMode = Bool.random(using: &generator) ? .overwrite : .append
@@ -181,7 +181,7 @@ import Testing
     /// Process crash (kill -9 of the primary): every write reached the page cache, none is torn.
     @Test func processCrashesLoseNothingCommitted() async throws {
         for seed in Self.cases.prefix(500) {
-            var generator = SplitMix(seed: seed)
+            var generator = SeededGenerator(seed: seed)
             let geometry = try CheckpointGeometry.plan(mode: .overwrite, regionBytes: 64 * 1024)
             let region = SimulatedRegion(sizeBytes: 64 * 1024, failAfterOperations: Int.random(in: 0...60, using: &generator))
             var acknowledged: UInt64 = 0
@@ -205,14 +205,3 @@ import Testing
     }
 }
 
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

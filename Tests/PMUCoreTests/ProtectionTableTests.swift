@@ -1,3 +1,4 @@
+import PMUTesting
 import Testing
 
 @testable import PMUCore

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import PMUClient
 import PMUExampleComputation
+import PMUTesting
 import Testing
 
 #if canImport(Glibc)

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import PMUClient
 import PMUCore
+import PMUTesting
 import Testing
 
 #if canImport(Glibc)
@@ -183,17 +184,6 @@ final class Acknowledged: @unchecked Sendable {
     var deletedNames: Set<String> { lock.withLock { deletedSet } }
 }
 
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Bulk test data that is cheap to make and check even in a debug build: one random chunk, with
 /// every 4 KiB page stamped with its absolute offset, so a page landing in the wrong place or a
