@@ -63,8 +63,11 @@ struct Small: ParsableCommand {
         for i in 0..<count {
             let offset = UInt64(i * stride % (32 << 20))
             let start = ContinuousClock.now
-            try await client.write(region, at: offset, payload)
-            if persist { try await client.persist(region, offset: offset, length: UInt64(size)) }
+            if persist {
+                try await client.writeDurably(region, at: offset, payload)
+            } else {
+                try await client.write(region, at: offset, payload)
+            }
             samples.append(microseconds(since: start))
         }
         try await client.delete(name)
@@ -155,8 +158,7 @@ struct Concurrency: ParsableCommand {
                         while ContinuousClock.now < deadline, i < 1_000_000 {
                             let offset = UInt64((i % max(1, (span - size) / 4096 + 1)) * 4096)
                             let start = ContinuousClock.now
-                            try await client.write(region, at: offset, payload)
-                            try await client.persist(region, offset: offset, length: UInt64(size))
+                            try await client.writeDurably(region, at: offset, payload)
                             samples.append(microseconds(since: start))
                             i += 1
                         }

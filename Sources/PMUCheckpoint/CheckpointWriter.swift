@@ -131,8 +131,7 @@ public actor CheckpointWriter {
             for slot in slots { try await io.write(at: slot, zero) }
             for slot in slots { try await io.persist(at: slot, length: CheckpointGeometry.entryBytes) }
         }
-        try await io.write(at: geometry.dataOffset + record.dataOffset, payload)
-        try await io.persist(at: geometry.dataOffset + record.dataOffset, length: record.payloadLength)
+        try await io.writeDurably(at: geometry.dataOffset + record.dataOffset, payload)
     }
 
     private func recordFailure(_ error: PMUError) {
@@ -142,8 +141,7 @@ public actor CheckpointWriter {
     private func commit(_ record: CheckpointRecord) async throws(PMUError) {
         if let failure { throw failure } // an earlier checkpoint failed: committing this one would leave a gap
         let offset = geometry.entryOffset(sequence: record.sequence)
-        try await io.write(at: offset, record.encode())
-        try await io.persist(at: offset, length: CheckpointGeometry.entryBytes)
+        try await io.writeDurably(at: offset, record.encode())
         newestCommitted = record.sequence
     }
 

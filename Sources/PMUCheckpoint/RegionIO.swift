@@ -11,4 +11,13 @@ public protocol RegionIO: Sendable {
     func write(at offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError)
     /// When it returns, every write to [offset, offset+length) that returned before the call is durable.
     func persist(at offset: UInt64, length: UInt64) async throws(PMUError)
+    /// Write, then persist exactly those bytes; implementations may overlap the two (one round trip).
+    func writeDurably(at offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError)
+}
+
+extension RegionIO {
+    public func writeDurably(at offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError) {
+        try await write(at: offset, bytes)
+        if bytes.readableBytes > 0 { try await persist(at: offset, length: UInt64(bytes.readableBytes)) }
+    }
 }

@@ -26,6 +26,10 @@ public struct RemoteRegion: RegionIO {
         guard length > 0 else { return } // 0 would mean "to the end of the region" on the wire
         try await client.persist(handle, offset: offset, length: length)
     }
+
+    public func writeDurably(at offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError) {
+        try await client.writeDurably(handle, at: offset, bytes)
+    }
 }
 
 /// How a checkpoint region is laid out, chosen when it is created.

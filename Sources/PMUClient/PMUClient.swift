@@ -173,6 +173,31 @@ public final class PMUClient: Sendable {
         try await expectOK(.persist(key: handle.grant.key, offset: offset, length: length))
     }
 
+    /// Writes `bytes` at `offset` and makes them durable. For a write that fits one request the
+    /// WRITE and the PERSIST travel together (one round trip); larger ones are written in chunks,
+    /// then persisted. When it returns the bytes are on stable storage.
+    public func writeDurably(_ handle: RegionHandle, at offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError) {
+        let length = UInt64(bytes.readableBytes)
+        guard length > 0 else { return }
+        guard bytes.readableBytes <= configuration.chunkBytes else {
+            try await write(handle, at: offset, bytes)
+            return try await persist(handle, offset: offset, length: length)
+        }
+        let responses: [Response]
+        do {
+            responses = try await transport.sendPipelined([
+                .write(key: handle.grant.key, offset: offset, data: bytes),
+                .persist(key: handle.grant.key, offset: offset, length: length),
+            ])
+        } catch {
+            throw Self.pmuError(error)
+        }
+        for response in responses {
+            if case .error(let error) = response { throw error }
+            guard case .ok = response else { throw unexpected("WRITE+PERSIST") }
+        }
+    }
+
     // MARK: Plumbing
 
     private func readChunk(_ handle: RegionHandle, at offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {

@@ -49,6 +49,25 @@ public final class TCPClientTransport: ClientTransport, @unchecked Sendable {
         return try await promise.futureResult.get()
     }
 
+    public func sendPipelined(_ requests: [Request]) async throws -> [Response] {
+        var futures: [EventLoopFuture<Response>] = []
+        for request in requests {
+            let promise = channel.eventLoop.makePromise(of: Response.self)
+            guard let id = pending.register(promise) else {
+                let error = pending.closedError
+                promise.fail(error)
+                for future in futures { _ = try? await future.get() }
+                throw error
+            }
+            // Writes issued from one thread run on the event loop in the order issued.
+            TCPFrameWriter.write(Frame(requestId: id, message: request), to: channel, flush: request == requests.last)
+            futures.append(promise.futureResult)
+        }
+        var responses: [Response] = []
+        for future in futures { responses.append(try await future.get()) }
+        return responses
+    }
+
     public func close() async {
         try? await channel.close()
     }

@@ -45,5 +45,17 @@ public protocol ServerTransport: Sendable {
 /// reply is matched to its request by id, so many can be in flight on one connection.
 public protocol ClientTransport: Sendable {
     func send(_ request: Request) async throws -> Response
+    /// Sends every request before waiting for any reply; the server executes them in order, so a
+    /// WRITE followed by a PERSIST costs one round trip instead of two.
+    func sendPipelined(_ requests: [Request]) async throws -> [Response]
     func close() async
+}
+
+extension ClientTransport {
+    /// Fallback for transports that cannot pipeline: one request at a time, same results.
+    public func sendPipelined(_ requests: [Request]) async throws -> [Response] {
+        var responses: [Response] = []
+        for request in requests { responses.append(try await send(request)) }
+        return responses
+    }
 }

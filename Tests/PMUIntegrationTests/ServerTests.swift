@@ -30,6 +30,11 @@ import Glibc
         try await client.persist(handle)
         let back = try await client.read(handle, at: 5, length: data.count)
         #expect(Array(back.readableBytesView) == data)
+        // WRITE and PERSIST pipelined in one round trip; errors still come back in order.
+        try await client.writeDurably(handle, at: 1 << 20, ByteBuffer(bytes: [9, 8, 7]))
+        #expect(Array(try await client.read(handle, at: 1 << 20, length: 3).readableBytesView) == [9, 8, 7])
+        #expect(await code { try await client.writeDurably(handle, at: .max - 1, ByteBuffer(bytes: [1, 2, 3])) } == .outOfBounds)
+        try await client.write(handle, at: 5, data) // restore what the durable write overwrote
         let head = try await client.read(handle, at: 0, length: 5)
         #expect(Array(head.readableBytesView) == [0, 0, 0, 0, 0]) // preallocated space reads as zeros
 
