@@ -35,10 +35,12 @@ public final class PMUServerService: Service, Sendable {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let pool = NIOThreadPool(numberOfThreads: configuration.blockingThreads)
         pool.start()
+        let metadataPool = NIOThreadPool(numberOfThreads: 2)
+        metadataPool.start()
         let transport = TCPServerTransport(endpoint: configuration.listen, group: group, logger: logger)
         do {
             let bound = try await transport.start { info in
-                Session(info: info, state: state, pool: pool, logger: logger)
+                Session(info: info, state: state, pool: pool, metadataPool: metadataPool, logger: logger)
             }
             logger.info("pmu-server listening", metadata: [
                 "address": "\(bound)", "transport": "tcp", "dataDir": "\(configuration.dataDirectory)",
@@ -53,12 +55,14 @@ public final class PMUServerService: Service, Sendable {
         } catch {
             await transport.stop()
             try? await pool.shutdownGracefully()
+            try? await metadataPool.shutdownGracefully()
             try? await group.shutdownGracefully()
             throw error
         }
         logger.info("pmu-server shutting down")
         await transport.stop()
         try? await pool.shutdownGracefully()
+        try? await metadataPool.shutdownGracefully()
         try? await group.shutdownGracefully()
         withExtendedLifetime(directory) {}
         logger.info("pmu-server stopped")

@@ -25,17 +25,26 @@ final class Session: RequestHandler, @unchecked Sendable {
 
     private let info: ConnectionInfo
     private let state: ServerState
+    /// msync for PERSIST.
     private let pool: NIOThreadPool
+    /// Catalog work (create, delete, open for write): its own threads, so a flood of PERSISTs can
+    /// never delay a takeover's fencing open.
+    private let metadataPool: NIOThreadPool
     private var logger: Logger
     private let admitted: Bool
     private var phase: Phase = .awaitingHello
     private var queue: [Frame<Request>] = []
-    private var busy = false
+    private var busy = false { didSet { updateReading() } }
+    /// PERSISTs this connection has on the pool; reading pauses at the cap (bounded queue).
+    private var persistsInFlight = 0 { didSet { updateReading() } }
+    static let maxPersistsInFlight = 256
+    private var readingPaused = false
 
-    init(info: ConnectionInfo, state: ServerState, pool: NIOThreadPool, logger: Logger) {
+    init(info: ConnectionInfo, state: ServerState, pool: NIOThreadPool, metadataPool: NIOThreadPool, logger: Logger) {
         self.info = info
         self.state = state
         self.pool = pool
+        self.metadataPool = metadataPool
         self.logger = logger
         self.logger[metadataKey: "connection"] = "\(info.id)"
         self.logger[metadataKey: "peer"] = "\(info.remoteAddress)"
@@ -94,11 +103,17 @@ final class Session: RequestHandler, @unchecked Sendable {
         }
     }
 
-    /// Runs `work` on the blocking pool; reading pauses and later requests wait until it replies.
+    private func updateReading() {
+        let pause = busy || persistsInFlight >= Self.maxPersistsInFlight
+        guard pause != readingPaused else { return }
+        readingPaused = pause
+        if pause { info.replies.pauseReading() } else { info.replies.resumeReading() }
+    }
+
+    /// Runs `work` on the metadata pool; reading pauses and later requests wait until it replies.
     private func runBlocking(_ requestId: UInt64, _ work: @escaping @Sendable () throws(PMUError) -> Response) {
         busy = true
-        info.replies.pauseReading()
-        let future = pool.runIfActive(eventLoop: info.eventLoop) { () -> Response in
+        let future = metadataPool.runIfActive(eventLoop: info.eventLoop) { () -> Response in
             do throws(PMUError) { return try work() } catch { return .error(error) }
         }
         future.whenComplete { [self] result in
@@ -110,7 +125,6 @@ final class Session: RequestHandler, @unchecked Sendable {
             }
             self.reply(requestId, response)
             self.busy = false
-            self.info.replies.resumeReading()
             self.drain()
         }
     }
@@ -195,6 +209,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                 let translation = try state.translate(key: key, connection: connection, need: .read, offset: offset, length: resolvedLength)
                 let region = translation.region
                 let replies = info.replies
+                persistsInFlight += 1
                 pool.runIfActive(eventLoop: info.eventLoop) { () -> Response in
                     do throws(PMUError) {
                         try region.mapping.persist(offset: offset, length: resolvedLength)
@@ -202,7 +217,9 @@ final class Session: RequestHandler, @unchecked Sendable {
                     } catch {
                         return .error(error)
                     }
-                }.whenComplete { result in
+                }.whenComplete { [self] result in
+                    // On the connection's event loop (the future was made for it).
+                    self.persistsInFlight -= 1
                     replies.send((try? result.get()) ?? .error(PMUError(.shuttingDown, "server is shutting down")), requestId: id)
                 }
 

@@ -178,3 +178,27 @@ import Glibc
         await client.disconnect()
     }
 }
+
+extension ServerTests {
+    /// More PERSISTs in flight than the per-connection cap: reading pauses and resumes, all complete,
+    /// and a read-write open from another client (metadata pool) is not stuck behind them.
+    @Test func persistFloodIsBoundedAndCompletes() async throws {
+        let server = try startServer()
+        let client = try await server.client()
+        let handle = try await client.createRegion("flood", sizeBytes: 4 << 20)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<1000 {
+                group.addTask { try await client.writeDurably(handle, at: UInt64(index % 1000) * 4096, ByteBuffer(repeating: UInt8(index % 251), count: 4096)) }
+            }
+            group.addTask {
+                let other = try await server.client()
+                _ = try await other.openRegion("flood", rights: .readWrite)
+                await other.disconnect()
+            }
+            try await group.waitForAll()
+        }
+        let back = try await client.read(handle, at: 999 * 4096, length: 4096)
+        #expect(back.readableBytesView.allSatisfy { $0 == UInt8(999 % 251) })
+        await client.disconnect()
+    }
+}
