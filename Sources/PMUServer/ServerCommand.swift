@@ -44,6 +44,9 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("reserve-free"), help: "Free space a create must leave on the data directory's filesystem.")
     var reserveFree = "64MiB"
 
+    @Option(name: .customLong("persist-threads"), help: "Threads running msync for PERSIST (concurrent syncs let the filesystem batch journal commits).")
+    var persistThreads = 8
+
     @Option(name: .customLong("auth-timeout"), help: "Seconds a connection has to authenticate before it is closed.")
     var authTimeoutSeconds = 10
 
@@ -60,7 +63,7 @@ public struct ServerCommand: ParsableCommand {
         _ = try ByteSize.parse(maxRegionSize)
         _ = try ByteSize.parse(reserveFree)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
-        guard maxClients > 0, maxHandles > 0, maxRegions > 0, authTimeoutSeconds > 0 else { throw ValidationError("limits must be positive") }
+        guard maxClients > 0, maxHandles > 0, maxRegions > 0, authTimeoutSeconds > 0, (1...1024).contains(persistThreads) else { throw ValidationError("limits must be positive") }
         for admin in admins { try NameRules.validateClientId(admin) }
     }
 
@@ -76,6 +79,7 @@ public struct ServerCommand: ParsableCommand {
             maxRegionBytes: try ByteSize.parse(maxRegionSize), maxRegions: maxRegions, reserveFreeBytes: try ByteSize.parse(reserveFree))
         configuration.readyFile = readyFile
         configuration.authenticationTimeout = .seconds(Int64(authTimeoutSeconds))
+        configuration.blockingThreads = persistThreads
         return configuration
     }
 
