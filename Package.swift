@@ -2,13 +2,18 @@
 import PackageDescription
 
 // Module map (see docs/ARCHITECTURE.md):
+//   CISAL         Intel ISA-L (Debian libisal-dev): CRC32C now, erasure coding later
 //   PMUCore       no I/O: wire codec, region/catalog formats, protection table, errors, auth math
+//   PMUCheckpoint checkpoint layout, writer, reader, verifier over a RegionIO protocol (no transport)
+//   PMUTesting    test doubles: SimulatedRegion (crashes, torn and lost writes), seeded generator
 //   PMUStore      region files (fallocate + mmap), the metadata catalog, persistence, recovery
 //   PMUTransport  one transport protocol; the TCP (SwiftNIO) implementation
 //   PMUServer     the server as a Service: sessions, verbs, authentication
-//   PMUClient     async client library
+//   PMUClient     async client library (regions, checkpoints as primary and backup)
 //   PMUCtl        pmuctl's commands as a library
 //   pmu-server, pmuctl   thin executables
+//   Examples/     pmu-example-primary, pmu-example-backup (+ PMUExampleComputation)
+//   Benchmarks/   pmu-bench (scripts/bench.sh runs it next to raw TCP, msync and Redis baselines)
 let package = Package(
     name: "pmu",
     platforms: [.macOS(.v14)],
