@@ -67,15 +67,21 @@ final class ServerState: Sendable {
 
     /// The check every data operation passes: key, connection, rights, bounds, and for checkpoint
     /// regions the writer epoch.
-    func translate(key: AccessKey, connection: UInt64, need: Rights, offset: UInt64, length: UInt64) throws(PMUError) -> ProtectionTable<ServedRegion>.Translation {
+    /// READ and PERSIST: key, connection, read rights and bounds. (WRITE goes through `write`,
+    /// which also applies fencing.) A `length` of nil means "from `offset` to the end of the region",
+    /// resolved against the region's size in the same check.
+    func translateForRead(key: AccessKey, connection: UInt64, offset: UInt64, length: UInt64?) throws(PMUError) -> ProtectionTable<ServedRegion>.Translation {
         try table.withTypedLock { table throws(PMUError) in
-            let translation = try table.keys.check(key: key, connection: connection, need: need, offset: offset, length: length)
-            if need.contains(.write), translation.region.kind != .raw,
-                let current = table.epochs[translation.regionId], translation.epoch < current
-            {
-                throw PMUError(.fenced, "this handle's writer epoch \(translation.epoch) was superseded by epoch \(current): another primary opened the region for writing; this writer must stop")
+            let resolved: UInt64
+            if let length {
+                resolved = length
+            } else {
+                guard let entry = table.keys.entry(for: key, connection: connection) else {
+                    return try table.keys.check(key: key, connection: connection, need: .read, offset: offset, length: 0) // throws INVALID_KEY
+                }
+                resolved = entry.sizeBytes >= offset ? entry.sizeBytes - offset : 0
             }
-            return translation
+            return try table.keys.check(key: key, connection: connection, need: .read, offset: offset, length: resolved)
         }
     }
 

@@ -197,16 +197,15 @@ final class Session: RequestHandler, @unchecked Sendable {
                 guard Int(length) <= Limits.maxIOBytes else {
                     throw PMUError(.requestTooLarge, "read of \(length) bytes exceeds the per-request limit of \(Limits.maxIOBytes); split it (the client library does)")
                 }
-                let translation = try state.translate(key: key, connection: connection, need: .read, offset: offset, length: UInt64(length))
+                let translation = try state.translateForRead(key: key, connection: connection, offset: offset, length: UInt64(length))
                 let buffer = ByteBuffer(bytes: translation.region.mapping.bytes(at: offset, length: Int(length)))
                 reply(id, .data(buffer))
 
             case .persist(let key, let offset, let length):
                 // Checked now, against the state at arrival; the msync runs on the pool. Read rights
                 // suffice: persisting changes no byte, and a backup may want the primary's writes durable.
-                let probe = try state.translate(key: key, connection: connection, need: .read, offset: offset, length: 0)
-                let resolvedLength = length == 0 ? probe.region.mapping.sizeBytes - offset : length
-                let translation = try state.translate(key: key, connection: connection, need: .read, offset: offset, length: resolvedLength)
+                let translation = try state.translateForRead(key: key, connection: connection, offset: offset, length: length == 0 ? nil : length)
+                let resolvedLength = translation.length
                 let region = translation.region
                 let replies = info.replies
                 persistsInFlight += 1
