@@ -3,4 +3,5 @@
 #define PMU_CISAL_SHIM_H
 #include <isa-l/crc.h>
 #include <isa-l/erasure_code.h>
+#include <isa-l/raid.h>
 #endif

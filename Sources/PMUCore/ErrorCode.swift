@@ -32,6 +32,11 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     case notCheckpointRegion = 28
     case unknownSequence = 29
     case damaged = 30
+    // 40...: raised by the client library's cluster layer, never sent by a server.
+    /// Too many servers or subsegments lost: a striped or mirrored checkpoint cannot be reassembled.
+    case unrecoverable = 40
+    /// A server of the cluster map could not be reached or used (the message names it).
+    case serverUnavailable = 41
 
     /// A stable, grep-able name for logs and pmuctl's one-line errors.
     public var description: String {
@@ -66,6 +71,8 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .notCheckpointRegion: "NOT_CHECKPOINT_REGION"
         case .unknownSequence: "UNKNOWN_SEQUENCE"
         case .damaged: "DAMAGED"
+        case .unrecoverable: "UNRECOVERABLE"
+        case .serverUnavailable: "SERVER_UNAVAILABLE"
         }
     }
 }
