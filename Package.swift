@@ -10,6 +10,8 @@ import PackageDescription
 //   PMUTransport  one transport protocol; the TCP (SwiftNIO) implementation
 //   PMUServer     the server as a Service: sessions, verbs, authentication
 //   PMUClient     async client library (regions, checkpoints as primary and backup)
+//   PMUStripe     no I/O: stripe geometry, piece headers, erasure code (ISA-L), survivability
+//   PMUCluster    checkpoints striped with parity and/or mirrored across several pmu-servers
 //   PMUCtl        pmuctl's commands as a library
 //   pmu-server, pmuctl   thin executables
 //   Examples/     pmu-example-primary, pmu-example-backup (+ PMUExampleComputation)
@@ -20,6 +22,7 @@ let package = Package(
     products: [
         .library(name: "PMUClient", targets: ["PMUClient"]),
         .library(name: "PMUCheckpoint", targets: ["PMUCheckpoint"]),
+        .library(name: "PMUCluster", targets: ["PMUCluster"]),
         .executable(name: "pmu-server", targets: ["pmu-server"]),
         .executable(name: "pmuctl", targets: ["pmuctl"]),
         .executable(name: "pmu-example-primary", targets: ["pmu-example-primary"]),
@@ -102,10 +105,23 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
+        // Pure: how a checkpoint is cut, protected and placed across servers; erasure code via ISA-L.
+        .target(
+            name: "PMUStripe",
+            dependencies: ["PMUCore", "CISAL", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(
+            name: "PMUCluster",
+            dependencies: [
+                "PMUCore", "PMUStripe", "PMUClient", "PMUCheckpoint", "PMUTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "PMUCtl",
             dependencies: [
-                "PMUCore", "PMUClient", "PMUTransport", "PMUCheckpoint",
+                "PMUCore", "PMUClient", "PMUTransport", "PMUCheckpoint", "PMUCluster", "PMUStripe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -148,6 +164,10 @@ let package = Package(
             dependencies: ["PMUCore", "PMUCheckpoint", "PMUTesting", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
+            name: "PMUStripeTests",
+            dependencies: ["PMUCore", "PMUStripe", "PMUTesting", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
             name: "PMUStoreTests",
             dependencies: ["PMUCore", "PMUStore", .product(name: "Logging", package: "swift-log")]
         ),
@@ -155,6 +175,7 @@ let package = Package(
             name: "PMUIntegrationTests",
             dependencies: [
                 "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint", "PMUExampleComputation", "PMUTesting",
+                "PMUCluster", "PMUStripe",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

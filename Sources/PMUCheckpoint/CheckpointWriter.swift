@@ -27,6 +27,10 @@ public actor CheckpointWriter {
     /// Every checkpoint up to this sequence is committed; those above it up to nextSequence - 1 are
     /// in flight (commits happen in order, and after a failure nothing more commits).
     private var newestCommitted: UInt64
+    /// Set by a caller that knows more than this region does (a striped checkpoint is complete only
+    /// when every server has its piece): retention counts only checkpoints up to this sequence as
+    /// kept, so nothing at or after it is displaced. nil: every committed checkpoint counts.
+    private var retentionLimit: UInt64?
 
     /// Opens a region for writing checkpoints. If it was never formatted (a create interrupted
     /// before its header was written, or a region created by hand), `format` formats it.
@@ -69,6 +73,15 @@ public actor CheckpointWriter {
     /// The sequence the next checkpoint will get.
     public var upcomingSequence: UInt64 { nextSequence }
 
+    /// Limits retention to checkpoints up to `sequence` (see `retentionLimit`): the newest N before
+    /// it, it, and everything after it stay; only older ones may be displaced.
+    public func retainFrom(_ sequence: UInt64) {
+        retentionLimit = sequence
+    }
+
+    /// Records in the index (committed or in flight), oldest first.
+    public var records: [CheckpointRecord] { live.values.sorted { $0.sequence < $1.sequence } }
+
     /// Sequences present in the index (committed or in flight), oldest first.
     public var sequences: [UInt64] { live.keys.sorted() }
 
@@ -83,7 +96,7 @@ public actor CheckpointWriter {
             do throws(PMUError) {
                 placement = try PlacementRules.place(
                     sequence: sequence, payloadLength: length, geometry: geometry, live: Array(live.values), head: head,
-                    newestCommitted: newestCommitted)
+                    newestCommitted: min(newestCommitted, retentionLimit ?? .max))
                 break
             } catch {
                 // Space held by checkpoints still in flight frees up as they commit: wait, then retry.

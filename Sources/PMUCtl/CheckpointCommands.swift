@@ -17,6 +17,7 @@ struct CheckpointCommand: ParsableCommand {
         @Argument var name: String
         @Option(help: "File to save (default: stdin).") var file: String?
         @OptionGroup var connection: ConnectionOptions
+        @OptionGroup var cluster: ClusterOptions
 
         func execute() async throws {
             let data: Data
@@ -28,6 +29,7 @@ struct CheckpointCommand: ParsableCommand {
             } else {
                 data = FileHandle.standardInput.readDataToEndOfFile()
             }
+            if cluster.path != nil { return try await ClusterCheckpointCommands.put(name, data: data, cluster: cluster, json: connection.json) }
             let (sequence, epoch) = try await withClient(connection) { client in
                 let primary = try await client.openPrimary(name)
                 let sequence = try await primary.checkpoint(ByteBuffer(bytes: data))
@@ -46,8 +48,10 @@ struct CheckpointCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List checkpoints: sequence, epoch, size, time, checksum status.")
         @Argument var name: String
         @OptionGroup var connection: ConnectionOptions
+        @OptionGroup var cluster: ClusterOptions
 
         func execute() async throws {
+            if cluster.path != nil { return try await ClusterCheckpointCommands.list(name, cluster: cluster, json: connection.json) }
             let report = try await verifyRegion(name, connection)
             if connection.json {
                 print(Output.json(report.items.map { item in
@@ -73,8 +77,10 @@ struct CheckpointCommand: ParsableCommand {
         @Option(help: "Sequence number (default: the newest complete checkpoint).") var sequence: UInt64?
         @Option(help: "Output file (default: stdout).") var out: String?
         @OptionGroup var connection: ConnectionOptions
+        @OptionGroup var cluster: ClusterOptions
 
         func execute() async throws {
+            if cluster.path != nil { return try await ClusterCheckpointCommands.get(name, sequence: sequence, out: out, cluster: cluster) }
             let checkpoint = try await withClient(connection) { client -> Checkpoint in
                 let backup = try await client.openBackup(name)
                 if let sequence { return try await backup.checkpoint(sequence: sequence) }
@@ -99,8 +105,10 @@ struct CheckpointCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Check every checkpoint's checksums; exits non-zero naming any damaged one.")
         @Argument var name: String
         @OptionGroup var connection: ConnectionOptions
+        @OptionGroup var cluster: ClusterOptions
 
         func execute() async throws {
+            if cluster.path != nil { return try await ClusterCheckpointCommands.verify(name, cluster: cluster, json: connection.json) }
             let report = try await verifyRegion(name, connection)
             if connection.json {
                 print(Output.json([

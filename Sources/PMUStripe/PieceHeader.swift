@@ -17,6 +17,11 @@ public struct PieceHeader: Sendable, Equatable {
     public struct Entry: Sendable, Equatable {
         public var id: SubsegmentID
         public var crc: UInt32
+
+        public init(id: SubsegmentID, crc: UInt32) {
+            self.id = id
+            self.crc = crc
+        }
     }
 
     public var setID: SetID

@@ -1,0 +1,149 @@
+import NIOCore
+import PMUCheckpoint
+import PMUClient
+import PMUCore
+import PMUStripe
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The primary's side of a checkpoint set on a cluster. Forms the pieces in this process (the
+/// client library): cuts the payload, computes parity with ISA-L and sends each server its piece.
+///
+/// A checkpoint is complete when (1) every server's piece is durable (each server's checkpoint
+/// writer persists payload before header), then (2) the commit marker naming it is durable on
+/// every server. Only then does `checkpoint` return. A backup trusts only checkpoints on the
+/// chain from the newest commit marker, so one whose pieces reached only some servers is never
+/// recovered, and the previous complete one is never displaced until a newer one is complete.
+///
+/// Every server of the stripe must be reachable to write. After any failure the writer refuses
+/// further calls; reopen (after rebuilding or restarting the failed server).
+public actor ClusterPrimary {
+    public nonisolated let name: String
+    public nonisolated let descriptor: SetDescriptor
+    private let cluster: Cluster
+    private let writers: [String: CheckpointPrimary]
+    private let markers: [String: CheckpointPrimary]
+    private var committed: UInt64
+    private var nextSequence: UInt64
+    private var failure: PMUError?
+
+    /// Takes the writer role on every server of the stripe (a previous primary is fenced on each).
+    public static func open(_ name: String, cluster: Cluster) async throws(PMUError) -> ClusterPrimary {
+        let view = try await SetView.read(name, cluster: cluster)
+        await view.close(cluster: cluster)
+        let descriptor = view.descriptor
+        if !view.missing.isEmpty {
+            throw PMUError(.serverUnavailable, "cannot write set \(name): a striped checkpoint is complete only when every server has its piece, and these servers are unavailable or lack the set: \(view.missing.summary). Restart them, or replace and rebuild them (pmuctl cluster rebuild SERVER)")
+        }
+        let opened = await cluster.each(descriptor.servers) { _, client throws(PMUError) -> (CheckpointPrimary, CheckpointPrimary) in
+            let pieces = try await client.openPrimary(name)
+            do throws(PMUError) {
+                return (pieces, try await client.openPrimary(SetRegions.commitName(name)))
+            } catch {
+                try? await pieces.close()
+                throw error
+            }
+        }
+        let (handles, failures) = partition(opened)
+        guard failures.isEmpty else {
+            for (pieces, marker) in handles.values {
+                try? await pieces.close()
+                try? await marker.close()
+            }
+            throw PMUError(failures.values.first!.code, "cannot open set \(name) for writing on \(failures.summary)")
+        }
+        let primary = ClusterPrimary(
+            name: name, descriptor: descriptor, cluster: cluster,
+            writers: handles.mapValues(\.0), markers: handles.mapValues(\.1),
+            committed: view.completeSequences.first ?? 0, next: view.highestSequence + 1)
+        try await primary.protectNewestComplete()
+        return primary
+    }
+
+    private init(name: String, descriptor: SetDescriptor, cluster: Cluster, writers: [String: CheckpointPrimary], markers: [String: CheckpointPrimary], committed: UInt64, next: UInt64) {
+        self.name = name
+        self.descriptor = descriptor
+        self.cluster = cluster
+        self.writers = writers
+        self.markers = markers
+        self.committed = committed
+        self.nextSequence = next
+    }
+
+    /// The newest complete checkpoint's sequence (0: none).
+    public var newestComplete: UInt64 { committed }
+
+    /// Retention on each server counts only pieces up to the newest complete checkpoint's, so a
+    /// run of failed attempts can never push the last complete checkpoint out.
+    private func protectNewestComplete() async throws(PMUError) {
+        for (server, primary) in writers {
+            let records = await primary.writer.records
+            let io = RemoteRegion(client: try cluster.client(server), handle: primary.handle)
+            let pieces = try await PieceScan.pieces(server: server, io: io, geometry: primary.geometry, records: records, setID: descriptor.setID)
+            await primary.writer.retainFrom(pieces[committed]?.record.sequence ?? 0)
+            // Pieces a fenced primary wrote after our first look: never reuse their sequences.
+            nextSequence = max(nextSequence, (pieces.keys.max() ?? 0) + 1)
+        }
+    }
+
+    /// Saves a checkpoint across the cluster; returns its sequence once it is complete (every
+    /// piece and every commit marker durable).
+    public func checkpoint(_ payload: ByteBuffer) async throws(PMUError) -> UInt64 {
+        if let failure { throw PMUError(failure.code, "cluster writer for set \(name) stopped after an earlier failure: \(failure.message)") }
+        do throws(PMUError) {
+            let sequence = nextSequence
+            nextSequence += 1
+            let geometry = try StripeGeometry.plan(
+                payloadLength: UInt64(payload.readableBytes), redundancy: descriptor.redundancy,
+                serverCount: descriptor.servers.count, maxSubsegmentBytes: descriptor.maxSubsegmentBytes)
+            let stamp = PieceBuilder.Stamp(
+                setID: descriptor.setID, sequence: sequence, previousComplete: committed,
+                timestampNanoseconds: Self.now(), servers: descriptor.servers)
+            let pieces = PieceBuilder.pieces(of: payload, geometry: geometry, stamp: stamp)
+            var byServer: [String: ByteBuffer] = [:]
+            for (index, server) in descriptor.servers.enumerated() { byServer[server] = pieces[index] }
+            let frozen = byServer
+            let written = await cluster.each(descriptor.servers) { server, _ throws(PMUError) -> UInt64 in
+                try await self.writers[server]!.checkpoint(frozen[server]!)
+            }
+            let (localSequences, failures) = partition(written)
+            guard failures.isEmpty else {
+                throw PMUError(failures.values.first!.code, "checkpoint \(sequence) of set \(name) is not complete: its pieces could not be made durable on \(failures.summary); the previous complete checkpoint (\(committed)) stays the newest")
+            }
+            var marker = descriptor
+            marker.committed = sequence
+            let encoded = marker.encode()
+            let marked = await cluster.each(descriptor.servers) { server, _ throws(PMUError) -> UInt64 in
+                try await self.markers[server]!.checkpoint(encoded)
+            }
+            let markFailures = partition(marked).failures
+            guard markFailures.isEmpty else {
+                throw PMUError(markFailures.values.first!.code, "checkpoint \(sequence) of set \(name): every piece is durable but its commit marker could not be written on \(markFailures.summary); a backup may or may not treat it as complete")
+            }
+            committed = sequence
+            for (server, local) in localSequences { await writers[server]!.writer.retainFrom(local) }
+            return sequence
+        } catch {
+            failure = error
+            throw error
+        }
+    }
+
+    public func checkpoint(_ payload: [UInt8]) async throws(PMUError) -> UInt64 {
+        try await checkpoint(ByteBuffer(bytes: payload))
+    }
+
+    /// Releases the writer handles (the role stays taken until another primary opens).
+    public func close() async {
+        for primary in writers.values { try? await primary.close() }
+        for primary in markers.values { try? await primary.close() }
+    }
+
+    static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+}

@@ -1,0 +1,109 @@
+import NIOCore
+import PMUCheckpoint
+import PMUClient
+import PMUCore
+import PMUStripe
+
+/// What `rebuild` did for one set.
+public struct RebuildReport: Sendable {
+    public var set: String
+    public var server: String
+    /// Complete checkpoints whose piece was regenerated on the server, oldest first.
+    public var rebuilt: [UInt64]
+    /// Complete checkpoints that could not be reassembled from the other servers (left out).
+    public var unrecoverable: [UInt64]
+    public var bytesWritten: UInt64
+}
+
+extension Cluster {
+    /// Regenerates `server`'s pieces of every complete checkpoint of set `name` from the other
+    /// servers, after it was wiped or replaced (same name in the map, possibly a new address).
+    ///
+    /// Everything is reassembled and checked against each checkpoint's CRC32C before the server's
+    /// old regions of the set are replaced. Run it while no primary writes the set (a primary
+    /// cannot complete checkpoints with a server missing anyway); reopen the primary afterwards.
+    public func rebuild(server: String, set name: String) async throws(PMUError) -> RebuildReport {
+        let target = try client(server)
+        var view = try await SetView.read(name, cluster: self)
+        let peers = view.servers.filter { $0.key != server }
+        // The target's own (possibly stale or damaged) state plays no part.
+        view.servers = peers
+        view.missing[server] = PMUError(.serverUnavailable, "being rebuilt")
+        await closeHandles(of: view, including: server)
+        guard let position = view.descriptor.servers.firstIndex(of: server) else {
+            throw PMUError(.invalidArgument, "server \(server) is not one of set \(name)'s servers (\(view.descriptor.servers.joined(separator: ", ")))")
+        }
+        guard let peer = peers.values.first else {
+            throw PMUError(.unrecoverable, "no other server holds set \(name); nothing to rebuild \(server) from")
+        }
+        let backup = try ClusterBackup(name: name, cluster: self)
+        var pieces: [(UInt64, ByteBuffer)] = []
+        var unrecoverable: [UInt64] = []
+        for sequence in view.completeSequences.reversed() {
+            do throws(PMUError) {
+                let checkpoint = try await backup.reassemble(sequence, view: view)
+                let header = view.pieces(of: sequence)[0].header
+                // Encoding is deterministic: the same payload and stamp give the same pieces the
+                // primary wrote, so the rebuilt piece matches what its peers' headers describe.
+                let stamp = PieceBuilder.Stamp(
+                    setID: header.setID, sequence: sequence, previousComplete: header.previousComplete,
+                    timestampNanoseconds: header.timestampNanoseconds, servers: header.servers)
+                let all = PieceBuilder.pieces(of: checkpoint.payload, geometry: header.geometry, stamp: stamp)
+                pieces.append((sequence, all[position]))
+            } catch {
+                guard error.code == .unrecoverable || error.code == .damaged else { throw error }
+                unrecoverable.append(sequence)
+            }
+        }
+        // Same region shape as a peer's: same capacity and retention.
+        let peerInfo = try await self.client(peer.server).stat(name)
+        let options = CheckpointOptions(mode: .append, maxCheckpoints: peer.geometry.indexEntries, keepNewest: peer.geometry.keepNewest)
+        for region in [SetRegions.commitName(name), name] {
+            do throws(PMUError) {
+                try await target.delete(region)
+            } catch {
+                guard error.code == .unknownRegion else { throw error }
+            }
+        }
+        try await target.createCheckpointRegion(name, sizeBytes: peerInfo.sizeBytes, options: options)
+        try await target.createCheckpointRegion(SetRegions.commitName(name), sizeBytes: SetRegions.commitRegionBytes, options: CheckpointOptions(mode: .overwrite))
+        let writer = try await target.openPrimary(name)
+        var written: UInt64 = 0
+        do throws(PMUError) {
+            for (_, piece) in pieces {
+                _ = try await writer.checkpoint(piece)
+                written += UInt64(piece.readableBytes)
+            }
+            try await writer.close()
+        } catch {
+            try? await writer.close()
+            throw error
+        }
+        // The marker last: until it is there, the server's pieces are not trusted as complete on
+        // their own (the chain comes from the highest marker of any server).
+        var descriptor = view.descriptor
+        descriptor.committed = view.completeSequences.first ?? 0
+        let marker = try await target.openPrimary(SetRegions.commitName(name))
+        _ = try await marker.checkpoint(descriptor.encode())
+        try await marker.close()
+        return RebuildReport(set: name, server: server, rebuilt: pieces.map(\.0), unrecoverable: unrecoverable, bytesWritten: written)
+    }
+
+    /// Every set of which some reachable server holds regions (NAME plus NAME.commit).
+    public func setNames() async -> [String] {
+        let lists = partition(await each(reachable) { _, client throws(PMUError) in try await client.list().map(\.name) }).values
+        var names: Set<String> = []
+        for list in lists.values {
+            let all = Set(list)
+            for region in list where region.hasSuffix(SetRegions.commitSuffix) {
+                let base = String(region.dropLast(SetRegions.commitSuffix.count))
+                if all.contains(base) { names.insert(base) }
+            }
+        }
+        return names.sorted()
+    }
+
+    private func closeHandles(of view: SetView, including server: String) async {
+        await view.close(cluster: self)
+    }
+}

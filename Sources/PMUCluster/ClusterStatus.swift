@@ -1,0 +1,26 @@
+import PMUClient
+import PMUCore
+import PMUStripe
+
+/// A set as `pmuctl cluster status` shows it.
+public struct SetStatus: Sendable {
+    public var name: String
+    public var descriptor: SetDescriptor
+    /// Each stripe server: nil if it holds the set, else why not.
+    public var servers: [(name: String, problem: String?)]
+    /// Complete checkpoints, oldest first.
+    public var checkpoints: [ClusterCheckpointInfo]
+}
+
+extension Cluster {
+    public func status(set name: String) async throws(PMUError) -> SetStatus {
+        let backup = try ClusterBackup(name: name, cluster: self)
+        return try await backup.withView { (view: SetView) async throws(PMUError) in
+            let servers = view.descriptor.servers.map { server in
+                (name: server, problem: view.missing[server].map { "\($0.code): \($0.message)" })
+            }
+            let checkpoints = view.completeSequences.reversed().map { backup.info(of: $0, in: view) }
+            return SetStatus(name: name, descriptor: view.descriptor, servers: servers, checkpoints: checkpoints)
+        }
+    }
+}

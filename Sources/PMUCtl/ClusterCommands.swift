@@ -1,0 +1,244 @@
+import ArgumentParser
+import Foundation
+import NIOCore
+import PMUCluster
+import PMUCore
+import PMUStripe
+
+/// Where the cluster map is: --cluster, else $PMU_CLUSTER.
+struct ClusterOptions: ParsableArguments {
+    @Option(name: .customLong("cluster"), help: "Cluster map file (JSON; env PMU_CLUSTER): the checkpoint set is striped or mirrored across its servers.")
+    var mapPath: String?
+
+    var path: String? { mapPath ?? ProcessInfo.processInfo.environment["PMU_CLUSTER"] }
+
+    func load() throws -> ClusterMap {
+        guard let path else { throw PMUError(.invalidArgument, "no cluster map: pass --cluster FILE or set PMU_CLUSTER") }
+        return try ClusterMap.load(path: path)
+    }
+}
+
+/// Connects to every server of the map, runs `body`, disconnects.
+func withCluster<T>(_ options: ClusterOptions, _ body: (Cluster) async throws -> T) async throws -> T {
+    let cluster = await Cluster.connect(try options.load())
+    do {
+        let result = try await body(cluster)
+        await cluster.disconnect()
+        return result
+    } catch {
+        await cluster.disconnect()
+        throw error
+    }
+}
+
+struct ClusterCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cluster", abstract: "Checkpoint sets striped with parity or mirrored across the servers of a cluster map.",
+        discussion: "Checkpoints go in and out with `pmuctl checkpoint put|get|list|verify NAME --cluster MAP`.",
+        subcommands: [Create.self, Status.self, Rebuild.self, Delete.self])
+
+    struct Create: PMUCtlCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a checkpoint set on every server of the map.")
+        @Argument(help: "Set name (its regions on each server are NAME and NAME.commit).") var name: String
+        @Option(help: "Data subsegments per group (default: the map's, else min(4, servers - 1)).") var k: Int?
+        @Option(help: "Parity subsegments per group: 1 = XOR, 2+ = Reed-Solomon (default: the map's, else 1).") var m: Int?
+        @Option(help: "Servers holding each subsegment; with --k 1 --m 0 this is plain mirroring (default 1).") var copies: Int?
+        @Option(name: .customLong("max-checkpoint"), help: "Largest checkpoint, e.g. 64MiB; sizes each server's region.") var maxCheckpoint: String
+        @Option(name: .customLong("keep-newest"), help: "Complete checkpoints kept (0: keep all up to --max-checkpoints).") var keepNewest: UInt32 = 2
+        @Option(name: .customLong("max-checkpoints"), help: "With --keep-newest 0: how many checkpoints fit.") var maxCheckpoints: UInt32 = 64
+        @Option(name: .customLong("subsegment"), help: "Largest subsegment, a multiple of 64 bytes (default: the map's, else 1MiB).") var subsegment: String?
+        @OptionGroup var cluster: ClusterOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func execute() async throws {
+            let map = try cluster.load()
+            let defaults = map.defaultRedundancy
+            let redundancy = Redundancy(k: k ?? defaults.k, m: m ?? defaults.m, copies: copies ?? defaults.copies)
+            let sub = try subsegment.map { Int(try ByteSize.parse($0)) } ?? map.defaults.subsegmentBytes ?? (1 << 20)
+            let options = CheckpointSetOptions(
+                redundancy: redundancy, maxCheckpointBytes: try ByteSize.parse(maxCheckpoint), keepNewest: keepNewest,
+                maxCheckpoints: maxCheckpoints, maxSubsegmentBytes: sub)
+            let descriptor = try await withCluster(cluster) { try await $0.createCheckpointSet(name, options: options) }
+            if json {
+                print(Output.json(["set": name, "setId": descriptor.setID.description, "servers": descriptor.servers, "k": redundancy.k, "m": redundancy.m, "copies": redundancy.copies]))
+            } else {
+                print("set \(name): \(redundancy) on \(descriptor.servers.joined(separator: ", ")); survives any \(redundancy.guaranteedLosses) server loss(es)")
+            }
+        }
+    }
+
+    struct Status: PMUCtlCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show each server and, per complete checkpoint, which servers hold it and how many more losses it survives.")
+        @Argument(help: "Set name (default: every set found on the servers).") var name: String?
+        @OptionGroup var cluster: ClusterOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func execute() async throws {
+            let (statuses, unreachable, map) = try await withCluster(cluster) { cluster -> ([SetStatus], [String: PMUError], ClusterMap) in
+                var names = name.map { [$0] } ?? []
+                if name == nil { names = await cluster.setNames() }
+                var statuses: [SetStatus] = []
+                for name in names { statuses.append(try await cluster.status(set: name)) }
+                return (statuses, cluster.unreachable, cluster.map)
+            }
+            if json {
+                print(Output.json([
+                    "servers": map.servers.map { ["name": $0.name, "address": $0.address, "reachable": unreachable[$0.name] == nil, "error": unreachable[$0.name]?.message ?? ""] as [String: Any] },
+                    "sets": statuses.map { status in
+                        [
+                            "name": status.name, "redundancy": status.descriptor.redundancy.description,
+                            "servers": status.descriptor.servers,
+                            "checkpoints": status.checkpoints.map { info in
+                                ["sequence": info.sequence, "sizeBytes": info.sizeBytes, "holders": info.holders, "lacking": info.lacking,
+                                 "survivesMoreLosses": info.survivesMoreLosses ?? -1] as [String: Any]
+                            },
+                        ] as [String: Any]
+                    },
+                ]))
+                return
+            }
+            print(Output.table(["SERVER", "ADDRESS", "STATE"], map.servers.map { server in
+                [server.name, server.address, unreachable[server.name].map { "unreachable: \($0.code)" } ?? "up"]
+            }))
+            for status in statuses {
+                print("\nset \(status.name): \(status.descriptor.redundancy) across \(status.descriptor.servers.count) servers")
+                for (server, problem) in status.servers where problem != nil { print("  \(server): \(problem!)") }
+                let rows = status.checkpoints.map { info in
+                    [String(info.sequence), String(info.sizeBytes), Output.time(info.timestampNanoseconds / 1_000_000),
+                     "\(info.holders.count)/\(status.descriptor.servers.count)",
+                     info.lacking.keys.sorted().joined(separator: ",").ifEmpty("-"),
+                     info.survivesMoreLosses.map(String.init) ?? "LOST"]
+                }
+                print(Output.table(["SEQUENCE", "BYTES", "TIME", "SERVERS", "MISSING ON", "SURVIVES MORE LOSSES"], rows))
+            }
+        }
+    }
+
+    struct Rebuild: PMUCtlCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Regenerate a lost or replaced server's pieces of every complete checkpoint from the others.",
+            discussion: "Run it with no primary writing; reopen primaries afterwards.")
+        @Argument(help: "Server name in the cluster map.") var server: String
+        @Option(help: "Only this set (repeatable; default: every set found).") var set: [String] = []
+        @OptionGroup var cluster: ClusterOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func execute() async throws {
+            let reports = try await withCluster(cluster) { cluster -> [RebuildReport] in
+                var sets = set
+                if sets.isEmpty { sets = await cluster.setNames() }
+                var reports: [RebuildReport] = []
+                for name in sets { reports.append(try await cluster.rebuild(server: server, set: name)) }
+                return reports
+            }
+            if json {
+                print(Output.json(reports.map { ["set": $0.set, "server": $0.server, "rebuilt": $0.rebuilt, "unrecoverable": $0.unrecoverable, "bytesWritten": $0.bytesWritten] as [String: Any] }))
+            } else {
+                for report in reports {
+                    print("set \(report.set): rebuilt \(report.rebuilt.count) checkpoint piece(s) on \(report.server) (\(ByteSize.format(report.bytesWritten)))" + (report.unrecoverable.isEmpty ? "" : "; could not reassemble \(report.unrecoverable.map(String.init).joined(separator: ", "))"))
+                }
+            }
+            if reports.contains(where: { !$0.unrecoverable.isEmpty }) {
+                throw PMUError(.unrecoverable, "some checkpoints could not be rebuilt (see above)")
+            }
+        }
+    }
+
+    struct Delete: PMUCtlCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a checkpoint set from every reachable server.")
+        @Argument var name: String
+        @OptionGroup var cluster: ClusterOptions
+
+        func execute() async throws {
+            try await withCluster(cluster) { try await $0.deleteCheckpointSet(name) }
+        }
+    }
+}
+
+extension String {
+    func ifEmpty(_ replacement: String) -> String { isEmpty ? replacement : self }
+}
+
+/// `pmuctl checkpoint ... --cluster MAP`: the same commands on a striped or mirrored set.
+enum ClusterCheckpointCommands {
+    static func put(_ name: String, data: Data, cluster options: ClusterOptions, json: Bool) async throws {
+        let sequence = try await withCluster(options) { cluster -> UInt64 in
+            let primary = try await ClusterPrimary.open(name, cluster: cluster)
+            do {
+                let sequence = try await primary.checkpoint(ByteBuffer(bytes: data))
+                await primary.close()
+                return sequence
+            } catch {
+                await primary.close()
+                throw error
+            }
+        }
+        print(json ? Output.json(["set": name, "sequence": sequence, "sizeBytes": data.count]) : String(sequence))
+    }
+
+    static func get(_ name: String, sequence: UInt64?, out: String?, cluster options: ClusterOptions) async throws {
+        let checkpoint = try await withCluster(options) { cluster -> ClusterCheckpoint in
+            let backup = try ClusterBackup(name: name, cluster: cluster)
+            if let sequence { return try await backup.checkpoint(sequence: sequence) }
+            guard let latest = try await backup.latest() else {
+                throw PMUError(.unknownSequence, "set \(name) holds no complete checkpoint yet")
+            }
+            return latest
+        }
+        if checkpoint.isDegraded {
+            var notes = ["checkpoint \(checkpoint.sequence) reassembled"]
+            if !checkpoint.unavailable.isEmpty { notes.append("without \(checkpoint.unavailable.keys.sorted().joined(separator: ", "))") }
+            if checkpoint.rebuilt > 0 { notes.append("\(checkpoint.rebuilt) subsegment(s) rebuilt from parity") }
+            if !checkpoint.damaged.isEmpty { notes.append("damaged: \(checkpoint.damaged.joined(separator: ", "))") }
+            Output.printError("warning: " + notes.joined(separator: "; "))
+        }
+        if !checkpoint.skipped.isEmpty {
+            Output.printError("warning: newer complete checkpoint(s) \(checkpoint.skipped.map(String.init).joined(separator: ", ")) cannot be reassembled; returning \(checkpoint.sequence)")
+        }
+        let data = checkpoint.payload.withUnsafeReadableBytes { Data($0) }
+        if let out {
+            guard FileManager.default.createFile(atPath: out, contents: data) else { throw PMUError(.invalidArgument, "cannot write output file \(out)") }
+            Output.printError("checkpoint \(checkpoint.sequence) (\(data.count) bytes) written to \(out)")
+        } else {
+            FileHandle.standardOutput.write(data)
+        }
+    }
+
+    static func list(_ name: String, cluster options: ClusterOptions, json: Bool) async throws {
+        let (infos, total) = try await withCluster(options) { cluster -> ([ClusterCheckpointInfo], Int) in
+            let backup = try ClusterBackup(name: name, cluster: cluster)
+            return (try await backup.list(), cluster.map.servers.count)
+        }
+        if json {
+            print(Output.json(infos.map { ["sequence": $0.sequence, "sizeBytes": $0.sizeBytes, "timestampNanoseconds": $0.timestampNanoseconds, "holders": $0.holders, "survivesMoreLosses": $0.survivesMoreLosses ?? -1] as [String: Any] }))
+            return
+        }
+        _ = total
+        print(Output.table(["SEQUENCE", "BYTES", "TIME", "LAYOUT", "HELD BY", "SURVIVES MORE LOSSES"], infos.map { info in
+            [String(info.sequence), String(info.sizeBytes), Output.time(info.timestampNanoseconds / 1_000_000), info.redundancy.description,
+             info.holders.joined(separator: ","), info.survivesMoreLosses.map(String.init) ?? "LOST"]
+        }))
+    }
+
+    static func verify(_ name: String, cluster options: ClusterOptions, json: Bool) async throws {
+        let report = try await withCluster(options) { cluster in try await ClusterBackup(name: name, cluster: cluster).verify() }
+        let bad = report.filter { $0.failure != nil || !$0.damaged.isEmpty }
+        if json {
+            print(Output.json(report.map { ["sequence": $0.sequence, "damaged": $0.damaged, "lacking": $0.lacking, "error": $0.failure?.message ?? ""] as [String: Any] }))
+        } else {
+            print("\(name): \(report.count) complete checkpoints checked, \(bad.count) with problems")
+            for item in report {
+                if !item.damaged.isEmpty { print("checkpoint \(item.sequence): damaged subsegments \(item.damaged.joined(separator: ", "))\(item.failure == nil ? " (rebuildable from parity)" : "")") }
+                if !item.lacking.isEmpty { print("checkpoint \(item.sequence): no piece on \(item.lacking.keys.sorted().joined(separator: ", "))") }
+                if let failure = item.failure { print("checkpoint \(item.sequence): \(failure.code): \(failure.message)") }
+            }
+        }
+        if let failed = report.first(where: { $0.failure != nil }) {
+            throw PMUError(failed.failure!.code, "set \(name): checkpoint \(failed.sequence) cannot be reassembled")
+        }
+        if !bad.isEmpty {
+            throw PMUError(.damaged, "set \(name): damaged subsegments found (every checkpoint still reassembles); run pmuctl cluster rebuild on the server named")
+        }
+    }
+}
