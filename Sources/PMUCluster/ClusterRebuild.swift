@@ -24,12 +24,24 @@ extension Cluster {
     /// cannot complete checkpoints with a server missing anyway); reopen the primary afterwards.
     public func rebuild(server: String, set name: String) async throws(PMUError) -> RebuildReport {
         let target = try client(server)
-        var view = try await SetView.read(name, cluster: self)
+        let full = try await SetView.read(name, cluster: self)
+        do throws(PMUError) {
+            let report = try await rebuild(server: server, target: target, from: full)
+            await full.close(cluster: self)
+            return report
+        } catch {
+            await full.close(cluster: self)
+            throw error
+        }
+    }
+
+    private func rebuild(server: String, target: PMUClient, from full: SetView) async throws(PMUError) -> RebuildReport {
+        let name = full.name
+        var view = full
         let peers = view.servers.filter { $0.key != server }
         // The target's own (possibly stale or damaged) state plays no part.
         view.servers = peers
         view.missing[server] = PMUError(.serverUnavailable, "being rebuilt")
-        await closeHandles(of: view, including: server)
         guard let position = view.descriptor.servers.firstIndex(of: server) else {
             throw PMUError(.invalidArgument, "server \(server) is not one of set \(name)'s servers (\(view.descriptor.servers.joined(separator: ", ")))")
         }
@@ -101,9 +113,5 @@ extension Cluster {
             }
         }
         return names.sorted()
-    }
-
-    private func closeHandles(of view: SetView, including server: String) async {
-        await view.close(cluster: self)
     }
 }

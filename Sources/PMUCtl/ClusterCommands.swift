@@ -223,7 +223,7 @@ enum ClusterCheckpointCommands {
 
     static func verify(_ name: String, cluster options: ClusterOptions, json: Bool) async throws {
         let report = try await withCluster(options) { cluster in try await ClusterBackup(name: name, cluster: cluster).verify() }
-        let bad = report.filter { $0.failure != nil || !$0.damaged.isEmpty }
+        let bad = report.filter { $0.failure != nil || !$0.damaged.isEmpty || !$0.lacking.isEmpty }
         if json {
             print(Output.json(report.map { ["sequence": $0.sequence, "damaged": $0.damaged, "lacking": $0.lacking, "error": $0.failure?.message ?? ""] as [String: Any] }))
         } else {
@@ -238,7 +238,7 @@ enum ClusterCheckpointCommands {
             throw PMUError(failed.failure!.code, "set \(name): checkpoint \(failed.sequence) cannot be reassembled")
         }
         if !bad.isEmpty {
-            throw PMUError(.damaged, "set \(name): damaged subsegments found (every checkpoint still reassembles); run pmuctl cluster rebuild on the server named")
+            throw PMUError(.damaged, "set \(name) is degraded: pieces missing or damaged (every checkpoint still reassembles); bring the servers named back, or run pmuctl cluster rebuild SERVER")
         }
     }
 }
