@@ -46,6 +46,18 @@ for clients in (1, 4, 16, 64):
     c, ra = js(f"pmu-conc-{clients}.json"), redis(f"redis-aof-conc-{clients}.csv")
     add(f"durable 4 KiB writes, {clients} clients", "ops/s", c["ops_per_sec"], None, "", ra["rps"], ">= 1.5x Redis AOF-always" if clients == 16 else None, "higher")
     add(f"durable 4 KiB writes, {clients} clients", "p99_us", c["p99_us"], None, "", ra["p99_us"])
+for k, m in ((4, 1), (4, 2), (8, 3)):
+    e = js(f"erasure-{k}-{m}.json")
+    add(f"erasure code k={k} m={m}, one core", "encode GB/s", e["encode_gbps"], e["memcpy_gbps"], "memcpy, same bytes", None, None, "higher")
+    add(f"erasure code k={k} m={m}, one core", f"decode GB/s ({m} lost)", e["decode_gbps"], e["memcpy_gbps"], "memcpy, same bytes", None, None, "higher")
+single = js("pmu-checkpoint-single.json")
+for k, m in ((4, 1), (4, 2)):
+    s_ = js(f"pmu-striped-{k}-{m}.json")
+    label = f"checkpoint {s_['bytes'] >> 20} MiB striped k={k} m={m} on {s_['servers']} servers"
+    add(label, "write GB/s (complete)", s_["write_gbps"], single["write_gbps"], "same checkpoint, one server", None, None, "higher")
+    add(label, "read GB/s", s_["read_gbps"], single["read_gbps"], "same checkpoint, one server", None, None, "higher")
+    add(label, "degraded read GB/s (1 server out)", s_["degraded_read_gbps"], single["read_gbps"], "same checkpoint, one server", None, None, "higher")
+    add(label, "bytes on the wire per payload byte", s_["wire_amplification"], None, "", None, "(k+m)/k")
 reg, rss = js("pmu-regions.json"), js("pmu-rss.json")
 add(f"{reg['count']} regions", "create us/op", reg["create_us"])
 add(f"{reg['count']} regions", "open+close us/op", reg["open_close_us"])
@@ -94,7 +106,7 @@ try:
     axes[0].bar([i + 0.27 for i in x], [r[6] or 0 for r in lat], 0.27, label="Redis")
     axes[0].set_xticks(list(x)); axes[0].set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
     axes[0].set_yscale("log"); axes[0].set_ylabel("microseconds"); axes[0].set_title("small writes"); axes[0].legend()
-    thr = [r for r in rows if r[1].endswith("GB/s")]
+    thr = [r for r in rows if r[1].endswith("GB/s") and not r[0].startswith("erasure")]
     x = range(len(thr))
     axes[1].bar([i - 0.27 for i in x], [r[2] for r in thr], 0.27, label="PMU")
     axes[1].bar(list(x), [r[3] or 0 for r in thr], 0.27, label="limit")

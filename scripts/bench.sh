@@ -73,6 +73,28 @@ for clients in 1 4 16 64; do
     bench concurrency --clients "$clients" --seconds "$secs" > "$r/pmu-conc-$clients.json"
     redis_set "$aof_port" 4096 "$clients" $((redis_n / 2)) > "$r/redis-aof-conc-$clients.csv"
 done
+# Issue 6: erasure code per core, and the same large checkpoint on one server vs striped over a
+# local cluster of 5 (k=4 m=1) and 6 (k=4 m=2) servers, read back whole and with one server left out.
+for km in "4 1" "4 2" "8 3"; do
+    set -- $km
+    "$bin/pmu-bench" erasure --k "$1" --m "$2" --total $((bulk / 2)) > "$r/erasure-$1-$2.json"
+done
+bench checkpoint --total "$bulk" > "$r/pmu-checkpoint-single.json"
+for layout in "5 4 1" "6 4 2"; do
+    set -- $layout
+    servers=()
+    for i in $(seq 0 $(($1 - 1))); do
+        "$bin/pmu-server" --data-dir "$work/c$1-$i" --listen 127.0.0.1:0 --ready-file "$work/c$1-$i.ready" --log-level warning 2>>"$work/cluster.log" &
+        pids+=($!)
+    done
+    for i in $(seq 0 $(($1 - 1))); do
+        for _ in $(seq 100); do [[ -s $work/c$1-$i.ready ]] && break; sleep 0.1; done
+        servers+=("{\"name\": \"c$i\", \"address\": \"$(cat "$work/c$1-$i.ready")\", \"secretFile\": \"c$1-$i/admin.secret\"}")
+    done
+    (IFS=,; echo "{\"servers\": [${servers[*]}]}") > "$work/map-$1.json"
+    "$bin/pmu-bench" striped --map "$work/map-$1.json" --k "$2" --m "$3" --total "$bulk" --exclude c1 > "$r/pmu-striped-$2-$3.json"
+done
+
 rss_before=$(rss_kib)
 bench regions --count "$regions" > "$r/pmu-regions.json"
 rss_after=$(rss_kib)

@@ -219,8 +219,11 @@ do {
     case "concurrency": try await Concurrency.parse(Array(arguments.dropFirst())).execute()
     case "regions": try await Regions.parse(Array(arguments.dropFirst())).execute()
     case "cleanup": try await Cleanup.parse(Array(arguments.dropFirst())).execute()
+    case "erasure": try await Erasure.parse(Array(arguments.dropFirst())).execute()
+    case "striped": try await Striped.parse(Array(arguments.dropFirst())).execute()
+    case "checkpoint": try await SingleCheckpoint.parse(Array(arguments.dropFirst())).execute()
     default:
-        FileHandle.standardError.write(Data("usage: pmu-bench small|bulk|concurrency|regions|cleanup [options]\n".utf8))
+        FileHandle.standardError.write(Data("usage: pmu-bench small|bulk|concurrency|regions|cleanup|erasure|striped|checkpoint [options]\n".utf8))
         exit(2)
     }
 } catch {
