@@ -7,7 +7,7 @@
 #   scripts/local-cluster.sh wipe NAME     kill it, delete its data directory, start it empty
 #   scripts/local-cluster.sh stop          stop every server
 #
-# State lives in $PMU_CLUSTER_DIR (default /tmp/pmu-cluster): sNAME/ data dirs, NAME.pid, NAME.log,
+# State lives in $PMU_CLUSTER_DIR (default /tmp/pmu-cluster): NAME/ data dirs, NAME.pid, NAME.log,
 # map.json. Every server uses its embedded default secrets (DATA_DIR/admin.secret), which the map
 # references.
 set -euo pipefail
@@ -48,6 +48,7 @@ kill_one() {
 case "${1:-}" in
 start)
     count=${2:-5}
+    [[ $count -ge 2 && $count -le 64 ]] || { echo "start: 2 to 64 servers" >&2; exit 2; }
     scripts/install-deps.sh
     swift build -c release --product pmu-server
     swift build -c release --product pmuctl

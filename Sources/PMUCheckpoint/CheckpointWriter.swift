@@ -28,9 +28,9 @@ public actor CheckpointWriter {
     /// in flight (commits happen in order, and after a failure nothing more commits).
     private var newestCommitted: UInt64
     /// Set by a caller that knows more than this region does (a striped checkpoint is complete only
-    /// when every server has its piece): retention counts only checkpoints up to this sequence as
-    /// kept, so nothing at or after it is displaced. nil: every committed checkpoint counts.
-    private var retentionLimit: UInt64?
+    /// when every server has its piece): exactly these records are kept, any other may be displaced.
+    /// nil: the region's keep-newest rule.
+    private var protected: Set<UInt64>?
 
     /// Opens a region for writing checkpoints. If it was never formatted (a create interrupted
     /// before its header was written, or a region created by hand), `format` formats it.
@@ -73,10 +73,9 @@ public actor CheckpointWriter {
     /// The sequence the next checkpoint will get.
     public var upcomingSequence: UInt64 { nextSequence }
 
-    /// Limits retention to checkpoints up to `sequence` (see `retentionLimit`): the newest N before
-    /// it, it, and everything after it stay; only older ones may be displaced.
-    public func retainFrom(_ sequence: UInt64) {
-        retentionLimit = sequence
+    /// Replaces the keep-newest rule: from now on exactly `sequences` are kept (see `protected`).
+    public func retainOnly(_ sequences: Set<UInt64>) {
+        protected = sequences
     }
 
     /// Records in the index (committed or in flight), oldest first.
@@ -96,7 +95,7 @@ public actor CheckpointWriter {
             do throws(PMUError) {
                 placement = try PlacementRules.place(
                     sequence: sequence, payloadLength: length, geometry: geometry, live: Array(live.values), head: head,
-                    newestCommitted: min(newestCommitted, retentionLimit ?? .max))
+                    newestCommitted: newestCommitted, protected: protected)
                 break
             } catch {
                 // Space held by checkpoints still in flight frees up as they commit: wait, then retry.

@@ -16,9 +16,12 @@ public enum PlacementRules {
     ///   - head: data-area offset just past the newest record (0 when there is none).
     ///   - newestCommitted: every checkpoint up to this sequence is committed (commits are in order);
     ///     the retention promise counts only these, never ones still in flight.
+    ///   - protected: when given, replaces the keep-newest rule: exactly these records may not be
+    ///     displaced, every other one may (a caller that knows better, such as the cluster writer,
+    ///     whose failed attempts are garbage and whose complete checkpoints are what must stay).
     public static func place(
         sequence: UInt64, payloadLength: UInt64, geometry: CheckpointGeometry, live: [CheckpointRecord], head: UInt64,
-        newestCommitted: UInt64
+        newestCommitted: UInt64, protected: Set<UInt64>? = nil
     ) throws(PMUError) -> Placement {
         guard payloadLength <= geometry.maxPayloadBytes else {
             throw PMUError(.checkpointTooLarge, "checkpoint of \(payloadLength) bytes exceeds this \(geometry.mode) region's capacity of \(geometry.maxPayloadBytes) bytes per checkpoint; create a larger region")
@@ -29,7 +32,18 @@ public enum PlacementRules {
         case .overwrite:
             offset = (sequence % 2) * geometry.slotBytes
         case .append:
-            offset = head + span <= geometry.dataBytes ? head : 0
+            let ring = head + span <= geometry.dataBytes ? head : 0
+            if let protected {
+                // Kept records pin their space while the ring moves on: skip past them to the first
+                // spot that overlaps none (in ring order from the head), rather than refusing.
+                let pinned = live.filter { protected.contains($0.sequence) && $0.sequence != sequence }.map(\.span)
+                let candidates = [ring, 0] + pinned.map(\.upperBound).sorted().filter { $0 >= ring } + pinned.map(\.upperBound).sorted()
+                offset = candidates.first { start in
+                    start + span <= geometry.dataBytes && !pinned.contains { span > 0 && $0.overlaps(start..<(start + span)) }
+                } ?? ring
+            } else {
+                offset = ring
+            }
         }
         let range = offset..<(offset + span)
         let slot = sequence % UInt64(geometry.indexEntries)
@@ -40,13 +54,15 @@ public enum PlacementRules {
         // Checkpoint n may displace only records older than the newest N committed ones, so those
         // stay readable while n is written, whatever happens to n; with no policy (N = 0) nothing.
         let keep = UInt64(geometry.keepNewest)
-        for record in conflicting where keep == 0 || record.sequence + keep > newestCommitted {
+        for record in conflicting where protected.map({ $0.contains(record.sequence) }) ?? (keep == 0 || record.sequence + keep > newestCommitted) {
             let why = record.sequence % UInt64(geometry.indexEntries) == slot
                 ? "all \(geometry.indexEntries) checkpoint entries are in use"
                 : "the data area has no room for \(payloadLength) more bytes"
             throw PMUError(
                 .regionFull,
-                keep == 0
+                protected != nil
+                    ? "region is full: \(why) without touching the checkpoints that must be kept"
+                    : keep == 0
                     ? "region is full: \(why) and it keeps every checkpoint; create it with a retention policy (keep newest N) or a larger size"
                     : "region is full: \(why) without touching the newest \(keep) checkpoints the retention policy keeps")
         }

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import NIOCore
 import PMUCheckpoint
 import PMUClient
@@ -59,7 +60,9 @@ enum SetRegions {
         let piece = (try maxPieceBytes(payload: options.maxCheckpointBytes, redundancy: options.redundancy, servers: servers, maxSubsegmentBytes: options.maxSubsegmentBytes) + 4095) / 4096 * 4096
         // Room for the kept ones, the one being written and one failed attempt, plus wrap-around slack.
         let slots = options.keepNewest == 0 ? UInt64(options.maxCheckpoints) + 1 : UInt64(options.keepNewest) + 3
-        let entries = UInt32(min(UInt64(1 << 20), max(slots + 2, 8)))
+        // Index entries are cheap (64 B) and a kept piece pins its entry (sequence mod entries):
+        // 1024 lets ~1000 failed attempts in a row pass before one would collide with it.
+        let entries = UInt32(min(UInt64(1 << 20), max(slots + 2, 1024)))
         let indexBytes = (UInt64(entries) * CheckpointGeometry.entryBytes + 4095) / 4096 * 4096
         let regionBytes = CheckpointGeometry.headerBytes + indexBytes + slots * piece
         return (regionBytes, CheckpointOptions(mode: .append, maxCheckpoints: entries, keepNewest: options.keepNewest))
@@ -88,25 +91,24 @@ extension Cluster {
         }
         let descriptor = SetDescriptor(setID: .random(), redundancy: options.redundancy, maxSubsegmentBytes: options.maxSubsegmentBytes, servers: servers, committed: 0)
         let (regionBytes, checkpointOptions) = try SetRegions.pieceGeometry(options: options, servers: servers)
-        let results = await each(servers) { _, client throws(PMUError) in
+        // Each server reports which regions this call created, so a rollback never deletes a
+        // region that was there before (REGION_EXISTS on one server must not cost its data).
+        let created = CreatedRegions()
+        let results = await each(servers) { server, client throws(PMUError) in
             try await client.createCheckpointRegion(name, sizeBytes: regionBytes, options: checkpointOptions)
-            do throws(PMUError) {
-                try await client.createCheckpointRegion(SetRegions.commitName(name), sizeBytes: SetRegions.commitRegionBytes, options: CheckpointOptions(mode: .overwrite))
-                let marker = try await client.openPrimary(SetRegions.commitName(name))
-                _ = try await marker.checkpoint(descriptor.encode())
-                try await marker.close()
-            } catch {
-                try? await client.delete(name)
-                try? await client.delete(SetRegions.commitName(name))
-                throw error
-            }
+            created.add(server, name)
+            try await client.createCheckpointRegion(SetRegions.commitName(name), sizeBytes: SetRegions.commitRegionBytes, options: CheckpointOptions(mode: .overwrite))
+            created.add(server, SetRegions.commitName(name))
+            let marker = try await client.openPrimary(SetRegions.commitName(name))
+            _ = try await marker.checkpoint(descriptor.encode())
+            try await marker.close()
         }
         let (_, failures) = partition(results)
         if !failures.isEmpty {
-            // All or nothing: remove what was created where it worked.
-            _ = await each(servers.filter { failures[$0] == nil }) { _, client throws(PMUError) in
-                try? await client.delete(name)
-                try? await client.delete(SetRegions.commitName(name))
+            // All or nothing: remove what this call created, wherever it did.
+            let toDelete = created.all
+            _ = await each(Array(toDelete.keys)) { server, client throws(PMUError) in
+                for region in toDelete[server] ?? [] { try? await client.delete(region) }
             }
             throw PMUError(failures.values.first!.code, "cannot create set \(name) on \(failures.summary); nothing was kept")
         }
@@ -115,11 +117,29 @@ extension Cluster {
 
     /// Deletes a set's regions from every reachable server.
     public func deleteCheckpointSet(_ name: String) async throws(PMUError) {
+        // The commit region first: without it no reader treats the pieces as a set. Each region
+        // is deleted even if the other is already gone.
         let results = await each(reachable) { _, client throws(PMUError) in
-            try await client.delete(SetRegions.commitName(name))
-            try await client.delete(name)
+            var first: PMUError?
+            for region in [SetRegions.commitName(name), name] {
+                do throws(PMUError) {
+                    try await client.delete(region)
+                } catch {
+                    if error.code != .unknownRegion { first = first ?? error }
+                }
+            }
+            if let first { throw first }
         }
         let failures = partition(results).failures.filter { $0.value.code != .unknownRegion }
         if !failures.isEmpty { throw PMUError(failures.values.first!.code, "deleting set \(name) failed on \(failures.summary)") }
     }
+}
+
+/// Regions created so far by one createCheckpointSet, per server (filled from concurrent tasks).
+private final class CreatedRegions: @unchecked Sendable {
+    private var regions: [String: [String]] = [:]
+    private let lock = NIOLock()
+
+    func add(_ server: String, _ region: String) { lock.withLock { regions[server, default: []].append(region) } }
+    var all: [String: [String]] { lock.withLock { regions } }
 }

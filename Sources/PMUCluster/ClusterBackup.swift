@@ -108,12 +108,17 @@ public struct ClusterBackup: Sendable {
                 let pieces = view.pieces(of: sequence)
                 var damaged: [String] = []
                 var intact: [StripeAssembler.Key: ByteBuffer] = [:]
+                var lacking = info(of: sequence, in: view).lacking
                 for piece in pieces {
-                    let read = try await Self.readEntries(piece, indices: Array(piece.header.entries.indices))
-                    damaged += read.damaged
-                    intact.merge(read.intact) { a, _ in a }
+                    do throws(PMUError) {
+                        let read = try await Self.readEntries(piece, indices: Array(piece.header.entries.indices))
+                        damaged += read.damaged
+                        intact.merge(read.intact) { a, _ in a }
+                    } catch {
+                        // A server failing mid-read counts as lost here too, as in every other read.
+                        lacking[piece.server] = "read failed: \(error.code): \(error.message)"
+                    }
                 }
-                let lacking = info(of: sequence, in: view).lacking
                 var failure: PMUError?
                 do throws(PMUError) {
                     _ = try StripeAssembler.assemble(pieces[0].header.geometry, payloadCRC: pieces[0].header.payloadCRC, subsegments: intact)

@@ -95,7 +95,7 @@ public struct ClusterMap: Sendable, Equatable {
         }
         var seen: Set<String> = []
         for server in servers {
-            guard !server.name.isEmpty, server.name.utf8.count <= 64, server.name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
+            guard !server.name.isEmpty, server.name.utf8.count <= 64, server.name.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-_.".unicodeScalars.contains($0)) }) else {
                 throw PMUError(.invalidArgument, "cluster map: server name \(NameRules.quoted(server.name)) must be 1 to 64 letters, digits, '-', '_' or '.'")
             }
             guard seen.insert(server.name).inserted else {

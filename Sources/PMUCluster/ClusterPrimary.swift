@@ -25,18 +25,26 @@ public actor ClusterPrimary {
     private let cluster: Cluster
     private let writers: [String: CheckpointPrimary]
     private let markers: [String: CheckpointPrimary]
-    private var committed: UInt64
+    /// Complete checkpoints, newest first, with each server's record of its piece.
+    private var chain: [(sequence: UInt64, local: [String: UInt64])]
+    /// Complete checkpoints to keep (0: all); older ones and failed attempts may be displaced.
+    private let keep: Int
     private var nextSequence: UInt64
     private var failure: PMUError?
+    /// Checkpoints run one at a time: the actor would otherwise interleave two at their awaits.
+    private var tail: Task<Void, Never>?
 
-    /// Takes the writer role on every server of the stripe (a previous primary is fenced on each).
+    /// Takes the writer role on every server of the stripe (a previous primary is fenced on each),
+    /// then reads where the set stands.
     public static func open(_ name: String, cluster: Cluster) async throws(PMUError) -> ClusterPrimary {
-        let view = try await SetView.read(name, cluster: cluster)
-        await view.close(cluster: cluster)
-        let descriptor = view.descriptor
-        if !view.missing.isEmpty {
-            throw PMUError(.serverUnavailable, "cannot write set \(name): a striped checkpoint is complete only when every server has its piece, and these servers are unavailable or lack the set: \(view.missing.summary). Restart them, or replace and rebuild them (pmuctl cluster rebuild SERVER)")
+        let first = try await SetView.read(name, cluster: cluster)
+        await first.close(cluster: cluster)
+        let descriptor = first.descriptor
+        if !first.missing.isEmpty {
+            throw PMUError(.serverUnavailable, "cannot write set \(name): a striped checkpoint is complete only when every server has its piece, and these servers are unavailable or lack the set: \(first.missing.summary). Restart them, or replace and rebuild them (pmuctl cluster rebuild SERVER)")
         }
+        // Fence first, then look: a checkpoint the old primary completes before it is fenced is
+        // then part of what we read, not lost off the chain.
         let opened = await cluster.each(descriptor.servers) { _, client throws(PMUError) -> (CheckpointPrimary, CheckpointPrimary) in
             let pieces = try await client.openPrimary(name)
             do throws(PMUError) {
@@ -47,50 +55,77 @@ public actor ClusterPrimary {
             }
         }
         let (handles, failures) = partition(opened)
-        guard failures.isEmpty else {
+        func release() async {
             for (pieces, marker) in handles.values {
                 try? await pieces.close()
                 try? await marker.close()
             }
+        }
+        guard failures.isEmpty else {
+            await release()
             throw PMUError(failures.values.first!.code, "cannot open set \(name) for writing on \(failures.summary)")
         }
-        let primary = ClusterPrimary(
-            name: name, descriptor: descriptor, cluster: cluster,
-            writers: handles.mapValues(\.0), markers: handles.mapValues(\.1),
-            committed: view.completeSequences.first ?? 0, next: view.highestSequence + 1)
-        try await primary.protectNewestComplete()
-        return primary
+        do throws(PMUError) {
+            let view = try await SetView.read(name, cluster: cluster)
+            await view.close(cluster: cluster)
+            guard view.descriptor.setID == descriptor.setID, view.missing.isEmpty else {
+                throw PMUError(.serverUnavailable, "set \(name) changed while opening it for writing (\(view.missing.summary)); try again")
+            }
+            let chain = view.completeSequences.map { sequence in
+                (sequence: sequence, local: view.servers.mapValues { $0.pieces[sequence]?.record.sequence ?? 0 })
+            }
+            let keep = Int(handles.values.first!.0.geometry.keepNewest)
+            let primary = ClusterPrimary(
+                name: name, descriptor: descriptor, cluster: cluster, writers: handles.mapValues(\.0), markers: handles.mapValues(\.1),
+                chain: chain, keep: keep, next: view.highestSequence + 1)
+            await primary.protectKeptCheckpoints()
+            return primary
+        } catch {
+            await release()
+            throw error
+        }
     }
 
-    private init(name: String, descriptor: SetDescriptor, cluster: Cluster, writers: [String: CheckpointPrimary], markers: [String: CheckpointPrimary], committed: UInt64, next: UInt64) {
+    private init(name: String, descriptor: SetDescriptor, cluster: Cluster, writers: [String: CheckpointPrimary], markers: [String: CheckpointPrimary], chain: [(sequence: UInt64, local: [String: UInt64])], keep: Int, next: UInt64) {
         self.name = name
         self.descriptor = descriptor
         self.cluster = cluster
         self.writers = writers
         self.markers = markers
-        self.committed = committed
+        self.chain = chain
+        self.keep = keep
         self.nextSequence = next
     }
 
     /// The newest complete checkpoint's sequence (0: none).
-    public var newestComplete: UInt64 { committed }
+    public var newestComplete: UInt64 { chain.first?.sequence ?? 0 }
 
-    /// Retention on each server counts only pieces up to the newest complete checkpoint's, so a
-    /// run of failed attempts can never push the last complete checkpoint out.
-    private func protectNewestComplete() async throws(PMUError) {
+    /// Each server keeps exactly its pieces of the newest `keep` complete checkpoints: failed
+    /// attempts never push a complete checkpoint out, and never pile up (they are displaceable).
+    private func protectKeptCheckpoints() async {
+        let kept = keep == 0 ? chain : Array(chain.prefix(keep))
         for (server, primary) in writers {
-            let records = await primary.writer.records
-            let io = RemoteRegion(client: try cluster.client(server), handle: primary.handle)
-            let pieces = try await PieceScan.pieces(server: server, io: io, geometry: primary.geometry, records: records, setID: descriptor.setID)
-            await primary.writer.retainFrom(pieces[committed]?.record.sequence ?? 0)
-            // Pieces a fenced primary wrote after our first look: never reuse their sequences.
-            nextSequence = max(nextSequence, (pieces.keys.max() ?? 0) + 1)
+            await primary.writer.retainOnly(Set(kept.compactMap { $0.local[server] }.filter { $0 > 0 }))
         }
     }
 
     /// Saves a checkpoint across the cluster; returns its sequence once it is complete (every
-    /// piece and every commit marker durable).
+    /// piece and every commit marker durable). Concurrent calls run one after the other.
     public func checkpoint(_ payload: ByteBuffer) async throws(PMUError) -> UInt64 {
+        let previous = tail
+        let turn = Task<Result<UInt64, PMUError>, Never> {
+            await previous?.value
+            do throws(PMUError) {
+                return .success(try await self.checkpointNow(payload))
+            } catch {
+                return .failure(error)
+            }
+        }
+        tail = Task { _ = await turn.value }
+        return try await turn.value.get()
+    }
+
+    private func checkpointNow(_ payload: ByteBuffer) async throws(PMUError) -> UInt64 {
         if let failure { throw PMUError(failure.code, "cluster writer for set \(name) stopped after an earlier failure: \(failure.message)") }
         do throws(PMUError) {
             let sequence = nextSequence
@@ -99,7 +134,7 @@ public actor ClusterPrimary {
                 payloadLength: UInt64(payload.readableBytes), redundancy: descriptor.redundancy,
                 serverCount: descriptor.servers.count, maxSubsegmentBytes: descriptor.maxSubsegmentBytes)
             let stamp = PieceBuilder.Stamp(
-                setID: descriptor.setID, sequence: sequence, previousComplete: committed,
+                setID: descriptor.setID, sequence: sequence, previousComplete: newestComplete,
                 timestampNanoseconds: Self.now(), servers: descriptor.servers)
             let pieces = PieceBuilder.pieces(of: payload, geometry: geometry, stamp: stamp)
             var byServer: [String: ByteBuffer] = [:]
@@ -110,7 +145,7 @@ public actor ClusterPrimary {
             }
             let (localSequences, failures) = partition(written)
             guard failures.isEmpty else {
-                throw PMUError(failures.values.first!.code, "checkpoint \(sequence) of set \(name) is not complete: its pieces could not be made durable on \(failures.summary); the previous complete checkpoint (\(committed)) stays the newest")
+                throw PMUError(failures.values.first!.code, "checkpoint \(sequence) of set \(name) is not complete: its pieces could not be made durable on \(failures.summary); the previous complete checkpoint (\(newestComplete)) stays the newest")
             }
             var marker = descriptor
             marker.committed = sequence
@@ -122,8 +157,8 @@ public actor ClusterPrimary {
             guard markFailures.isEmpty else {
                 throw PMUError(markFailures.values.first!.code, "checkpoint \(sequence) of set \(name): every piece is durable but its commit marker could not be written on \(markFailures.summary); a backup may or may not treat it as complete")
             }
-            committed = sequence
-            for (server, local) in localSequences { await writers[server]!.writer.retainFrom(local) }
+            chain.insert((sequence: sequence, local: localSequences), at: 0)
+            await protectKeptCheckpoints()
             return sequence
         } catch {
             failure = error

@@ -108,9 +108,13 @@ struct SetView: Sendable {
         }
         var (views, failures) = partition(results)
         for (server, error) in cluster.unreachable { failures[server] = error }
-        // The set is whatever the highest commit marker says; a server holding a different set
-        // under the same name (reused for another cluster) is left out, with a reason.
-        guard let descriptor = views.values.map(\.descriptor).max(by: { $0.committed < $1.committed }) else {
+        // The set is the one most servers hold (ties: the highest commit marker); a server holding
+        // a different set under the same name (reused from another cluster) is left out, with why.
+        var holders: [SetID: Int] = [:]
+        for view in views.values { holders[view.descriptor.setID, default: 0] += 1 }
+        guard let descriptor = views.values.map(\.descriptor).max(by: { a, b in
+            (holders[a.setID]!, a.committed) < (holders[b.setID]!, b.committed)
+        }) else {
             let allUnknown = !failures.isEmpty && failures.values.allSatisfy { $0.code == .unknownRegion }
             throw PMUError(allUnknown ? .unknownRegion : .serverUnavailable, "no reachable server holds checkpoint set \(name): \(failures.summary)")
         }

@@ -97,3 +97,26 @@ import Testing
         }
     }
 }
+
+@Suite struct ProtectedPlacementTests {
+    func record(_ sequence: UInt64, at offset: UInt64, length: UInt64) -> CheckpointRecord {
+        CheckpointRecord(sequence: sequence, epoch: 1, dataOffset: offset, payloadLength: length, timestampNanoseconds: 0, payloadCRC: 0)
+    }
+
+    @Test func aProtectedSetReplacesKeepNewest() throws {
+        // Room for three 4 KiB payloads; records 1 (kept), 2 and 3 (failed attempts) fill it.
+        let geometry = try CheckpointGeometry.plan(mode: .append, regionBytes: 4096 + 4096 + 3 * 4096, maxCheckpoints: 16, keepNewest: 1)
+        let live = [record(1, at: 0, length: 4096), record(2, at: 4096, length: 4096), record(3, at: 8192, length: 4096)]
+        // keep-newest alone: 4 would displace 1, and 2 and 3 count as newer, so 1 may go.
+        let plain = try PlacementRules.place(sequence: 4, payloadLength: 4096, geometry: geometry, live: live, head: 12288, newestCommitted: 3)
+        #expect(plain.displaced.map(\.sequence) == [1])
+        // Protecting 1: the ring skips past it and reuses 2 (garbage), though 2 is newer than 1.
+        let reuse = try PlacementRules.place(sequence: 4, payloadLength: 4096, geometry: geometry, live: live, head: 12288, newestCommitted: 3, protected: [1])
+        #expect(reuse.dataOffset == 4096 && reuse.displaced.map(\.sequence) == [2])
+        // Everything protected: refused, nothing displaced.
+        let refused = #expect(throws: PMUError.self) {
+            _ = try PlacementRules.place(sequence: 4, payloadLength: 4096, geometry: geometry, live: live, head: 12288, newestCommitted: 3, protected: [1, 2, 3])
+        }
+        #expect(refused?.code == .regionFull)
+    }
+}
