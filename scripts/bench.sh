@@ -40,6 +40,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 pids+=($!); pmu_pid=$!
 for _ in $(seq 100); do [[ -s $work/ready ]] && break; sleep 0.1; done
 pmu=$(cat "$work/ready")
+# The same server with --populate (regions pre-faulted at create), for the bulk rows only.
+"$bin/pmu-server" --populate --data-dir "$work/pmu-populate" --listen 127.0.0.1:0 --ready-file "$work/ready-populate" --log-level warning 2>>"$work/pmu-server.log" &
+pids+=($!)
+for _ in $(seq 100); do [[ -s $work/ready-populate ]] && break; sleep 0.1; done
 tcp_port=$(free_port); "$work/rawtcp" server "$tcp_port" & pids+=($!)
 redis_port=$(free_port); redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --daemonize no >/dev/null &
 pids+=($!)
@@ -68,6 +72,7 @@ done
 "$work/rawtcp" stream 127.0.0.1 "$tcp_port" $((1 << 20)) "$bulk" > "$r/tcp-stream.json"
 "$work/localmsync" "$work/msync.bin" "$bulk" $((1 << 20)) bulk > "$r/msync-bulk.json"
 for chunk in $((1 << 20)) $((4 << 20)); do bench bulk --total "$bulk" --chunk "$chunk" > "$r/pmu-bulk-$chunk.json"; done
+"$bin/pmu-bench" bulk --total "$bulk" --chunk $((4 << 20)) --server "$(cat "$work/ready-populate")" --secret-file "$work/pmu-populate/admin.secret" > "$r/pmu-bulk-populate.json"
 redis_set "$redis_port" $((1 << 20)) 1 $((bulk >> 20)) > "$r/redis-set-1m.csv"
 for clients in 1 4 16 64; do
     bench concurrency --clients "$clients" --seconds "$secs" > "$r/pmu-conc-$clients.json"

@@ -44,6 +44,9 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("reserve-free"), help: "Free space a create must leave on the data directory's filesystem.")
     var reserveFree = "64MiB"
 
+    @Flag(help: "Pre-fault each new region's pages at create (MADV_POPULATE_WRITE): create costs O(size) and fills page cache; first writes then skip the kernel's page zeroing. Regions over half of memory are not populated.")
+    var populate = false
+
     @Option(name: .customLong("persist-threads"), help: "Threads running msync for PERSIST (concurrent syncs let the filesystem batch journal commits).")
     var persistThreads = 8
 
@@ -76,7 +79,8 @@ public struct ServerCommand: ParsableCommand {
         configuration.maxClients = maxClients
         configuration.maxHandlesPerConnection = maxHandles
         configuration.store = StoreConfiguration(
-            maxRegionBytes: try ByteSize.parse(maxRegionSize), maxRegions: maxRegions, reserveFreeBytes: try ByteSize.parse(reserveFree))
+            maxRegionBytes: try ByteSize.parse(maxRegionSize), maxRegions: maxRegions, reserveFreeBytes: try ByteSize.parse(reserveFree),
+            populateOnCreate: populate)
         configuration.readyFile = readyFile
         configuration.authenticationTimeout = .seconds(Int64(authTimeoutSeconds))
         configuration.blockingThreads = persistThreads

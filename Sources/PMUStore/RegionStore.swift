@@ -14,11 +14,17 @@ public struct StoreConfiguration: Sendable {
     /// Free space a create must leave on the data directory's filesystem, so the catalog and other
     /// regions' metadata can still be written when regions fill the disk.
     public var reserveFreeBytes: UInt64
+    /// Pre-fault each new region's pages at create (`--populate`): create then costs O(size) and the
+    /// region occupies page cache at once, but first writes run at memcpy speed instead of paying
+    /// the kernel's zeroing of every new page-cache page (70% of the server's time in a profile of
+    /// a 1 GiB first write), and the zeros written back convert the file's unwritten extents early.
+    public var populateOnCreate: Bool
 
-    public init(maxRegionBytes: UInt64 = 1 << 40, maxRegions: Int = 50_000, reserveFreeBytes: UInt64 = 64 << 20) {
+    public init(maxRegionBytes: UInt64 = 1 << 40, maxRegions: Int = 50_000, reserveFreeBytes: UInt64 = 64 << 20, populateOnCreate: Bool = false) {
         self.maxRegionBytes = maxRegionBytes
         self.maxRegions = maxRegions
         self.reserveFreeBytes = reserveFreeBytes
+        self.populateOnCreate = populateOnCreate
     }
 }
 
@@ -236,7 +242,25 @@ public final class RegionStore: @unchecked Sendable {
             unlink(final)
             throw error
         }
+        if configuration.populateOnCreate {
+            populate(record)
+        }
         return record
+    }
+
+    /// Best effort: a region larger than half the machine's memory, or a kernel without
+    /// MADV_POPULATE_WRITE (before 5.14), is left to fault in on first touch.
+    private func populate(_ record: RegionRecord) {
+        let memory = UInt64(sysconf(Int32(_SC_PHYS_PAGES))) * UInt64(Sys.pageSize)
+        guard record.sizeBytes <= memory / 2 else {
+            logger.warning("not populating region \(record.id): \(record.sizeBytes) bytes is more than half of memory")
+            return
+        }
+        do throws(PMUError) {
+            try mapping(id: record.id).populate()
+        } catch {
+            logger.warning("not populating region \(record.id): \(error.message)")
+        }
     }
 
     /// fallocate'd, never sparse: a write into a sparse mapping could hit ENOSPC as SIGBUS, and
