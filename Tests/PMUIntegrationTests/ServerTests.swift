@@ -18,6 +18,41 @@ import Glibc
         return try ServerProcess(dataDirectory: scratch.path + "/data", secretsPath: multiClient ? secrets : nil, extraArguments: extra)
     }
 
+    /// Resident bytes of the server's mapping of a region file (from /proc/PID/smaps).
+    func residentBytes(_ server: ServerProcess, regionId: UInt64) throws -> Int {
+        let file = String(format: "%016llx.region", regionId)
+        // /proc files report size 0: read to the end rather than by the file's size.
+        let handle = try #require(FileHandle(forReadingAtPath: "/proc/\(server.process.processIdentifier)/smaps"))
+        let smaps = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+        try handle.close()
+        var inMapping = false
+        for line in smaps.split(separator: "\n") {
+            if line.contains(" /") { inMapping = line.hasSuffix(file) }
+            if inMapping, line.hasPrefix("Rss:") {
+                return Int(line.split(separator: " ").dropFirst().first!)! * 1024
+            }
+        }
+        return -1
+    }
+
+    @Test func populateFaultsNewRegionsInAtCreate() async throws {
+        let plain = try ServerProcess(dataDirectory: scratch.path + "/plain")
+        let populated = try ServerProcess(dataDirectory: scratch.path + "/populated", extraArguments: ["--populate"])
+        for (server, expectResident) in [(plain, false), (populated, true)] {
+            let client = try await server.client()
+            let handle = try await client.createRegion("warm", sizeBytes: 8 << 20)
+            let id = try await client.stat("warm").id
+            let resident = try residentBytes(server, regionId: id)
+            // Not mapped at all (-1) or mapped but untouched: nothing resident without --populate.
+            #expect(expectResident ? resident == 8 << 20 : resident <= 0, "resident \(resident)")
+            // Either way the region reads as zeros and takes writes.
+            #expect(try await client.read(handle, at: (8 << 20) - 4096, length: 4096) == ByteBuffer(repeating: 0, count: 4096))
+            try await client.writeDurably(handle, at: 12345, ByteBuffer(bytes: [1, 2, 3]))
+            #expect(try await client.read(handle, at: 12345, length: 3) == ByteBuffer(bytes: [1, 2, 3]))
+            await client.disconnect()
+        }
+    }
+
     @Test func regionLifecycleThroughTheClientLibrary() async throws {
         let server = try startServer()
         let client = try await server.client()
