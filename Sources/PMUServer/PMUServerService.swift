@@ -37,13 +37,18 @@ public final class PMUServerService: Service, Sendable {
         pool.start()
         let metadataPool = NIOThreadPool(numberOfThreads: 2)
         metadataPool.start()
-        let transport = TCPServerTransport(endpoint: configuration.listen, group: group, logger: logger)
+        let choice = try configuration.transport.resolve()
+        if choice.useRDMA { try RegionMemoryCheck.requireRegistrable(dataDirectory: configuration.dataDirectory) }
+        let transport: any ServerTransport = choice.useRDMA
+            ? RDMAServerTransport(endpoint: configuration.listen, group: group, logger: logger)
+            : TCPServerTransport(endpoint: configuration.listen, group: group, logger: logger)
+        logger.info("transport: \(choice.reason)")
         do {
             let bound = try await transport.start { info in
                 Session(info: info, state: state, pool: pool, metadataPool: metadataPool, logger: logger)
             }
             logger.info("pmu-server listening", metadata: [
-                "address": "\(bound)", "transport": "tcp", "dataDir": "\(configuration.dataDirectory)",
+                "address": "\(bound)", "transport": "\(choice.useRDMA ? "rdma" : "tcp")", "dataDir": "\(configuration.dataDirectory)",
                 "regions": "\(store.regionCount)", "clients": "\(secrets.clientIds.joined(separator: ","))",
             ])
             if let readyFile = configuration.readyFile {
