@@ -110,6 +110,7 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             var parameters = ConnectionParameters()
             parameters.initiatorDepth = UInt8(clamping: max(1, min(try context.maxReadsInFlight(), 16)))
             parameters.responderResources = 0
+            try? connection.setAckTimeout(exponent: RDMALimits.ackTimeoutExponent)
             try connection.connect(parameters, timeout: .seconds(timeoutSeconds))
             let resources = Resources(queuePair: queuePair, completionQueue: completionQueue, sends: sends, receives: receives,
                                       bounce: bounce, connection: connection)

@@ -119,6 +119,7 @@ public final class RDMAServerTransport: ServerTransport, @unchecked Sendable {
                 parameters.responderResources = UInt8(clamping: max(1, min(maxReads, 16)))
                 parameters.initiatorDepth = 0
                 do {
+                    try? id.setAckTimeout(exponent: RDMALimits.ackTimeoutExponent)
                     try id.acceptWithoutWaiting(parameters)
                 } catch {
                     connection.shutdown("rdma_accept failed: \(error)")

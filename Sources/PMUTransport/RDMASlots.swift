@@ -12,6 +12,11 @@ public enum RDMALimits {
     public static let requestSlotBytes = 16 * 1024
     /// Largest reply frame: a LIST page that does not fit gets REQUEST_TOO_LARGE.
     public static let replySlotBytes = 256 * 1024
+    /// ACK timeout exponent: 4.096 µs × 2^19 ≈ 2.1 s, × 7 retries ≈ 15 s before a silent peer
+    /// counts as gone. The default (~67 ms × 7) failed healthy connections of a loaded,
+    /// emulated soft-RoCE VM; a dead peer is usually noticed sooner anyway, by rdma_cm's
+    /// DISCONNECTED when its process exits.
+    public static let ackTimeoutExponent: UInt8 = 19
 }
 
 /// wr_id layout: kind in the top byte, index or operation number below.

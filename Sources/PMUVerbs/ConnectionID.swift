@@ -120,6 +120,18 @@ public final class ConnectionID {
         _ = try channel.expect(RDMA_CM_EVENT_ESTABLISHED, timeout: timeout, while: "rdma_accept")
     }
 
+    /// Sets the QP's local ACK timeout to 4.096 µs × 2^`exponent` (rdma_set_option
+    /// RDMA_OPTION_ID_ACK_TIMEOUT); call before connect/accept. Retries × this is how long a
+    /// peer may stall before the connection fails with IBV_WC_RETRY_EXC_ERR: under emulation
+    /// (soft-RoCE in a TCG VM) the default of a few tens of ms is far too short.
+    public func setAckTimeout(exponent: UInt8) throws(VerbsError) {
+        var value = exponent
+        if rdma_set_option(pointer, Int32(RDMA_OPTION_ID.rawValue), Int32(RDMA_OPTION_ID_ACK_TIMEOUT.rawValue), &value, 1) != 0 {
+            let code = errno
+            throw VerbsError.call("rdma_set_option", errno: code, "cannot set the ACK timeout")
+        }
+    }
+
     /// Server side: accepts without waiting; ESTABLISHED arrives on the channel later (a server
     /// with many connections reads every event in one loop).
     public func acceptWithoutWaiting(_ parameters: ConnectionParameters) throws(VerbsError) {

@@ -105,7 +105,12 @@ struct VerbsTests {
         let view = try await checker.openRegion("foreign", rights: .read)
         #expect(Array(try await checker.read(view, at: 0, length: 8192).readableBytesView) == before)
         // The owner's connection and key still work.
-        try await owner.write(ownerHandle, at: 8192, [1, 2, 3])
+        do {
+            try await owner.write(ownerHandle, at: 8192, [1, 2, 3])
+        } catch {
+            Issue.record("owner's write failed: \(error)\nserver log:\n\(server.log)")
+            throw error
+        }
         #expect(Array(try await checker.read(view, at: 8192, length: 3).readableBytesView) == [1, 2, 3])
         await owner.disconnect()
         await checker.disconnect()
@@ -218,7 +223,8 @@ struct VerbsTests {
     @Test func rdmaRefusesADataDirectoryWithWriteback() throws {
         // Only checkable where a device exists (the device check comes first elsewhere).
         guard testTransport == .rdma else { return }
-        let onDisk = FileManager.default.currentDirectoryPath + "/.build/pmu-tc-data-\(getpid())"
+        // The build directory: on the 9p share in the VM (a filesystem with writeback).
+        let onDisk = URL(fileURLWithPath: binDirectory).deletingLastPathComponent().path + "/pmu-tc-data-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: onDisk) }
         let result = try run(binDirectory + "/pmu-server", ["--data-dir", onDisk, "--listen", "\(testListenHost):0", "--transport", "rdma"], timeoutSeconds: 60)
         #expect(result.status != 0)

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs inside the soft-RoCE VM (scripts/test-rdma.sh hooks it in as the Swift verbs suite): the
+# host-built test binary, over RDMA verbs (PMU_TEST_TRANSPORT=rdma: real pmu-server processes with
+# --transport rdma on PMU_RDMA_IP, clients and pmuctl with the verbs transport).
+# Usage: scripts/rdma-vm-suite.sh [FILTER-REGEX]   (default: the verbs cases + the integration
+# suites that apply to both transports; PMU_RDMA_FILTER overrides too)
+set -euo pipefail
+project=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin=${PMU_BIN_DIR:-$project/.build/debug}
+filter=${1:-${PMU_RDMA_FILTER:-VerbsTests|TransportChoiceTests|CheckpointTests|ServerTests}}
+export PMU_TEST_TRANSPORT=rdma PMU_TRANSPORT=rdma PMU_BIN_DIR=$bin
+ulimit -l unlimited
+cd /tmp   # scratch directories (FileManager.temporaryDirectory) are on the guest's tmpfs
+# One test at a time: two emulated vCPUs shared by parallel servers, clients and 256 MiB copies
+# make every case slow and the timing-sensitive ones (kills, retries) flaky.
+exec "$bin/pmuPackageTests.xctest" --testing-library swift-testing --no-parallel --filter "$filter"
