@@ -126,7 +126,7 @@ public final class ConnectionID {
     /// (soft-RoCE in a TCG VM) the default of a few tens of ms is far too short.
     public func setAckTimeout(exponent: UInt8) throws(VerbsError) {
         var value = exponent
-        if rdma_set_option(pointer, Int32(RDMA_OPTION_ID.rawValue), Int32(RDMA_OPTION_ID_ACK_TIMEOUT.rawValue), &value, 1) != 0 {
+        if rdma_set_option(pointer, Int32(RDMA_OPTION_ID), Int32(RDMA_OPTION_ID_ACK_TIMEOUT), &value, 1) != 0 {
             let code = errno
             throw VerbsError.call("rdma_set_option", errno: code, "cannot set the ACK timeout")
         }
