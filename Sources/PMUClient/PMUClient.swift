@@ -62,17 +62,24 @@ public final class PMUClient: Sendable {
         guard (1...Limits.maxIOBytes).contains(configuration.chunkBytes), configuration.chunksInFlight >= 1 else {
             throw PMUError(.invalidArgument, "chunkBytes must be 1...\(Limits.maxIOBytes) and chunksInFlight at least 1; got \(configuration.chunkBytes) and \(configuration.chunksInFlight)")
         }
-        let transport: any ClientTransport
+        var transport: (any ClientTransport)? = nil
         if try configuration.transport.resolve().useRDMA {
-            transport = try await RDMAClientTransport.connect(
-                to: configuration.endpoint, bounceBuffers: configuration.chunksInFlight, bounceBytes: configuration.chunkBytes)
-        } else {
+            do {
+                transport = try await RDMAClientTransport.connect(
+                    to: configuration.endpoint, bounceBuffers: configuration.chunksInFlight, bounceBytes: configuration.chunkBytes)
+            } catch {
+                // `auto` tries TCP when the server cannot be reached over verbs.
+                if configuration.transport != .auto { throw error }
+            }
+        }
+        if transport == nil {
             do {
                 transport = try await TCPClientTransport.connect(to: configuration.endpoint, group: group)
             } catch {
                 throw Self.pmuError(error)
             }
         }
+        guard let transport else { throw PMUError(.internalError, "no transport") }
         let client = PMUClient(configuration: configuration, transport: transport)
         do throws(PMUError) {
             try await client.authenticate()

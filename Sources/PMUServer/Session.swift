@@ -244,7 +244,8 @@ final class Session: RequestHandler, @unchecked Sendable {
                 var more = true
                 var replyBytes = 0
                 // Page through the store until `cap` visible regions are found or it runs out.
-                while entries.count < cap, replyBytes <= Limits.maxFrameBytes / 2, more {
+                let budget = info.maxReplyBytes / 2
+                while entries.count < cap, replyBytes <= budget, more {
                     let page = state.store.list(after: cursor, limit: cap)
                     more = page.more
                     for record in page.records {
@@ -254,7 +255,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                         replyBytes += 64 + record.name.utf8.count + record.owner.utf8.count
                             + (record.readers + record.writers).reduce(0) { $0 + 2 + $1.utf8.count }
                         // Stay well inside the frame limit however long the access lists are.
-                        if entries.count == cap || replyBytes > Limits.maxFrameBytes / 2 {
+                        if entries.count == cap || replyBytes > budget {
                             more = more || record.name != page.records.last?.name
                             break
                         }

@@ -8,7 +8,7 @@ import PMUVerbs
 
 /// One accepted verbs connection on the server: its own protection domain (so its rkeys work on
 /// no other connection), one completion queue on a completion channel, an RC queue pair,
-/// `credits` pre-posted receive slots for requests and twice as many send slots for replies, and
+/// `credits` pre-posted receive slots for requests and a few more send slots for replies, and
 /// one memory region per granted handle.
 ///
 /// Threads: the transport's connection-manager thread creates it and reports disconnects; a
@@ -59,12 +59,14 @@ final class RDMAServerConnection: @unchecked Sendable {
         let credits = RDMALimits.credits
         let completionQueue = try CompletionQueue(context: context, capacity: Int32(credits * 4 + 8), channel: channel)
         var capacity = QueuePairCapacity()
-        capacity.sendRequests = UInt32(credits * 2 + 4)
+        capacity.sendRequests = UInt32(credits + 12)
         capacity.receiveRequests = UInt32(credits)
         let queuePair = try QueuePair(connection: connection, protectionDomain: protectionDomain,
                                       sendQueue: completionQueue, receiveQueue: completionQueue, capacity: capacity)
         let receives = try RegisteredSlots(protectionDomain: protectionDomain, count: credits, slotBytes: RDMALimits.requestSlotBytes)
-        let sends = try RegisteredSlots(protectionDomain: protectionDomain, count: credits * 2, slotBytes: RDMALimits.replySlotBytes)
+        // One per credit, plus room for connection-level errors (id 0) and replies whose SEND
+        // completion has not been polled yet when the next request's reply goes out.
+        let sends = try RegisteredSlots(protectionDomain: protectionDomain, count: credits + 8, slotBytes: RDMALimits.replySlotBytes)
         for slot in 0..<credits {
             try queuePair.postReceive(local: receives.region, localOffset: receives.offset(slot), lengthBytes: receives.slotBytes,
                                       workRequestID: WorkRequestKind.receive.id(slot))
@@ -74,7 +76,7 @@ final class RDMAServerConnection: @unchecked Sendable {
         self.idPointer = connection.pointer
         self.eventLoop = eventLoop
         self.channel = channel
-        self.freeSends = FreeList(count: credits * 2)
+        self.freeSends = FreeList(count: credits + 8)
         self.resources = NIOLockedValueBox(Resources(
             queuePair: queuePair, completionQueue: completionQueue, receives: receives, sends: sends,
             protectionDomain: protectionDomain, connection: connection))
@@ -88,7 +90,8 @@ final class RDMAServerConnection: @unchecked Sendable {
     /// before this wait in the CQ, so the session sees them after it exists, in order).
     func established(makeHandler: @escaping @Sendable (ConnectionInfo) -> any RequestHandler) {
         let info = ConnectionInfo(id: id, remoteAddress: remoteAddress, eventLoop: eventLoop,
-                                  replies: RDMAReplySink(connection: self), memory: RDMARegistrar(connection: self))
+                                  replies: RDMAReplySink(connection: self), memory: RDMARegistrar(connection: self),
+                                  maxReplyBytes: RDMALimits.replySlotBytes)
         eventLoop.execute { self.handler = makeHandler(info) }
         let thread = Thread { [self] in completionLoop() }
         thread.name = "pmu-rdma-cq-\(id)"

@@ -10,8 +10,9 @@ public enum RDMALimits {
     public static let credits = 16
     /// Largest request frame (control requests are small; WRITE/READ go one-sided).
     public static let requestSlotBytes = 16 * 1024
-    /// Largest reply frame: a LIST page that does not fit gets REQUEST_TOO_LARGE.
-    public static let replySlotBytes = 256 * 1024
+    /// Largest reply frame (LIST pages stay within half of it and set `more`). Registered
+    /// memory per server connection: credits × request slot + (credits + 8) × reply slot ≈ 1.8 MiB.
+    public static let replySlotBytes = 64 * 1024
     /// ACK timeout exponent: 4.096 µs × 2^19 ≈ 2.1 s, × 7 retries ≈ 15 s before a silent peer
     /// counts as gone. The default (~67 ms × 7) failed healthy connections of a loaded,
     /// emulated soft-RoCE VM; a dead peer is usually noticed sooner anyway, by rdma_cm's

@@ -27,6 +27,9 @@ public struct ConnectionInfo: Sendable {
     /// Set by transports whose clients access region memory directly (RDMA verbs): the session
     /// registers each granted region with it and answers GRANT_RDMA instead of GRANT. nil on TCP.
     public var memory: (any MemoryRegistrar)? = nil
+    /// Largest reply frame the connection carries (verbs: its reply slot); LIST pages stay
+    /// within half of it and set `more`.
+    public var maxReplyBytes: Int = Limits.maxFrameBytes
 }
 
 /// Region memory a grant exposes to one-sided access. `owner` keeps the mapping alive while the
