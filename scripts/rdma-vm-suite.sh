@@ -7,8 +7,10 @@
 set -euo pipefail
 project=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${PMU_BIN_DIR:-$project/.build/debug}
-filter=${1:-${PMU_RDMA_FILTER:-VerbsTests|TransportChoiceTests|CheckpointTests|ServerTests}}
+filter=${1:-${PMU_RDMA_FILTER:-PMUIntegrationTests\.(VerbsTests|TransportChoiceTests|CheckpointTests|ServerTests|PMUCtlTests|CrashTests)}}
 export PMU_TEST_TRANSPORT=rdma PMU_TRANSPORT=rdma PMU_BIN_DIR=$bin
+# Loop counts sized for emulation (each spawned Swift process costs ~1 s under TCG).
+export PMU_KILL_ITERATIONS=${PMU_KILL_ITERATIONS:-8} PMU_VERBS_KILLS=${PMU_VERBS_KILLS:-3}
 ulimit -l unlimited
 cd /tmp   # scratch directories (FileManager.temporaryDirectory) are on the guest's tmpfs
 # One test at a time: two emulated vCPUs shared by parallel servers, clients and 256 MiB copies

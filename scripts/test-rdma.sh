@@ -3,7 +3,8 @@
 # RDMA tests of PMU, run against soft-RoCE (rdma_rxe) in a throw-away qemu VM, because the host
 # kernel has no RDMA. See scripts/rdma-vm/README.md.
 #
-# Usage: scripts/test-rdma.sh            build the VM image (cached) and run everything in one boot
+# Usage: scripts/test-rdma.sh            build PMU and its tests on the host (debug; incremental),
+#                                        build the VM image (cached) and run everything in one boot
 #        scripts/test-rdma.sh --in-vm    (internal) the part that runs inside the VM
 #
 # Steps in the VM: ibv_devices lists rxe0; ibv_devinfo shows rxe0's port PORT_ACTIVE;
@@ -12,7 +13,9 @@
 # Exit 0 only if every step passed. Ends with a line "rdma: N passed, N failed".
 #
 # Env: PMU_RDMA_TESTS   command run in the VM, from the project dir, as the Swift verbs suite
-#                       (see run_swift_verbs_suite below); empty = not run yet.
+#                       (default scripts/rdma-vm-suite.sh: the integration tests over verbs;
+#                       PMU_RDMA_FILTER narrows them); "none" skips it.
+#      PMU_RDMA_SKIP_BUILD=1  use the binaries already in .build/debug.
 #      PMU_RDMA_TIMEOUT seconds for the whole VM run (default 600).
 #      PMU_VM_*         see scripts/rdma-vm/run-in-vm.sh.
 set -euo pipefail
@@ -21,16 +24,13 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 project=$(cd "$here/.." && pwd)
 
 # ---------------------------------------------------------------------------------------------
-# The Swift verbs test suite: THE PLACE TO HOOK IT IN.
-# It runs inside the VM, from the project directory (shared read-write at the same path), as
-# root, with `ulimit -l unlimited` and PMU_RDMA_DEV=rxe0 PMU_RDMA_IP=10.11.12.1
-# PMU_RDMA_GID_INDEX=1 in its environment. Build it on the host first (the VM only runs it;
-# compiling under emulation would be very slow), e.g.
-#   swift build --build-tests && PMU_RDMA_TESTS='swift test --skip-build --filter Verbs' \
-#       scripts/test-rdma.sh
-# or point PMU_RDMA_TESTS at the built test binary. Any server data directory it makes must be
-# under the guest's /tmp (tmpfs), not under the 9p-shared project directory.
-PMU_RDMA_TESTS=${PMU_RDMA_TESTS:-}
+# The Swift verbs test suite, hooked in: scripts/rdma-vm-suite.sh runs the host-built test binary
+# inside the VM, from the project directory (shared read-write at the same path), as root, with
+# `ulimit -l unlimited` and PMU_RDMA_DEV=rxe0 PMU_RDMA_IP=10.11.12.1 PMU_RDMA_GID_INDEX=1 in its
+# environment, and PMU_TEST_TRANSPORT=rdma: real pmu-server processes with --transport rdma,
+# clients over verbs. Server data directories are under the guest's /tmp (tmpfs).
+PMU_RDMA_TESTS=${PMU_RDMA_TESTS:-scripts/rdma-vm-suite.sh}
+[[ $PMU_RDMA_TESTS == none ]] && PMU_RDMA_TESTS=
 run_swift_verbs_suite() {
     if [[ -z $PMU_RDMA_TESTS ]]; then
         echo "(Swift verbs suite: not hooked in yet; set PMU_RDMA_TESTS)"
@@ -120,6 +120,11 @@ fi
 # Host side: one boot for all steps (a boot costs ~10 s of emulation). run-in-vm.sh builds the
 # VM image first (cached after the first time).
 cd "$project"
+if [[ -n $PMU_RDMA_TESTS && ${PMU_RDMA_SKIP_BUILD:-0} != 1 ]]; then
+    # The VM only runs what the host built (compiling under emulation would take far too long).
+    swift build && swift build --build-tests
+fi
+export PMU_RDMA_TESTS
 set +e
 "$here/rdma-vm/run-in-vm.sh" --timeout "${PMU_RDMA_TIMEOUT:-600}" --share "$project" -- \
     "$here/test-rdma.sh" --in-vm
