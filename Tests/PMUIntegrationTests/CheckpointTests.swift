@@ -110,7 +110,7 @@ import Glibc
     /// A stale primary (older epoch) writing after a takeover is refused with FENCED and changes nothing.
     @Test func stalePrimaryIsFenced() async throws {
         let server = try ServerProcess(dataDirectory: scratch.path + "/data")
-        let setup = try await server.client()
+        var setup = try await server.client()
         try await setup.createCheckpointRegion("fenced", sizeBytes: 1 << 20, options: CheckpointOptions(mode: .append))
         let old = try await (try await server.client()).openPrimary("fenced")
         _ = try await old.checkpoint(bytes(1, 5000))
@@ -122,7 +122,7 @@ import Glibc
         // Another connection's key: INVALID_KEY over TCP; over verbs the foreign rkey is refused by
         // the device (REMOTE_ACCESS), which also ends `setup`'s connection, so reconnect.
         #expect(await code { try await setup.write(raw, at: 0, [1]) } == (testTransport == .rdma ? .remoteAccess : .invalidKey))
-        let setup = testTransport == .rdma ? try await server.client() : setup
+        if testTransport == .rdma { setup = try await server.client() }
         #expect(try await setup.openBackup("fenced").all() == before)
         #expect(try await new.checkpoint(bytes(3, 5000)) == 2)
         let latest = try #require(try await setup.openBackup("fenced").latest())
