@@ -11,6 +11,10 @@ filter=${1:-${PMU_RDMA_FILTER:-PMUIntegrationTests\.(VerbsTests|TransportChoiceT
 export PMU_TEST_TRANSPORT=rdma PMU_TRANSPORT=rdma PMU_BIN_DIR=$bin
 # Loop counts sized for emulation (each spawned Swift process costs ~1 s under TCG).
 export PMU_KILL_ITERATIONS=${PMU_KILL_ITERATIONS:-8} PMU_VERBS_KILLS=${PMU_VERBS_KILLS:-3}
+# The guest's tmpfs is half its RAM: 256 MiB regions, not CrashTests' 1 GiB.
+export PMU_CRASH_REGION_MIB=${PMU_CRASH_REGION_MIB:-256}
+# Connecting a client takes ~10x longer under emulation: widen the kill windows to match.
+export PMU_KILL_DELAY_SCALE=${PMU_KILL_DELAY_SCALE:-8}
 ulimit -l unlimited
 cd /tmp   # scratch directories (FileManager.temporaryDirectory) are on the guest's tmpfs
 # One test at a time: two emulated vCPUs shared by parallel servers, clients and 256 MiB copies

@@ -239,7 +239,7 @@ public final class PMUClient: Sendable {
             throw PMUError(.permissionDenied, "handle for region \(NameRules.quoted(handle.name)) was opened read-only")
         }
         guard offset <= handle.sizeBytes, UInt64(length) <= handle.sizeBytes - offset else {
-            throw PMUError(.outOfBounds, "range [\(offset), \(offset + UInt64(length))) is outside region \(NameRules.quoted(handle.name)) of \(handle.sizeBytes) bytes")
+            throw PMUError(.outOfBounds, "\(length) bytes at offset \(offset) are outside region \(NameRules.quoted(handle.name)) of \(handle.sizeBytes) bytes")
         }
     }
 

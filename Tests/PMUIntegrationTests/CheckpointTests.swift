@@ -173,7 +173,9 @@ import Glibc
             newestReported = max(newestReported, state.step)
         }
         print("primary kill test: \(iterations) kills, newest step \(newestReported)")
-        #expect(newestReported > UInt64(iterations)) // the primaries made progress
+        // The primaries made progress: each is killed only after it reported a commit (under
+        // emulation, in the RDMA VM, often exactly one before the kill lands).
+        #expect(newestReported >= UInt64(iterations))
         await backup.disconnect()
     }
 
