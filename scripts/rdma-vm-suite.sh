@@ -19,4 +19,7 @@ ulimit -l unlimited
 cd /tmp   # scratch directories (FileManager.temporaryDirectory) are on the guest's tmpfs
 # One test at a time: two emulated vCPUs shared by parallel servers, clients and 256 MiB copies
 # make every case slow and the timing-sensitive ones (kills, retries) flaky.
-exec "$bin/pmuPackageTests.xctest" --testing-library swift-testing --no-parallel --filter "$filter"
+# Skipped: cases asserting TCP's answer to a stale or foreign key (INVALID_KEY, connection kept);
+# over verbs the device refuses such keys (REMOTE_ACCESS, connection closed), which VerbsTests check.
+skip=${PMU_RDMA_SKIP:-'ServerTests/(regionLifecycleThroughTheClientLibrary|badRegionRequestsGetClearErrorsAndStoreNothing|deleteRevokesEveryonesKeys)'}
+exec "$bin/pmuPackageTests.xctest" --testing-library swift-testing --no-parallel --filter "$filter" --skip "$skip"

@@ -116,6 +116,22 @@ struct VerbsTests {
         await checker.disconnect()
     }
 
+    /// DELETE deregisters every connection's memory regions for the region before it commits:
+    /// another client's rkey for it is dead afterwards.
+    @Test func deleteRevokesOtherConnectionsRkeys() async throws {
+        let server = try startServer()
+        let owner = try await server.client("alice")
+        _ = try await owner.createRegion("doomed", sizeBytes: 1 << 20, readers: ["bob"])
+        let bob = try await server.client("bob")
+        let bobHandle = try await bob.openRegion("doomed")
+        #expect(try await bob.read(bobHandle, at: 0, length: 16).readableBytes == 16)
+        try await owner.delete("doomed")
+        #expect(await code { _ = try await bob.read(bobHandle, at: 0, length: 16) } == .remoteAccess)
+        // The owner's connection is unaffected.
+        _ = try await owner.createRegion("doomed", sizeBytes: 4096)
+        await owner.disconnect()
+    }
+
     /// A read-only grant's memory region has no remote write access; the library refuses the
     /// write locally with the same error as TCP (the server would too).
     @Test func readOnlyHandleCannotWrite() async throws {
