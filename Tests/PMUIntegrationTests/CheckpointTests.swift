@@ -119,9 +119,10 @@ import Glibc
         let before = try await setup.openBackup("fenced").all()
         #expect(await code { _ = try await old.checkpoint(self.bytes(2, 5000)) } == .fenced)
         let raw = old.handle
-        // Another connection's key: INVALID_KEY over TCP; over verbs the foreign rkey is refused by
-        // the device (REMOTE_ACCESS), which also ends `setup`'s connection, so reconnect.
-        #expect(await code { try await setup.write(raw, at: 0, [1]) } == (testTransport == .rdma ? .remoteAccess : .invalidKey))
+        // Another connection's key: INVALID_KEY over TCP. Over verbs the device refuses the foreign
+        // (and revoked) rkey, which ends `setup`'s connection, so reconnect; the library reports a
+        // refused write through a checkpoint writer's handle as FENCED.
+        #expect(await code { try await setup.write(raw, at: 0, [1]) } == (testTransport == .rdma ? .fenced : .invalidKey))
         if testTransport == .rdma { setup = try await server.client() }
         #expect(try await setup.openBackup("fenced").all() == before)
         #expect(try await new.checkpoint(bytes(3, 5000)) == 2)

@@ -144,14 +144,15 @@ struct VerbsTests {
         await client.disconnect()
     }
 
-    /// pmuctl writing 32 MiB is killed (SIGKILL) mid-transfer PMU_VERBS_KILLS times (default 3);
+    /// pmuctl writing 32 MiB (PMU_VERBS_KILL_FILE_MIB) is killed (SIGKILL) mid-transfer
+    /// PMU_VERBS_KILLS times (default 3);
     /// another client keeps writing and reading throughout, and the server keeps serving.
     @Test func clientKilledMidTransferLeavesServerServing() async throws {
         let server = try startServer()
         let survivor = try await server.client()
         let handle = try await survivor.createRegion("kills", sizeBytes: 64 << 20, writers: ["*"])
         let file = scratch.path + "/big.bin"
-        FileManager.default.createFile(atPath: file, contents: Data(pattern(offset: 0, count: 32 << 20, seed: 5)))
+        FileManager.default.createFile(atPath: file, contents: Data(pattern(offset: 0, count: Self.envInt("PMU_VERBS_KILL_FILE_MIB", 32) << 20, seed: 5)))
         for round in 0..<Self.envInt("PMU_VERBS_KILLS", 3) {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: binDirectory + "/pmuctl")
