@@ -233,6 +233,16 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
 
     private func completionLoop() {
         while !closing.isSet {
+            // Spin briefly first: the reply to what we just sent usually arrives within it.
+            let spun = spinForCompletions(microseconds: RDMALimits.spinMicroseconds) {
+                (try? resources.withLockedValue { resources throws(VerbsError) -> [WorkCompletion] in
+                    try resources?.completionQueue.poll(max: 16) ?? []
+                }) ?? []
+            }
+            if !spun.isEmpty {
+                for completion in spun { handle(completion) }
+                continue
+            }
             let ready = waitReadable([completionChannel.fileDescriptor, eventChannel.pointer.pointee.fd], timeoutMilliseconds: 200)
             if ready[0] { try? completionChannel.consumeEvent() }
             if ready[1], let event = try? eventChannel.next(timeout: .zero) {

@@ -125,6 +125,16 @@ final class RDMAServerConnection: @unchecked Sendable {
 
     private func completionLoop() {
         while !closing.isSet {
+            // Spin briefly first: the reply to what we just sent usually arrives within it.
+            let spun = spinForCompletions(microseconds: RDMALimits.spinMicroseconds) {
+                (try? resources.withLockedValue { resources throws(VerbsError) -> [WorkCompletion] in
+                    try resources?.completionQueue.poll(max: 16) ?? []
+                }) ?? []
+            }
+            if !spun.isEmpty {
+                for completion in spun { handle(completion) }
+                continue
+            }
             let ready = waitReadable([channel.fileDescriptor], timeoutMilliseconds: 200)
             if ready[0] { try? channel.consumeEvent() }
             do {
