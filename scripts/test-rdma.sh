@@ -9,7 +9,8 @@
 #
 # Steps in the VM: ibv_devices lists rxe0; ibv_devinfo shows rxe0's port PORT_ACTIVE;
 # ib_write_lat and ib_write_bw against 10.11.12.1 (server in the background, client in the
-# foreground, same guest, RoCE v2 GID index 1); then the Swift verbs suite (PMU_RDMA_TESTS).
+# foreground, same guest, RoCE v2 GID index 1); then the Swift verbs suite (PMU_RDMA_TESTS);
+# then, with rxe0's link taken down, pmu-server's start-up errors (rdma refuses, auto falls back).
 # Exit 0 only if every step passed. Ends with a line "rdma: N passed, N failed".
 #
 # Env: PMU_RDMA_TESTS   command run in the VM, from the project dir, as the Swift verbs suite
@@ -30,10 +31,9 @@ project=$(cd "$here/.." && pwd)
 # environment, and PMU_TEST_TRANSPORT=rdma: real pmu-server processes with --transport rdma,
 # clients over verbs. Server data directories are under the guest's /tmp (tmpfs).
 PMU_RDMA_TESTS=${PMU_RDMA_TESTS:-scripts/rdma-vm-suite.sh}
-[[ $PMU_RDMA_TESTS == none ]] && PMU_RDMA_TESTS=
 run_swift_verbs_suite() {
-    if [[ -z $PMU_RDMA_TESTS ]]; then
-        echo "(Swift verbs suite: not hooked in yet; set PMU_RDMA_TESTS)"
+    if [[ $PMU_RDMA_TESTS == none ]]; then
+        echo "(Swift verbs suite skipped: PMU_RDMA_TESTS=none)"
         return 0
     fi
     (cd "$project" && bash -c "$PMU_RDMA_TESTS")
@@ -96,6 +96,28 @@ perftest_pair() {
     (( rc_c == 0 && rc_s == 0 ))
 }
 
+# Bad input: with the device's port down, `pmu-server --transport rdma` must refuse to start and
+# say which port is in which state; `auto` must fall back to TCP and say why. Runs last (it takes
+# the link down and back up).
+check_port_down() {
+    local dir out rc=0
+    dir=$(mktemp -d /tmp/pmu-portdown.XXXXXX)
+    ip link set dummy0 down
+    for _ in $(seq 50); do ibv_devinfo -d "$dev" | grep -q PORT_ACTIVE || break; sleep 0.1; done
+    out=$(timeout 60 "$project/.build/debug/pmu-server" --transport rdma --data-dir "$dir/a" --listen "$ip:0" 2>&1) && rc=1
+    echo "$out" | tail -2
+    grep -q "RDMA_ERROR" <<<"$out" && grep -q "$dev port 1" <<<"$out" || rc=1
+    timeout 60 "$project/.build/debug/pmu-server" --transport auto --data-dir "$dir/b" --listen 127.0.0.1:0 \
+        --ready-file "$dir/ready" >"$dir/auto.log" 2>&1 &
+    local srv=$!
+    for _ in $(seq 300); do [[ -s $dir/ready ]] && break; sleep 0.1; done
+    kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null
+    grep "transport:" "$dir/auto.log"
+    grep -q "transport: tcp (no RDMA device with an active port" "$dir/auto.log" || rc=1
+    ip link set dummy0 up
+    return "$rc"
+}
+
 in_vm() {
     [[ ${PMU_IN_VM:-} == 1 ]] || { echo "--in-vm is for inside the VM (use run-in-vm.sh)" >&2; exit 2; }
     # -F: do not fail on the CPU-frequency check, meaningless in an emulated CPU.
@@ -103,11 +125,12 @@ in_vm() {
     step "ibv_devinfo: $dev port active" check_devinfo
     step "ib_write_lat -n 200" perftest_pair ib_write_lat -d "$dev" -x "$gid" -n 200 -F
     step "ib_write_bw -D 2" perftest_pair ib_write_bw -d "$dev" -x "$gid" -D 2 -F
-    if [[ -n $PMU_RDMA_TESTS ]]; then
+    if [[ $PMU_RDMA_TESTS != none ]]; then
         step "Swift verbs suite" run_swift_verbs_suite
     else
         run_swift_verbs_suite
     fi
+    step "port down: rdma refuses to start, auto falls back" check_port_down
     echo "rdma: $passed passed, $failed failed"
     (( failed == 0 ))
 }
@@ -120,7 +143,7 @@ fi
 # Host side: one boot for all steps (a boot costs ~10 s of emulation). run-in-vm.sh builds the
 # VM image first (cached after the first time).
 cd "$project"
-if [[ -n $PMU_RDMA_TESTS && ${PMU_RDMA_SKIP_BUILD:-0} != 1 ]]; then
+if [[ ${PMU_RDMA_SKIP_BUILD:-0} != 1 ]]; then
     # The VM only runs what the host built (compiling under emulation would take far too long).
     swift build && swift build --build-tests
 fi
