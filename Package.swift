@@ -7,7 +7,9 @@ import PackageDescription
 //   PMUCheckpoint checkpoint layout, writer, reader, verifier over a RegionIO protocol (no transport)
 //   PMUTesting    test doubles: SimulatedRegion (crashes, torn and lost writes), seeded generator
 //   PMUStore      region files (fallocate + mmap), the metadata catalog, persistence, recovery
-//   PMUTransport  one transport protocol; the TCP (SwiftNIO) implementation
+//   CVerbs        rdma-core (libibverbs, librdmacm) + shims for its macros and inline functions
+//   PMUVerbs      Swift wrappers, one file per verbs object, each releasing its resource on deinit
+//   PMUTransport  one transport protocol; TCP (SwiftNIO) and RDMA verbs implementations
 //   PMUServer     the server as a Service: sessions, verbs, authentication
 //   PMUClient     async client library (regions, checkpoints as primary and backup)
 //   PMUStripe     no I/O: stripe geometry, piece headers, erasure code (ISA-L), survivability
@@ -43,6 +45,13 @@ let package = Package(
             pkgConfig: "libisal",
             providers: [.apt(["libisal-dev"])]
         ),
+        // rdma-core from Debian's libibverbs-dev and librdmacm-dev (the modulemap links both).
+        .systemLibrary(
+            name: "CVerbs",
+            pkgConfig: "libibverbs",
+            providers: [.apt(["libibverbs-dev", "librdmacm-dev"])]
+        ),
+        .target(name: "PMUVerbs", dependencies: ["CVerbs"]),
         .target(
             name: "PMUCore",
             dependencies: [
@@ -76,7 +85,7 @@ let package = Package(
         .target(
             name: "PMUTransport",
             dependencies: [
-                "PMUCore",
+                "PMUCore", "PMUVerbs",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -86,7 +95,7 @@ let package = Package(
         .target(
             name: "PMUServer",
             dependencies: [
-                "PMUCore", "PMUStore", "PMUTransport",
+                "PMUCore", "PMUStore", "PMUTransport", "PMUVerbs",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages PMU builds against (rdma-core and ISA-L headers, pkg-config).
+# Installs the Debian packages PMU builds against (rdma-core and ISA-L headers, pkg-config) and
+# what the verbs transport needs at run time: the rdma-core userspace providers (rxe, mlx5, ...;
+# without them ibv_get_device_list finds no device even where the kernel has one).
 # Idempotent: does nothing when they are present. Uses sudo when not root.
 set -euo pipefail
 
-packages=(libibverbs-dev librdmacm-dev libisal-dev pkg-config)
+packages=(libibverbs-dev librdmacm-dev libisal-dev pkg-config ibverbs-providers rdma-core)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -3,16 +3,20 @@
 # RDMA tests of PMU, run against soft-RoCE (rdma_rxe) in a throw-away qemu VM, because the host
 # kernel has no RDMA. See scripts/rdma-vm/README.md.
 #
-# Usage: scripts/test-rdma.sh            build the VM image (cached) and run everything in one boot
+# Usage: scripts/test-rdma.sh            build PMU and its tests on the host (debug; incremental),
+#                                        build the VM image (cached) and run everything in one boot
 #        scripts/test-rdma.sh --in-vm    (internal) the part that runs inside the VM
 #
 # Steps in the VM: ibv_devices lists rxe0; ibv_devinfo shows rxe0's port PORT_ACTIVE;
 # ib_write_lat and ib_write_bw against 10.11.12.1 (server in the background, client in the
-# foreground, same guest, RoCE v2 GID index 1); then the Swift verbs suite (PMU_RDMA_TESTS).
+# foreground, same guest, RoCE v2 GID index 1); then the Swift verbs suite (PMU_RDMA_TESTS);
+# then, with rxe0's link taken down, pmu-server's start-up errors (rdma refuses, auto falls back).
 # Exit 0 only if every step passed. Ends with a line "rdma: N passed, N failed".
 #
 # Env: PMU_RDMA_TESTS   command run in the VM, from the project dir, as the Swift verbs suite
-#                       (see run_swift_verbs_suite below); empty = not run yet.
+#                       (default scripts/rdma-vm-suite.sh: the integration tests over verbs;
+#                       PMU_RDMA_FILTER narrows them); "none" skips it.
+#      PMU_RDMA_SKIP_BUILD=1  use the binaries already in .build/debug.
 #      PMU_RDMA_TIMEOUT seconds for the whole VM run (default 600).
 #      PMU_VM_*         see scripts/rdma-vm/run-in-vm.sh.
 set -euo pipefail
@@ -21,19 +25,15 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 project=$(cd "$here/.." && pwd)
 
 # ---------------------------------------------------------------------------------------------
-# The Swift verbs test suite: THE PLACE TO HOOK IT IN.
-# It runs inside the VM, from the project directory (shared read-write at the same path), as
-# root, with `ulimit -l unlimited` and PMU_RDMA_DEV=rxe0 PMU_RDMA_IP=10.11.12.1
-# PMU_RDMA_GID_INDEX=1 in its environment. Build it on the host first (the VM only runs it;
-# compiling under emulation would be very slow), e.g.
-#   swift build --build-tests && PMU_RDMA_TESTS='swift test --skip-build --filter Verbs' \
-#       scripts/test-rdma.sh
-# or point PMU_RDMA_TESTS at the built test binary. Any server data directory it makes must be
-# under the guest's /tmp (tmpfs), not under the 9p-shared project directory.
-PMU_RDMA_TESTS=${PMU_RDMA_TESTS:-}
+# The Swift verbs test suite, hooked in: scripts/rdma-vm-suite.sh runs the host-built test binary
+# inside the VM, from the project directory (shared read-write at the same path), as root, with
+# `ulimit -l unlimited` and PMU_RDMA_DEV=rxe0 PMU_RDMA_IP=10.11.12.1 PMU_RDMA_GID_INDEX=1 in its
+# environment, and PMU_TEST_TRANSPORT=rdma: real pmu-server processes with --transport rdma,
+# clients over verbs. Server data directories are under the guest's /tmp (tmpfs).
+PMU_RDMA_TESTS=${PMU_RDMA_TESTS:-scripts/rdma-vm-suite.sh}
 run_swift_verbs_suite() {
-    if [[ -z $PMU_RDMA_TESTS ]]; then
-        echo "(Swift verbs suite: not hooked in yet; set PMU_RDMA_TESTS)"
+    if [[ $PMU_RDMA_TESTS == none ]]; then
+        echo "(Swift verbs suite skipped: PMU_RDMA_TESTS=none)"
         return 0
     fi
     (cd "$project" && bash -c "$PMU_RDMA_TESTS")
@@ -96,6 +96,28 @@ perftest_pair() {
     (( rc_c == 0 && rc_s == 0 ))
 }
 
+# Bad input: with the device's port down, `pmu-server --transport rdma` must refuse to start and
+# say which port is in which state; `auto` must fall back to TCP and say why. Runs last (it takes
+# the link down and back up).
+check_port_down() {
+    local dir out rc=0
+    dir=$(mktemp -d /tmp/pmu-portdown.XXXXXX)
+    ip link set dummy0 down
+    for _ in $(seq 50); do ibv_devinfo -d "$dev" | grep -q PORT_ACTIVE || break; sleep 0.1; done
+    out=$(timeout 60 "$project/.build/debug/pmu-server" --transport rdma --data-dir "$dir/a" --listen "$ip:0" 2>&1) && rc=1
+    echo "$out" | tail -2
+    grep -q "RDMA_ERROR" <<<"$out" && grep -q "$dev port 1" <<<"$out" || rc=1
+    timeout 60 "$project/.build/debug/pmu-server" --transport auto --data-dir "$dir/b" --listen 127.0.0.1:0 \
+        --ready-file "$dir/ready" >"$dir/auto.log" 2>&1 &
+    local srv=$!
+    for _ in $(seq 300); do [[ -s $dir/ready ]] && break; sleep 0.1; done
+    kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null
+    grep "transport:" "$dir/auto.log"
+    grep -q "transport: tcp (no RDMA device with an active port" "$dir/auto.log" || rc=1
+    ip link set dummy0 up
+    return "$rc"
+}
+
 in_vm() {
     [[ ${PMU_IN_VM:-} == 1 ]] || { echo "--in-vm is for inside the VM (use run-in-vm.sh)" >&2; exit 2; }
     # -F: do not fail on the CPU-frequency check, meaningless in an emulated CPU.
@@ -103,11 +125,12 @@ in_vm() {
     step "ibv_devinfo: $dev port active" check_devinfo
     step "ib_write_lat -n 200" perftest_pair ib_write_lat -d "$dev" -x "$gid" -n 200 -F
     step "ib_write_bw -D 2" perftest_pair ib_write_bw -d "$dev" -x "$gid" -D 2 -F
-    if [[ -n $PMU_RDMA_TESTS ]]; then
+    if [[ $PMU_RDMA_TESTS != none ]]; then
         step "Swift verbs suite" run_swift_verbs_suite
     else
         run_swift_verbs_suite
     fi
+    step "port down: rdma refuses to start, auto falls back" check_port_down
     echo "rdma: $passed passed, $failed failed"
     (( failed == 0 ))
 }
@@ -120,6 +143,11 @@ fi
 # Host side: one boot for all steps (a boot costs ~10 s of emulation). run-in-vm.sh builds the
 # VM image first (cached after the first time).
 cd "$project"
+if [[ ${PMU_RDMA_SKIP_BUILD:-0} != 1 ]]; then
+    # The VM only runs what the host built (compiling under emulation would take far too long).
+    swift build && swift build --build-tests
+fi
+export PMU_RDMA_TESTS
 set +e
 "$here/rdma-vm/run-in-vm.sh" --timeout "${PMU_RDMA_TIMEOUT:-600}" --share "$project" -- \
     "$here/test-rdma.sh" --in-vm

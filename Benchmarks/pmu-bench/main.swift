@@ -11,11 +11,14 @@ struct Connection: ParsableArguments {
     @Option var server = "127.0.0.1:7690"
     @Option var client = "admin"
     @Option(name: .customLong("secret-file")) var secretFile = "pmu-data/admin.secret"
+    @Option(help: "tcp, rdma or auto.") var transport = "tcp"
 
     func connect() async throws -> PMUClient {
         guard let data = FileManager.default.contents(atPath: secretFile) else { throw PMUError(.invalidArgument, "no secret file \(secretFile)") }
         let secret = try SecretsTable.parseClientSecret(String(decoding: data, as: UTF8.self), source: secretFile)
-        return try await PMUClient.connect(ClientConfiguration(endpoint: try Endpoint(parsing: server), clientId: client, secret: secret))
+        var configuration = ClientConfiguration(endpoint: try Endpoint(parsing: server), clientId: client, secret: secret)
+        configuration.transport = try TransportChoice(parsing: transport)
+        return try await PMUClient.connect(configuration)
     }
 }
 

@@ -7,6 +7,7 @@ public struct ExampleConnection: ParsableArguments {
     @Option(help: "pmu-server HOST:PORT (env PMU_SERVER; default 127.0.0.1:7690).") public var server: String?
     @Option(help: "Client id (env PMU_CLIENT; default admin).") public var client: String?
     @Option(name: .customLong("secret-file"), help: "Secret file (env PMU_SECRET_FILE; default pmu-data/admin.secret).") public var secretFile: String?
+    @Option(help: "tcp, rdma or auto (env PMU_TRANSPORT; default tcp).") public var transport: String?
 
     public init() {}
 
@@ -18,7 +19,9 @@ public struct ExampleConnection: ParsableArguments {
             throw PMUError(.invalidArgument, "cannot read secret file \(path)")
         }
         let secret = try SecretsTable.parseClientSecret(String(decoding: data, as: UTF8.self), source: path)
-        return try await PMUClient.connect(ClientConfiguration(endpoint: endpoint, clientId: client ?? environment["PMU_CLIENT"] ?? "admin", secret: secret))
+        var configuration = ClientConfiguration(endpoint: endpoint, clientId: client ?? environment["PMU_CLIENT"] ?? "admin", secret: secret)
+        configuration.transport = try TransportChoice(parsing: transport ?? environment["PMU_TRANSPORT"] ?? "tcp")
+        return try await PMUClient.connect(configuration)
     }
 }
 

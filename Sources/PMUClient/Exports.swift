@@ -3,3 +3,4 @@
 @_exported import PMUCheckpoint
 @_exported import PMUCore
 @_exported import struct PMUTransport.Endpoint
+@_exported import enum PMUTransport.TransportChoice

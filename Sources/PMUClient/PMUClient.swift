@@ -14,6 +14,10 @@ public struct ClientConfiguration: Sendable {
     /// Chunks of one transfer in flight at once: enough to keep the pipe full, bounded so a large
     /// transfer never queues unbounded memory.
     public var chunksInFlight: Int = 4
+    /// tcp, rdma (verbs: control by SEND/RECV, data by one-sided RDMA WRITE/READ) or auto (rdma
+    /// when this machine has an RDMA device with an active port, else tcp). For rdma the
+    /// endpoint's host must be an IPv4 address the RDMA device reaches.
+    public var transport: TransportChoice = .tcp
 
     public init(endpoint: Endpoint = .default, clientId: String, secret: [UInt8]) {
         self.endpoint = endpoint
@@ -33,6 +37,10 @@ public struct ClientConfiguration: Sendable {
 public final class PMUClient: Sendable {
     public let configuration: ClientConfiguration
     private let transport: any ClientTransport
+    /// The same transport when it moves region data one-sided (verbs).
+    private let oneSided: (any OneSidedTransport)?
+    /// "tcp" or "rdma (rxe0 port 1)": what this client ended up using.
+    public let transportDescription: String
     /// Run latency-sensitive loops under `withTaskExecutorPreference(client.taskExecutor)` to avoid
     /// a thread hop per request (see EventLoopTaskExecutor). nil for transports without an event loop.
     public let taskExecutor: EventLoopTaskExecutor?
@@ -40,6 +48,8 @@ public final class PMUClient: Sendable {
     private init(configuration: ClientConfiguration, transport: any ClientTransport) {
         self.configuration = configuration
         self.transport = transport
+        self.oneSided = transport as? any OneSidedTransport
+        self.transportDescription = (transport as? RDMAClientTransport).map { "rdma (\($0.deviceDescription))" } ?? "tcp"
         self.taskExecutor = (transport as? TCPClientTransport).map { EventLoopTaskExecutor(eventLoop: $0.eventLoop) }
     }
 
@@ -52,12 +62,24 @@ public final class PMUClient: Sendable {
         guard (1...Limits.maxIOBytes).contains(configuration.chunkBytes), configuration.chunksInFlight >= 1 else {
             throw PMUError(.invalidArgument, "chunkBytes must be 1...\(Limits.maxIOBytes) and chunksInFlight at least 1; got \(configuration.chunkBytes) and \(configuration.chunksInFlight)")
         }
-        let transport: TCPClientTransport
-        do {
-            transport = try await TCPClientTransport.connect(to: configuration.endpoint, group: group)
-        } catch {
-            throw Self.pmuError(error)
+        var transport: (any ClientTransport)? = nil
+        if try configuration.transport.resolve().useRDMA {
+            do {
+                transport = try await RDMAClientTransport.connect(
+                    to: configuration.endpoint, bounceBuffers: configuration.chunksInFlight, bounceBytes: configuration.chunkBytes)
+            } catch {
+                // `auto` tries TCP when the server cannot be reached over verbs.
+                if configuration.transport != .auto { throw error }
+            }
         }
+        if transport == nil {
+            do {
+                transport = try await TCPClientTransport.connect(to: configuration.endpoint, group: group)
+            } catch {
+                throw Self.pmuError(error)
+            }
+        }
+        guard let transport else { throw PMUError(.internalError, "no transport") }
         let client = PMUClient(configuration: configuration, transport: transport)
         do throws(PMUError) {
             try await client.authenticate()
@@ -95,14 +117,16 @@ public final class PMUClient: Sendable {
     ) async throws(PMUError) -> RegionHandle {
         try NameRules.validateRegionName(name)
         let request = CreateRegion(name: name, sizeBytes: sizeBytes, kind: kind, readers: readers, writers: writers)
-        return RegionHandle(name: name, grant: try await expectGrant(.create(request)))
+        let (grant, remote) = try await expectGrant(.create(request))
+        return RegionHandle(name: name, grant: grant, remote: remote)
     }
 
     /// Opens an existing region. `.readWrite` takes the writer role: for checkpoint regions, any
     /// earlier writer's handles are fenced from then on.
     public func openRegion(_ name: String, rights: Rights = .read) async throws(PMUError) -> RegionHandle {
         try NameRules.validateRegionName(name)
-        return RegionHandle(name: name, grant: try await expectGrant(.open(name: name, rights: rights)))
+        let (grant, remote) = try await expectGrant(.open(name: name, rights: rights))
+        return RegionHandle(name: name, grant: grant, remote: remote)
     }
 
     public func close(_ handle: RegionHandle) async throws(PMUError) {
@@ -138,6 +162,9 @@ public final class PMUClient: Sendable {
     /// placed every byte in the region (visible to readers, not yet durable: see `persist`).
     public func write(_ handle: RegionHandle, at offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError) {
         let total = bytes.readableBytes
+        if let oneSided, let remote = handle.remote {
+            return try await writeOneSided(oneSided, handle, remote, at: offset, bytes)
+        }
         if total <= configuration.chunkBytes {
             return try await expectOK(.write(key: handle.grant.key, offset: offset, data: bytes))
         }
@@ -155,6 +182,9 @@ public final class PMUClient: Sendable {
     /// Reads `length` bytes at `offset`, split into chunks read concurrently.
     public func read(_ handle: RegionHandle, at offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
         guard length >= 0 else { throw PMUError(.invalidArgument, "read length \(length) is negative") }
+        if let oneSided, let remote = handle.remote {
+            return try await readOneSided(oneSided, handle, remote, at: offset, length: length)
+        }
         if length <= configuration.chunkBytes {
             return try await readChunk(handle, at: offset, length: length)
         }
@@ -179,7 +209,9 @@ public final class PMUClient: Sendable {
     public func writeDurably(_ handle: RegionHandle, at offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError) {
         let length = UInt64(bytes.readableBytes)
         guard length > 0 else { return }
-        guard bytes.readableBytes <= configuration.chunkBytes else {
+        // One-sided: the write's completion must be in before PERSIST is sent (RC would deliver
+        // them in order anyway, but we also need to know the write succeeded).
+        guard bytes.readableBytes <= configuration.chunkBytes, handle.remote == nil || oneSided == nil else {
             try await write(handle, at: offset, bytes)
             return try await persist(handle, offset: offset, length: length)
         }
@@ -198,6 +230,56 @@ public final class PMUClient: Sendable {
         }
     }
 
+    // MARK: One-sided (verbs)
+
+    /// Checks what the server would check for a WRITE/READ frame, so a mistake gets the same
+    /// error as over TCP instead of a remote access error that kills the connection.
+    private func checkOneSided(_ handle: RegionHandle, offset: UInt64, length: Int, write: Bool) throws(PMUError) {
+        if write, !handle.rights.contains(.write) {
+            throw PMUError(.permissionDenied, "handle for region \(NameRules.quoted(handle.name)) was opened read-only")
+        }
+        guard offset <= handle.sizeBytes, UInt64(length) <= handle.sizeBytes - offset else {
+            throw PMUError(.outOfBounds, "\(length) bytes at offset \(offset) are outside region \(NameRules.quoted(handle.name)) of \(handle.sizeBytes) bytes")
+        }
+    }
+
+    private func writeOneSided(_ oneSided: any OneSidedTransport, _ handle: RegionHandle, _ remote: RemoteAccess, at offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError) {
+        let total = bytes.readableBytes
+        try checkOneSided(handle, offset: offset, length: total, write: true)
+        let chunk = min(configuration.chunkBytes, oneSided.maxTransferBytes)
+        do {
+            if total <= chunk { return try await oneSided.write(remote, offset: offset, bytes) }
+            try await forEachChunk(total: total, chunk: chunk) { (start: Int) async throws(PMUError) in
+                let slice = bytes.getSlice(at: bytes.readerIndex + start, length: min(chunk, total - start))!
+                try await oneSided.write(remote, offset: offset + UInt64(start), slice)
+            }
+        } catch {
+            throw Self.fencedIfTakenOver(error, handle)
+        }
+    }
+
+    /// Over verbs a fenced writer is not told FENCED: the server deregistered its memory region
+    /// at the takeover, so its next one-sided write fails with a remote access error. For a
+    /// read-write handle of a checkpoint region that is what such an error means (unless this
+    /// client closed the handle itself), so it is reported as FENCED and the checkpoint writer
+    /// stops exactly as over TCP.
+    static func fencedIfTakenOver(_ error: PMUError, _ handle: RegionHandle) -> PMUError {
+        guard error.code == .remoteAccess, handle.kind != .raw, handle.rights.contains(.write) else { return error }
+        return PMUError(.fenced, "region \(NameRules.quoted(handle.name)): the server revoked this writer's remote key (another primary opened the region for writing); this writer must stop. (\(error.message))")
+    }
+
+    private func readOneSided(_ oneSided: any OneSidedTransport, _ handle: RegionHandle, _ remote: RemoteAccess, at offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
+        try checkOneSided(handle, offset: offset, length: length, write: false)
+        let chunk = min(configuration.chunkBytes, oneSided.maxTransferBytes)
+        if length <= chunk { return try await oneSided.read(remote, offset: offset, length: length) }
+        let result = ResultBuffer(length: length)
+        try await forEachChunk(total: length, chunk: chunk) { (start: Int) async throws(PMUError) in
+            let part = try await oneSided.read(remote, offset: offset + UInt64(start), length: min(chunk, length - start))
+            result.set(part, at: start)
+        }
+        return result.take()
+    }
+
     // MARK: Plumbing
 
     private func readChunk(_ handle: RegionHandle, at offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
@@ -211,8 +293,8 @@ public final class PMUClient: Sendable {
     }
 
     /// Runs `body` for each chunk start offset, at most `chunksInFlight` at a time; the first error wins.
-    private func forEachChunk(total: Int, _ body: @escaping @Sendable (Int) async throws(PMUError) -> Void) async throws(PMUError) {
-        let chunk = configuration.chunkBytes
+    private func forEachChunk(total: Int, chunk: Int? = nil, _ body: @escaping @Sendable (Int) async throws(PMUError) -> Void) async throws(PMUError) {
+        let chunk = chunk ?? configuration.chunkBytes
         let window = max(1, configuration.chunksInFlight)
         let starts = stride(from: 0, to: total, by: chunk).map { $0 }
         do {
@@ -251,9 +333,12 @@ public final class PMUClient: Sendable {
         guard case .ok = try await call(request) else { throw unexpected("\(request.opcode)") }
     }
 
-    private func expectGrant(_ request: Request) async throws(PMUError) -> RegionGrant {
-        guard case .grant(let grant) = try await call(request) else { throw unexpected("\(request.opcode)") }
-        return grant
+    private func expectGrant(_ request: Request) async throws(PMUError) -> (RegionGrant, RemoteAccess?) {
+        switch try await call(request) {
+        case .grant(let grant): return (grant, nil)
+        case .remoteGrant(let grant, let remote): return (grant, remote)
+        default: throw unexpected("\(request.opcode)")
+        }
     }
 
     private func unexpected(_ what: String) -> PMUError {

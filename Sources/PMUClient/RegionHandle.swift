@@ -5,10 +5,13 @@ import PMUCore
 public struct RegionHandle: Sendable, Hashable, CustomStringConvertible {
     public let name: String
     public let grant: RegionGrant
+    /// Address and rkey for one-sided access (verbs connections only; nil over TCP).
+    public let remote: RemoteAccess?
 
-    public init(name: String, grant: RegionGrant) {
+    public init(name: String, grant: RegionGrant, remote: RemoteAccess? = nil) {
         self.name = name
         self.grant = grant
+        self.remote = remote
     }
 
     public var sizeBytes: UInt64 { grant.sizeBytes }

@@ -106,8 +106,8 @@ public struct ClusterMap: Sendable, Equatable {
             } catch {
                 throw PMUError(.invalidArgument, "cluster map: server \(server.name): address \(NameRules.quoted(server.address)) is not HOST:PORT")
             }
-            guard [nil, "tcp"].contains(server.transport) else {
-                throw PMUError(.invalidArgument, "cluster map: server \(server.name): transport \(NameRules.quoted(server.transport ?? "")) is not supported by this cluster client; use \"tcp\"")
+            if let transport = server.transport, TransportChoice(rawValue: transport) == nil {
+                throw PMUError(.invalidArgument, "cluster map: server \(server.name): transport \(NameRules.quoted(transport)) is not tcp, rdma or auto")
             }
         }
     }
@@ -125,7 +125,9 @@ public struct ClusterMap: Sendable, Equatable {
         } catch {
             throw PMUError(.invalidArgument, "server \(server.name): bad address \(server.address)")
         }
-        return ClientConfiguration(endpoint: endpoint, clientId: server.client ?? "admin", secret: secret)
+        var configuration = ClientConfiguration(endpoint: endpoint, clientId: server.client ?? "admin", secret: secret)
+        configuration.transport = server.transport.flatMap(TransportChoice.init(rawValue:)) ?? .tcp
+        return configuration
     }
 
     struct File: Codable {

@@ -32,6 +32,13 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     case notCheckpointRegion = 28
     case unknownSequence = 29
     case damaged = 30
+    /// A one-sided RDMA operation completed with a remote access error: the key was closed,
+    /// its region deleted, its writer fenced, or it belongs to another connection. The verbs
+    /// connection is dead afterwards (both queue pairs in error).
+    case remoteAccess = 31
+    /// The RDMA verbs layer failed: no device, port not active, memory registration refused
+    /// (locked-memory limit), a work completion in error. The message names the call and a fix.
+    case rdmaError = 32
     // 40...: raised by the client library's cluster layer, never sent by a server.
     /// Too many servers or subsegments lost: a striped or mirrored checkpoint cannot be reassembled.
     case unrecoverable = 40
@@ -71,6 +78,8 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .notCheckpointRegion: "NOT_CHECKPOINT_REGION"
         case .unknownSequence: "UNKNOWN_SEQUENCE"
         case .damaged: "DAMAGED"
+        case .remoteAccess: "REMOTE_ACCESS"
+        case .rdmaError: "RDMA_ERROR"
         case .unrecoverable: "UNRECOVERABLE"
         case .serverUnavailable: "SERVER_UNAVAILABLE"
         }

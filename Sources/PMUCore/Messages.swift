@@ -54,6 +54,21 @@ public struct RegionGrant: Sendable, Equatable {
     }
 }
 
+/// What a client of the RDMA verbs transport needs to read and write a granted region with
+/// one-sided operations: the registered memory's start and its remote key. Valid only on the
+/// connection that received it, until CLOSE, DELETE, disconnect, or (read-write handles of
+/// checkpoint regions) a newer writer's takeover.
+public struct RemoteAccess: Sendable, Equatable, Hashable {
+    /// Remote virtual address of region offset 0.
+    public var address: UInt64
+    public var rkey: UInt32
+
+    public init(address: UInt64, rkey: UInt32) {
+        self.address = address
+        self.rkey = rkey
+    }
+}
+
 /// A region as LIST and STAT describe it.
 public struct RegionInfo: Sendable, Equatable {
     public var id: UInt64
@@ -129,6 +144,9 @@ public enum Response: Sendable, Equatable {
     case challenge(serverNonce: [UInt8])
     case authenticated(serverProof: [UInt8])
     case grant(RegionGrant)
+    /// GRANT_RDMA: a grant plus the region's remote access, sent instead of GRANT on verbs
+    /// connections only (TCP stays byte-identical).
+    case remoteGrant(RegionGrant, RemoteAccess)
     case data(ByteBuffer)
     case info(RegionInfo)
     case list(entries: [RegionInfo], more: Bool)
@@ -140,6 +158,7 @@ public enum Response: Sendable, Equatable {
         case .challenge: .challenge
         case .authenticated: .authenticated
         case .grant: .grant
+        case .remoteGrant: .remoteGrant
         case .data: .data
         case .info: .info
         case .list: .listReply
@@ -169,5 +188,6 @@ public enum Opcode: UInt8, Sendable {
     case data = 0x84
     case info = 0x85
     case listReply = 0x86
+    case remoteGrant = 0x87
     case error = 0xFF
 }

@@ -10,12 +10,11 @@ extension Response: WireMessage {
         case .authenticated(let proof):
             buffer.writeBytes(proof)
         case .grant(let grant):
-            buffer.writeAccessKey(grant.key)
-            buffer.writeLE(grant.regionId)
-            buffer.writeLE(grant.sizeBytes)
-            buffer.writeLE(grant.rights.rawValue)
-            buffer.writeLE(grant.kind.rawValue)
-            buffer.writeLE(grant.epoch)
+            buffer.writeGrant(grant)
+        case .remoteGrant(let grant, let remote):
+            buffer.writeGrant(grant)
+            buffer.writeLE(remote.address)
+            buffer.writeLE(remote.rkey)
         case .data(let data):
             var data = data
             buffer.writeBuffer(&data)
@@ -44,16 +43,12 @@ extension Response: WireMessage {
         case .authenticated:
             response = .authenticated(serverProof: try body.readFixedBytes(Authentication.proofBytes, "server_proof"))
         case .grant:
-            let key = try body.readAccessKey()
-            let regionId = try body.readLE(UInt64.self, "region_id")
-            let size = try body.readLE(UInt64.self, "size")
-            let rights = Rights(rawValue: try body.readLE(UInt8.self, "rights"))
-            let rawKind = try body.readLE(UInt8.self, "kind")
-            guard let kind = RegionKind(rawValue: rawKind) else {
-                throw PMUError(.malformedFrame, "unknown region kind \(rawKind)")
-            }
-            let epoch = try body.readLE(UInt64.self, "epoch")
-            response = .grant(RegionGrant(key: key, regionId: regionId, sizeBytes: size, rights: rights, kind: kind, epoch: epoch))
+            response = .grant(try body.readGrant())
+        case .remoteGrant:
+            let grant = try body.readGrant()
+            let address = try body.readLE(UInt64.self, "remote_address")
+            let rkey = try body.readLE(UInt32.self, "rkey")
+            response = .remoteGrant(grant, RemoteAccess(address: address, rkey: rkey))
         case .data:
             response = .data(body.readSlice(length: body.readableBytes)!)
         case .info:
@@ -84,6 +79,29 @@ extension Response: WireMessage {
 }
 
 extension ByteBuffer {
+    /// The 42 bytes GRANT and GRANT_RDMA share.
+    mutating func writeGrant(_ grant: RegionGrant) {
+        writeAccessKey(grant.key)
+        writeLE(grant.regionId)
+        writeLE(grant.sizeBytes)
+        writeLE(grant.rights.rawValue)
+        writeLE(grant.kind.rawValue)
+        writeLE(grant.epoch)
+    }
+
+    mutating func readGrant() throws(PMUError) -> RegionGrant {
+        let key = try readAccessKey()
+        let regionId = try readLE(UInt64.self, "region_id")
+        let size = try readLE(UInt64.self, "size")
+        let rights = Rights(rawValue: try readLE(UInt8.self, "rights"))
+        let rawKind = try readLE(UInt8.self, "kind")
+        guard let kind = RegionKind(rawValue: rawKind) else {
+            throw PMUError(.malformedFrame, "unknown region kind \(rawKind)")
+        }
+        let epoch = try readLE(UInt64.self, "epoch")
+        return RegionGrant(key: key, regionId: regionId, sizeBytes: size, rights: rights, kind: kind, epoch: epoch)
+    }
+
     mutating func writeRegionInfo(_ info: RegionInfo) {
         writeLE(info.id)
         writeWireString(info.name, maxBytes: Limits.maxNameBytes)

@@ -16,6 +16,9 @@ public struct ConnectionOptions: ParsableArguments {
     @Option(name: .customLong("secret-file"), help: "File holding this client's secret alone (env PMU_SECRET_FILE; default pmu-data/admin.secret).")
     var secretFile: String?
 
+    @Option(help: "tcp, rdma (RDMA verbs; --server must be an IPv4 address the RDMA device reaches) or auto (env PMU_TRANSPORT; default tcp).")
+    var transport: String?
+
     @Flag(help: "Print JSON instead of tables.")
     var json = false
 
@@ -29,7 +32,9 @@ public struct ConnectionOptions: ParsableArguments {
             throw PMUError(.invalidArgument, "cannot read secret file \(path); pass --secret-file or set PMU_SECRET_FILE (the server writes DATA_DIR/admin.secret on first start)")
         }
         let secret = try SecretsTable.parseClientSecret(String(decoding: data, as: UTF8.self), source: path)
-        return ClientConfiguration(endpoint: endpoint, clientId: clientId, secret: secret)
+        var configuration = ClientConfiguration(endpoint: endpoint, clientId: clientId, secret: secret)
+        configuration.transport = try TransportChoice(parsing: transport ?? environment["PMU_TRANSPORT"] ?? "tcp")
+        return configuration
     }
 
     func connect() async throws -> PMUClient {

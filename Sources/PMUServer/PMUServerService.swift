@@ -7,6 +7,7 @@ import NIOPosix
 import PMUCore
 import PMUStore
 import PMUTransport
+import PMUVerbs
 import ServiceLifecycle
 
 /// pmu-server as a Service: open and recover the data directory, serve until graceful shutdown
@@ -37,13 +38,34 @@ public final class PMUServerService: Service, Sendable {
         pool.start()
         let metadataPool = NIOThreadPool(numberOfThreads: 2)
         metadataPool.start()
-        let transport = TCPServerTransport(endpoint: configuration.listen, group: group, logger: logger)
+        var transport: any ServerTransport = TCPServerTransport(endpoint: configuration.listen, group: group, logger: logger)
+        var useRDMA = false
         do {
-            let bound = try await transport.start { info in
+            let makeHandler: @Sendable (ConnectionInfo) -> any RequestHandler = { info in
                 Session(info: info, state: state, pool: pool, metadataPool: metadataPool, logger: logger)
             }
+            let choice = try Self.chooseTransport(configuration)
+            useRDMA = choice.useRDMA
+            var reason = choice.reason
+            var bound: Endpoint
+            if useRDMA {
+                let rdma = RDMAServerTransport(endpoint: configuration.listen, group: group, logger: logger)
+                do {
+                    bound = try await rdma.start(makeHandler: makeHandler)
+                    transport = rdma
+                } catch {
+                    // `auto` falls back when verbs cannot listen there (e.g. a loopback address).
+                    guard configuration.transport == .auto else { throw error }
+                    useRDMA = false
+                    reason = "tcp (an RDMA device is present, but: \(error))"
+                    bound = try await transport.start(makeHandler: makeHandler)
+                }
+            } else {
+                bound = try await transport.start(makeHandler: makeHandler)
+            }
+            logger.info("transport: \(reason)")
             logger.info("pmu-server listening", metadata: [
-                "address": "\(bound)", "transport": "tcp", "dataDir": "\(configuration.dataDirectory)",
+                "address": "\(bound)", "transport": "\(useRDMA ? "rdma" : "tcp")", "dataDir": "\(configuration.dataDirectory)",
                 "regions": "\(store.regionCount)", "clients": "\(secrets.clientIds.joined(separator: ","))",
             ])
             if let readyFile = configuration.readyFile {
@@ -66,6 +88,20 @@ public final class PMUServerService: Service, Sendable {
         try? await group.shutdownGracefully()
         withExtendedLifetime(directory) {}
         logger.info("pmu-server stopped")
+    }
+
+    /// tcp, rdma or auto → which one, and the reason for the log line. `rdma` with no usable
+    /// device or a data directory that cannot be registered soundly fails here, at start.
+    static func chooseTransport(_ configuration: ServerConfiguration) throws(PMUError) -> (useRDMA: Bool, reason: String) {
+        let choice = try configuration.transport.resolve()
+        guard choice.useRDMA else { return choice }
+        do {
+            try RegionMemoryCheck.requireRegistrable(dataDirectory: configuration.dataDirectory)
+        } catch {
+            guard configuration.transport == .auto else { throw error }
+            return (false, "tcp (an RDMA device is present, but the data directory is on \(RegistrableFilesystem.name(of: configuration.dataDirectory)), not tmpfs or hugetlbfs)")
+        }
+        return choice
     }
 
     private func writeReadyFile(_ path: String, address: Endpoint) throws {

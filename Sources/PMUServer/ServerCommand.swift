@@ -56,6 +56,9 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("ready-file"), help: "Write the bound HOST:PORT to this file once accepting connections.")
     var readyFile: String?
 
+    @Option(help: "tcp, rdma (RDMA verbs: one-sided writes and reads into registered region memory; the data directory must be on tmpfs or hugetlbfs, and --listen an address of the RDMA interface) or auto (rdma when an RDMA device with an active port exists, else tcp).")
+    var transport = "tcp"
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
@@ -65,6 +68,7 @@ public struct ServerCommand: ParsableCommand {
         _ = try Endpoint(parsing: listen)
         _ = try ByteSize.parse(maxRegionSize)
         _ = try ByteSize.parse(reserveFree)
+        _ = try TransportChoice(parsing: transport)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         guard maxClients > 0, maxHandles > 0, maxRegions > 0, authTimeoutSeconds > 0, (1...1024).contains(persistThreads) else { throw ValidationError("limits must be positive") }
         for admin in admins { try NameRules.validateClientId(admin) }
@@ -84,6 +88,7 @@ public struct ServerCommand: ParsableCommand {
         configuration.readyFile = readyFile
         configuration.authenticationTimeout = .seconds(Int64(authTimeoutSeconds))
         configuration.blockingThreads = persistThreads
+        configuration.transport = try TransportChoice(parsing: transport)
         return configuration
     }
 

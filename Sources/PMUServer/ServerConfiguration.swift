@@ -23,6 +23,8 @@ public struct ServerConfiguration: Sendable {
     public var authenticationTimeout: TimeAmount = .seconds(10)
     /// Written with the bound address once the server accepts connections (for scripts and tests).
     public var readyFile: String?
+    /// `--transport`: tcp, rdma (verbs) or auto (rdma when a device with an active port exists).
+    public var transport: TransportChoice = .tcp
 
     public init() {}
 

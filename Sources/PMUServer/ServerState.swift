@@ -2,6 +2,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import PMUCore
 import PMUStore
+import PMUTransport
 
 /// A region as the server serves it: its mapping plus what fencing needs.
 final class ServedRegion: Sendable {
@@ -28,6 +29,8 @@ final class ServerState: Sendable {
         /// Current writer epoch per region id; grants from older epochs are fenced.
         var epochs: [UInt64: UInt64] = [:]
         var connections = 0
+        /// Verbs connections' memory registrations, told about every revocation and takeover.
+        var registrars: [UInt64: any MemoryRegistrar] = [:]
     }
 
     init(store: RegionStore, secrets: SecretsTable, configuration: ServerConfiguration) {
@@ -48,8 +51,14 @@ final class ServerState: Sendable {
         }
     }
 
+    /// A verbs connection's registrar, so that revocations on any connection reach its rkeys.
+    func attach(_ registrar: any MemoryRegistrar, connection: UInt64) {
+        table.withLockedValue { $0.registrars[connection] = registrar }
+    }
+
     func connectionClosed(_ connection: UInt64, admitted: Bool) {
         table.withLockedValue { table in
+            table.registrars[connection] = nil
             table.keys.revokeAll(connection: connection)
             if admitted { table.connections -= 1 }
         }
@@ -105,21 +114,33 @@ final class ServerState: Sendable {
     }
 
     /// Records a region's new writer epoch as soon as it is durable, before anything else can fail.
-    func raiseEpoch(regionId: UInt64, to epoch: UInt64) {
-        table.withLockedValue { $0.epochs[regionId] = max($0.epochs[regionId] ?? 0, epoch) }
+    /// One-sided writes bypass the epoch check `write` makes, so for checkpoint regions the
+    /// older writers' memory registrations go too, before the caller sends the new GRANT.
+    func raiseEpoch(regionId: UInt64, to epoch: UInt64, kind: RegionKind) {
+        let registrars = table.withLockedValue { table -> [any MemoryRegistrar] in
+            table.epochs[regionId] = max(table.epochs[regionId] ?? 0, epoch)
+            return Array(table.registrars.values)
+        }
+        guard kind != .raw else { return }
+        for registrar in registrars { registrar.fence(regionId: regionId, below: epoch) }
     }
 
     func close(key: AccessKey, connection: UInt64) throws(PMUError) {
-        try table.withTypedLock { table throws(PMUError) in
+        let registrar = try table.withTypedLock { table throws(PMUError) -> (any MemoryRegistrar)? in
             _ = try table.keys.revoke(key: key, connection: connection)
+            return table.registrars[connection]
         }
+        // Deregistered before CLOSE is answered: the rkey is dead when the client hears OK.
+        registrar?.invalidate(key: key)
     }
 
     func revokeAll(regionId: UInt64) {
-        table.withLockedValue { table in
+        let registrars = table.withLockedValue { table -> [any MemoryRegistrar] in
             table.keys.revokeAll(regionId: regionId)
             table.epochs[regionId] = nil
+            return Array(table.registrars.values)
         }
+        for registrar in registrars { registrar.invalidate(regionId: regionId) }
     }
 
     /// Checked before slow work that ends in a grant, so a create never commits and then fails.

@@ -49,6 +49,7 @@ final class Session: RequestHandler, @unchecked Sendable {
         self.logger[metadataKey: "connection"] = "\(info.id)"
         self.logger[metadataKey: "peer"] = "\(info.remoteAddress)"
         self.admitted = state.admitConnection()
+        if let memory = info.memory { state.attach(memory, connection: info.id) }
         // A connection holds a client slot: one that does not authenticate in time gives it back.
         let deadline = state.configuration.authenticationTimeout
         info.eventLoop.scheduleTask(in: deadline) { [weak self] in
@@ -119,9 +120,10 @@ final class Session: RequestHandler, @unchecked Sendable {
         future.whenComplete { [self] result in
             // Completion callbacks run on the connection's event loop.
             let response = (try? result.get()) ?? .error(PMUError(.shuttingDown, "server is shutting down"))
-            if case .closed = self.phase, case .grant(let grant) = response {
+            if case .closed = self.phase {
                 // The client left while its open or create ran: drop the key nobody will close.
-                try? self.state.close(key: grant.key, connection: self.info.id)
+                if case .grant(let grant) = response { try? self.state.close(key: grant.key, connection: self.info.id) }
+                if case .remoteGrant(let grant, _) = response { try? self.state.close(key: grant.key, connection: self.info.id) }
             }
             self.reply(requestId, response)
             self.busy = false
@@ -183,6 +185,7 @@ final class Session: RequestHandler, @unchecked Sendable {
     private func execute(_ request: Request, id: UInt64, clientId: String) {
         let state = self.state
         let connection = info.id
+        let memory = info.memory
         let isAdmin = state.isAdmin(clientId)
         do throws(PMUError) {
             switch request {
@@ -241,7 +244,8 @@ final class Session: RequestHandler, @unchecked Sendable {
                 var more = true
                 var replyBytes = 0
                 // Page through the store until `cap` visible regions are found or it runs out.
-                while entries.count < cap, replyBytes <= Limits.maxFrameBytes / 2, more {
+                let budget = info.maxReplyBytes / 2
+                while entries.count < cap, replyBytes <= budget, more {
                     let page = state.store.list(after: cursor, limit: cap)
                     more = page.more
                     for record in page.records {
@@ -251,7 +255,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                         replyBytes += 64 + record.name.utf8.count + record.owner.utf8.count
                             + (record.readers + record.writers).reduce(0) { $0 + 2 + $1.utf8.count }
                         // Stay well inside the frame limit however long the access lists are.
-                        if entries.count == cap || replyBytes > Limits.maxFrameBytes / 2 {
+                        if entries.count == cap || replyBytes > budget {
                             more = more || record.name != page.records.last?.name
                             break
                         }
@@ -275,11 +279,11 @@ final class Session: RequestHandler, @unchecked Sendable {
                             current.writerEpoch += 1
                         }
                         // Fence older writers now, even if mapping or granting fails below.
-                        state.raiseEpoch(regionId: updated.id, to: updated.writerEpoch)
-                        return .grant(try Session.grant(state: state, connection: connection, record: updated, rights: rights, epoch: updated.writerEpoch))
+                        state.raiseEpoch(regionId: updated.id, to: updated.writerEpoch, kind: updated.kind)
+                        return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: rights, epoch: updated.writerEpoch)
                     }
                 } else {
-                    reply(id, .grant(try Session.grant(state: state, connection: connection, record: record, rights: rights, epoch: 0)))
+                    reply(id, try Session.grant(state: state, connection: connection, memory: memory, record: record, rights: rights, epoch: 0))
                 }
 
             case .create(let create):
@@ -293,7 +297,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                     let updated = try state.store.update(id: record.id) { (current: inout RegionRecord) throws(PMUError) in
                         current.writerEpoch += 1
                     }
-                    return .grant(try Session.grant(state: state, connection: connection, record: updated, rights: .readWrite, epoch: updated.writerEpoch))
+                    return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: .readWrite, epoch: updated.writerEpoch)
                 }
                 logger.debug("create", metadata: ["region": "\(create.name)", "size": "\(create.sizeBytes)"])
 
@@ -315,10 +319,22 @@ final class Session: RequestHandler, @unchecked Sendable {
         }
     }
 
-    private static func grant(state: ServerState, connection: UInt64, record: RegionRecord, rights: Rights, epoch: UInt64) throws(PMUError) -> RegionGrant {
+    /// GRANT, or on a verbs connection GRANT_RDMA after registering the region's memory for this
+    /// key (read-only memory region for read handles). A refused registration revokes the key.
+    private static func grant(state: ServerState, connection: UInt64, memory: (any MemoryRegistrar)?, record: RegionRecord, rights: Rights, epoch: UInt64) throws(PMUError) -> Response {
         let mapping = try state.store.mapping(id: record.id)
         let region = ServedRegion(mapping: mapping, kind: record.kind)
         let key = try state.grant(connection: connection, record: record, rights: rights, epoch: epoch, region: region)
-        return RegionGrant(key: key, regionId: record.id, sizeBytes: record.sizeBytes, rights: rights, kind: record.kind, epoch: epoch)
+        let grant = RegionGrant(key: key, regionId: record.id, sizeBytes: record.sizeBytes, rights: rights, kind: record.kind, epoch: epoch)
+        guard let memory else { return .grant(grant) }
+        do throws(PMUError) {
+            let remote = try memory.register(
+                key: key, regionId: record.id, epoch: epoch, writable: rights.contains(.write),
+                memory: GrantedMemory(base: mapping.base, lengthBytes: Int(mapping.sizeBytes), owner: mapping))
+            return .remoteGrant(grant, remote)
+        } catch {
+            try? state.close(key: key, connection: connection)
+            throw error
+        }
     }
 }

@@ -24,6 +24,51 @@ public struct ConnectionInfo: Sendable {
     public var remoteAddress: String
     public var eventLoop: any EventLoop
     public var replies: any ReplySink
+    /// Set by transports whose clients access region memory directly (RDMA verbs): the session
+    /// registers each granted region with it and answers GRANT_RDMA instead of GRANT. nil on TCP.
+    public var memory: (any MemoryRegistrar)? = nil
+    /// Largest reply frame the connection carries (verbs: its reply slot); LIST pages stay
+    /// within half of it and set `more`.
+    public var maxReplyBytes: Int = Limits.maxFrameBytes
+}
+
+/// Region memory a grant exposes to one-sided access. `owner` keeps the mapping alive while the
+/// memory is registered (the transport holds it until it deregisters).
+public struct GrantedMemory: @unchecked Sendable {
+    public var base: UnsafeMutableRawPointer
+    public var lengthBytes: Int
+    public var owner: AnyObject
+
+    public init(base: UnsafeMutableRawPointer, lengthBytes: Int, owner: AnyObject) {
+        self.base = base
+        self.lengthBytes = lengthBytes
+        self.owner = owner
+    }
+}
+
+/// One connection's memory registrations, one per granted handle (RDMA verbs: one memory region
+/// in the connection's own protection domain, so its rkey works on no other connection). The
+/// server's protection table stays in charge: it calls these as keys come and go, and every
+/// invalidation has taken effect (the rkey is dead) when the call returns. Thread-safe.
+public protocol MemoryRegistrar: Sendable {
+    func register(key: AccessKey, regionId: UInt64, epoch: UInt64, writable: Bool, memory: GrantedMemory) throws(PMUError) -> RemoteAccess
+    /// CLOSE of one key.
+    func invalidate(key: AccessKey)
+    /// DELETE: every key of the region.
+    func invalidate(regionId: UInt64)
+    /// Takeover of a checkpoint region: writable keys from epochs before `epoch`. One-sided
+    /// writes bypass the per-WRITE epoch check, so this is what fences them.
+    func fence(regionId: UInt64, below epoch: UInt64)
+}
+
+/// A client transport that can move region data by one-sided operations (RDMA WRITE and READ
+/// against a grant's RemoteAccess) instead of WRITE and READ frames.
+public protocol OneSidedTransport: Sendable {
+    /// Largest transfer one call moves (the client library splits larger ones).
+    var maxTransferBytes: Int { get }
+    /// Returns once the write has completed at the server (the bytes are in region memory).
+    func write(_ remote: RemoteAccess, offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError)
+    func read(_ remote: RemoteAccess, offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer
 }
 
 /// The server side of one connection. Called on the connection's event loop, in arrival order.

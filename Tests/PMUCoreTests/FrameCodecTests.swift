@@ -34,6 +34,9 @@ let sampleResponses: [Response] = [
     .challenge(serverNonce: Array(repeating: 1, count: 32)),
     .authenticated(serverProof: Array(repeating: 2, count: 32)),
     .grant(RegionGrant(key: sampleKey, regionId: 9, sizeBytes: 1 << 20, rights: .readWrite, kind: .raw, epoch: 4)),
+    .remoteGrant(
+        RegionGrant(key: sampleKey, regionId: 9, sizeBytes: 1 << 20, rights: .read, kind: .checkpointAppend, epoch: 0),
+        RemoteAccess(address: 0x7F12_3456_7000, rkey: 0xDEAD_BEEF)),
     .data(ByteBuffer(bytes: [1, 2, 3])),
     .data(ByteBuffer(bytes: Array(repeating: 9, count: 10_000))),
     .info(sampleInfo),

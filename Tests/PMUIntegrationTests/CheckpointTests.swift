@@ -110,7 +110,7 @@ import Glibc
     /// A stale primary (older epoch) writing after a takeover is refused with FENCED and changes nothing.
     @Test func stalePrimaryIsFenced() async throws {
         let server = try ServerProcess(dataDirectory: scratch.path + "/data")
-        let setup = try await server.client()
+        var setup = try await server.client()
         try await setup.createCheckpointRegion("fenced", sizeBytes: 1 << 20, options: CheckpointOptions(mode: .append))
         let old = try await (try await server.client()).openPrimary("fenced")
         _ = try await old.checkpoint(bytes(1, 5000))
@@ -119,7 +119,11 @@ import Glibc
         let before = try await setup.openBackup("fenced").all()
         #expect(await code { _ = try await old.checkpoint(self.bytes(2, 5000)) } == .fenced)
         let raw = old.handle
-        #expect(await code { try await setup.write(raw, at: 0, [1]) } == .invalidKey) // another connection's key
+        // Another connection's key: INVALID_KEY over TCP. Over verbs the device refuses the foreign
+        // (and revoked) rkey, which ends `setup`'s connection, so reconnect; the library reports a
+        // refused write through a checkpoint writer's handle as FENCED.
+        #expect(await code { try await setup.write(raw, at: 0, [1]) } == (testTransport == .rdma ? .fenced : .invalidKey))
+        if testTransport == .rdma { setup = try await server.client() }
         #expect(try await setup.openBackup("fenced").all() == before)
         #expect(try await new.checkpoint(bytes(3, 5000)) == 2)
         let latest = try #require(try await setup.openBackup("fenced").latest())
@@ -170,7 +174,9 @@ import Glibc
             newestReported = max(newestReported, state.step)
         }
         print("primary kill test: \(iterations) kills, newest step \(newestReported)")
-        #expect(newestReported > UInt64(iterations)) // the primaries made progress
+        // The primaries made progress: each is killed only after it reported a commit (under
+        // emulation, in the RDMA VM, often exactly one before the kill lands).
+        #expect(newestReported >= UInt64(iterations))
         await backup.disconnect()
     }
 

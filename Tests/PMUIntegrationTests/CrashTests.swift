@@ -14,10 +14,11 @@ import Glibc
     let scratch = Scratch()
 
     /// The acceptance test: a 1 GiB region written in chunks and persisted survives kill -9
-    /// of the server and reads back byte-identical after restart.
+    /// of the server and reads back byte-identical after restart. PMU_CRASH_REGION_MIB shrinks it
+    /// where memory is short (the RDMA VM's tmpfs holds 1 GiB in all).
     @Test func oneGiBRegionSurvivesKill9() async throws {
         let server = try ServerProcess(dataDirectory: scratch.path + "/data")
-        let size = 1 << 30
+        let size = (ProcessInfo.processInfo.environment["PMU_CRASH_REGION_MIB"].flatMap(Int.init) ?? 1024) << 20
         let chunk = 8 << 20
         let pages = PagePattern(chunkBytes: chunk, seed: 42)
         do {
@@ -98,7 +99,9 @@ import Glibc
                     }
                 }
             }
-            try await Task.sleep(for: .milliseconds(Int.random(in: 50...400, using: &generator)))
+            // PMU_KILL_DELAY_SCALE stretches the window where the host is slow (the emulated RDMA VM).
+            let scale = ProcessInfo.processInfo.environment["PMU_KILL_DELAY_SCALE"].flatMap(Int.init) ?? 1
+            try await Task.sleep(for: .milliseconds(Int.random(in: 50...400, using: &generator) * scale))
             server.kill9()
             for worker in workers { await worker.value }
             created.formUnion(acknowledged.createdNames)

@@ -19,6 +19,12 @@ let binDirectory: String = {
     fatalError("pmu-server not found near \(candidates); run `swift build` first or set PMU_BIN_DIR")
 }()
 
+/// PMU_TEST_TRANSPORT=rdma runs the integration suite over RDMA verbs (scripts/test-rdma.sh does,
+/// in the soft-RoCE VM): servers listen on PMU_RDMA_IP with --transport rdma and every client
+/// connects with the verbs transport. Default tcp.
+let testTransport: TransportChoice = (try? TransportChoice(parsing: ProcessInfo.processInfo.environment["PMU_TEST_TRANSPORT"] ?? "tcp")) ?? .tcp
+let testListenHost = testTransport == .rdma ? (ProcessInfo.processInfo.environment["PMU_RDMA_IP"] ?? "10.11.12.1") : "127.0.0.1"
+
 /// A scratch directory for one test, removed when the test's object goes away.
 final class Scratch: @unchecked Sendable {
     let path: String
@@ -63,7 +69,8 @@ final class ServerProcess: @unchecked Sendable {
     var readyFile: String { dataDirectory + ".ready" }
 
     func arguments() -> [String] {
-        var arguments = ["--data-dir", dataDirectory, "--listen", "127.0.0.1:0", "--ready-file", readyFile, "--log-level", "debug"]
+        var arguments = ["--data-dir", dataDirectory, "--listen", "\(testListenHost):0", "--ready-file", readyFile, "--log-level", "debug",
+                         "--transport", testTransport.rawValue]
         if let secretsPath { arguments += ["--secrets", secretsPath] }
         return arguments + extraArguments
     }
@@ -129,7 +136,9 @@ final class ServerProcess: @unchecked Sendable {
     }
 
     func configuration(_ clientId: String = "admin") -> ClientConfiguration {
-        ClientConfiguration(endpoint: endpoint, clientId: clientId, secret: secret(for: clientId))
+        var configuration = ClientConfiguration(endpoint: endpoint, clientId: clientId, secret: secret(for: clientId))
+        configuration.transport = testTransport
+        return configuration
     }
 
     func client(_ clientId: String = "admin") async throws -> PMUClient {

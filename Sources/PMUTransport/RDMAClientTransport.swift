@@ -1,0 +1,353 @@
+import CVerbs
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import PMUCore
+import PMUVerbs
+
+/// The RDMA verbs transport's client side: control frames as SEND/RECV (at most
+/// `RDMALimits.credits` requests outstanding, so the server always has a receive posted), and
+/// region data by one-sided RDMA WRITE / READ through registered bounce buffers.
+///
+/// A completion thread waits on the completion channel and the connection-manager channel; it
+/// matches replies to requests by id, data operations by work-request id, and fails everything
+/// when the connection ends. An error completion (e.g. IBV_WC_REM_ACCESS_ERR for a revoked rkey)
+/// moves the queue pair to error: the operation that caused it gets REMOTE_ACCESS, every other
+/// waiter CONNECTION_CLOSED, and the transport is unusable afterwards.
+public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unchecked Sendable {
+    struct Resources {
+        var queuePair: QueuePair
+        var completionQueue: CompletionQueue
+        var sends: RegisteredSlots
+        var receives: RegisteredSlots
+        var bounce: RegisteredSlots
+        var connection: ConnectionID
+    }
+
+    struct Waiting {
+        var replies: [UInt64: CheckedContinuation<Result<Response, PMUError>, Never>] = [:]
+        var dataOperations: [Int: CheckedContinuation<Result<Void, PMUError>, Never>] = [:]
+        var nextRequestId: UInt64 = 1
+        var nextOperation = 1
+        var failure: PMUError?
+    }
+
+    public let endpoint: Endpoint
+    public let maxTransferBytes: Int
+    /// e.g. "rxe0 port 1", for the log line saying which transport a client uses.
+    public let deviceDescription: String
+    private let completionChannel: CompletionChannel
+    private let eventChannel: EventChannel
+    private let resources: NIOLockedValueBox<Resources?>
+    private let waiting = NIOLockedValueBox(Waiting())
+    private let sendSlots: AsyncSlots
+    private let credits: AsyncSlots
+    private let bounceSlots: AsyncSlots
+    private let closing = ManagedAtomicFlag()
+
+    private init(endpoint: Endpoint, resources: Resources, completionChannel: CompletionChannel, eventChannel: EventChannel, deviceDescription: String) {
+        self.endpoint = endpoint
+        self.maxTransferBytes = resources.bounce.slotBytes
+        self.deviceDescription = deviceDescription
+        self.completionChannel = completionChannel
+        self.eventChannel = eventChannel
+        self.resources = NIOLockedValueBox(resources)
+        self.sendSlots = AsyncSlots(count: resources.sends.count)
+        self.credits = AsyncSlots(count: RDMALimits.credits)
+        self.bounceSlots = AsyncSlots(count: resources.bounce.count)
+    }
+
+    /// Resolves, connects and starts the completion thread. `bounceBuffers` × `bounceBytes` is
+    /// the registered memory one-sided transfers go through (the client library's chunks in
+    /// flight × chunk size).
+    public static func connect(to endpoint: Endpoint, bounceBuffers: Int, bounceBytes: Int, timeoutSeconds: Int64 = 10) async throws(PMUError) -> RDMAClientTransport {
+        // rdma_cm calls block: keep them off the cooperative pool.
+        let result: Result<RDMAClientTransport, PMUError> = await withCheckedContinuation { continuation in
+            let thread = Thread {
+                do throws(PMUError) {
+                    continuation.resume(returning: .success(try connectBlocking(endpoint, bounceBuffers, bounceBytes, timeoutSeconds)))
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            }
+            thread.start()
+        }
+        let transport = try result.get()
+        let thread = Thread { transport.completionLoop() }
+        thread.name = "pmu-rdma-client-cq"
+        thread.start()
+        return transport
+    }
+
+    private static func connectBlocking(_ endpoint: Endpoint, _ bounceBuffers: Int, _ bounceBytes: Int, _ timeoutSeconds: Int64) throws(PMUError) -> RDMAClientTransport {
+        guard (1...65535).contains(endpoint.port) else { throw PMUError(.invalidArgument, "port \(endpoint.port) out of range") }
+        do throws(VerbsError) {
+            let eventChannel = try EventChannel()
+            let connection = try ConnectionID(channel: eventChannel)
+            try connection.resolve(address: endpoint.host, port: UInt16(endpoint.port), timeout: .seconds(timeoutSeconds))
+            guard let context = connection.context else {
+                throw VerbsError(.noDevice, operation: "rdma_resolve_addr", message: "\(endpoint.host) resolved to no RDMA device")
+            }
+            let port = try context.requireActivePort(connection.pointer.pointee.port_num)
+            let protectionDomain = try ProtectionDomain(context: context)
+            let completionChannel = try CompletionChannel(context: context)
+            let credits = RDMALimits.credits
+            let completionQueue = try CompletionQueue(context: context, capacity: Int32(credits * 3 + bounceBuffers + 8), channel: completionChannel)
+            var capacity = QueuePairCapacity()
+            capacity.sendRequests = UInt32(credits + bounceBuffers + 4)
+            capacity.receiveRequests = UInt32(credits + 4)
+            let queuePair = try QueuePair(connection: connection, protectionDomain: protectionDomain,
+                                          sendQueue: completionQueue, receiveQueue: completionQueue, capacity: capacity)
+            let sends = try RegisteredSlots(protectionDomain: protectionDomain, count: credits, slotBytes: RDMALimits.requestSlotBytes)
+            // Replies: one per credit, plus room for a connection-level error (id 0).
+            let receives = try RegisteredSlots(protectionDomain: protectionDomain, count: credits + 4, slotBytes: RDMALimits.replySlotBytes)
+            let bounce = try RegisteredSlots(protectionDomain: protectionDomain, count: bounceBuffers, slotBytes: bounceBytes)
+            for slot in 0..<receives.count {
+                try queuePair.postReceive(local: receives.region, localOffset: receives.offset(slot), lengthBytes: receives.slotBytes,
+                                          workRequestID: WorkRequestKind.receive.id(slot))
+            }
+            try completionQueue.requestNotification()
+            var parameters = ConnectionParameters()
+            parameters.initiatorDepth = UInt8(clamping: max(1, min(try context.maxReadsInFlight(), 16)))
+            parameters.responderResources = 0
+            try? connection.setAckTimeout(exponent: RDMALimits.ackTimeoutExponent)
+            try connection.connect(parameters, timeout: .seconds(timeoutSeconds))
+            let resources = Resources(queuePair: queuePair, completionQueue: completionQueue, sends: sends, receives: receives,
+                                      bounce: bounce, connection: connection)
+            return RDMAClientTransport(endpoint: endpoint, resources: resources, completionChannel: completionChannel,
+                                       eventChannel: eventChannel, deviceDescription: "\(context.name) port \(port.portNumber)")
+        } catch {
+            throw PMUError(error.kind == .memoryRegistration ? .rdmaError : .connectionClosed,
+                           "cannot connect to pmu-server at \(endpoint) over RDMA (is it running with --transport rdma, listening on that address?): \(error)")
+        }
+    }
+
+    // MARK: control
+
+    public func send(_ request: Request) async throws -> Response {
+        try await call(request)
+    }
+
+    private func call(_ request: Request) async throws(PMUError) -> Response {
+        try await credits.acquire()
+        let slot: Int
+        do {
+            slot = try await sendSlots.acquire()
+        } catch {
+            credits.release(0)
+            throw error
+        }
+        let result: Result<Response, PMUError> = await withCheckedContinuation { continuation in
+            let id: UInt64? = waiting.withLockedValue { waiting in
+                guard waiting.failure == nil else { return nil }
+                defer { waiting.nextRequestId += 1 }
+                waiting.replies[waiting.nextRequestId] = continuation
+                return waiting.nextRequestId
+            }
+            guard let id else {
+                return continuation.resume(returning: .failure(currentFailure))
+            }
+            var buffer = ByteBuffer()
+            FrameCodec.encode(Frame(requestId: id, message: request), into: &buffer)
+            guard buffer.readableBytes <= RDMALimits.requestSlotBytes else {
+                let error = PMUError(.requestTooLarge, "a \(request.opcode) frame of \(buffer.readableBytes) bytes does not fit a verbs request slot (\(RDMALimits.requestSlotBytes) bytes)")
+                if let waiter = waiting.withLockedValue({ $0.replies.removeValue(forKey: id) }) {
+                    waiter.resume(returning: .failure(error))
+                }
+                sendSlots.release(slot)
+                return
+            }
+            let posted: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
+                guard let resources else { return VerbsError(.connection, operation: "SEND", message: "the connection is closed") }
+                buffer.withUnsafeReadableBytes { resources.sends.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                do throws(VerbsError) {
+                    try resources.queuePair.postSend(local: resources.sends.region, localOffset: resources.sends.offset(slot),
+                                                     lengthBytes: buffer.readableBytes, workRequestID: WorkRequestKind.send.id(slot))
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            if let posted { fail(PMUError(.connectionClosed, "cannot send to pmu-server over RDMA: \(posted)")) }
+        }
+        credits.release(0)
+        return try result.get()
+    }
+
+    // MARK: one-sided
+
+    public func write(_ remote: RemoteAccess, offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError) {
+        precondition(bytes.readableBytes <= maxTransferBytes, "one-sided transfer larger than a bounce buffer")
+        guard bytes.readableBytes > 0 else { return }
+        let slot = try await bounceSlots.acquire()
+        defer { bounceSlots.release(slot) }
+        try await dataOperation("RDMA WRITE of \(bytes.readableBytes) bytes at offset \(offset)") { (resources, id) throws(VerbsError) in
+            bytes.withUnsafeReadableBytes { resources.bounce.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            try resources.queuePair.postWrite(local: resources.bounce.region, localOffset: resources.bounce.offset(slot),
+                                              lengthBytes: bytes.readableBytes, remoteAddress: remote.address &+ offset,
+                                              rkey: remote.rkey, workRequestID: id)
+        }
+    }
+
+    public func read(_ remote: RemoteAccess, offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
+        precondition(length <= maxTransferBytes, "one-sided transfer larger than a bounce buffer")
+        guard length > 0 else { return ByteBuffer() }
+        let slot = try await bounceSlots.acquire()
+        defer { bounceSlots.release(slot) }
+        try await dataOperation("RDMA READ of \(length) bytes at offset \(offset)") { (resources, id) throws(VerbsError) in
+            try resources.queuePair.postRead(local: resources.bounce.region, localOffset: resources.bounce.offset(slot),
+                                             lengthBytes: length, remoteAddress: remote.address &+ offset,
+                                             rkey: remote.rkey, workRequestID: id)
+        }
+        return resources.withLockedValue { resources in
+            guard let resources else { return ByteBuffer() }
+            return ByteBuffer(bytes: UnsafeRawBufferPointer(start: resources.bounce.pointer(slot), count: length))
+        }
+    }
+
+    /// Posts one signaled data work request and waits for its completion.
+    private func dataOperation(_ what: String, _ post: @escaping (Resources, UInt64) throws(VerbsError) -> Void) async throws(PMUError) {
+        let result: Result<Void, PMUError> = await withCheckedContinuation { continuation in
+            let operation: Int? = waiting.withLockedValue { waiting in
+                guard waiting.failure == nil else { return nil }
+                defer { waiting.nextOperation += 1 }
+                waiting.dataOperations[waiting.nextOperation] = continuation
+                return waiting.nextOperation
+            }
+            guard let operation else { return continuation.resume(returning: .failure(currentFailure)) }
+            let posted: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
+                guard let resources else { return VerbsError(.connection, operation: what, message: "the connection is closed") }
+                do throws(VerbsError) {
+                    try post(resources, WorkRequestKind.data.id(operation))
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            if let posted { fail(PMUError(.connectionClosed, "cannot post \(what): \(posted)")) }
+        }
+        try result.get()
+    }
+
+    // MARK: completions
+
+    private func completionLoop() {
+        while !closing.isSet {
+            // Spin briefly first: the reply to what we just sent usually arrives within it.
+            let spun = spinForCompletions(microseconds: RDMALimits.spinMicroseconds) {
+                (try? resources.withLockedValue { resources throws(VerbsError) -> [WorkCompletion] in
+                    try resources?.completionQueue.poll(max: 16) ?? []
+                }) ?? []
+            }
+            if !spun.isEmpty {
+                for completion in spun { handle(completion) }
+                continue
+            }
+            let ready = waitReadable([completionChannel.fileDescriptor, eventChannel.pointer.pointee.fd], timeoutMilliseconds: 200)
+            if ready[0] { try? completionChannel.consumeEvent() }
+            if ready[1], let event = try? eventChannel.next(timeout: .zero) {
+                switch event.type {
+                case RDMA_CM_EVENT_DISCONNECTED, RDMA_CM_EVENT_DEVICE_REMOVAL, RDMA_CM_EVENT_TIMEWAIT_EXIT:
+                    fail(PMUError(.connectionClosed, "pmu-server closed the RDMA connection (\(event.name))"))
+                default:
+                    break
+                }
+            }
+            do {
+                try resources.withLockedValue { resources throws(VerbsError) in try resources?.completionQueue.requestNotification() }
+                while true {
+                    let completions = try resources.withLockedValue { resources throws(VerbsError) -> [WorkCompletion] in
+                        try resources?.completionQueue.poll(max: 16) ?? []
+                    }
+                    if completions.isEmpty { break }
+                    for completion in completions { handle(completion) }
+                }
+            } catch {
+                fail(PMUError(.connectionClosed, "RDMA completion queue failed: \(error)"))
+            }
+        }
+        // Release in dependency order (see RDMAServerConnection.release).
+        resources.withLockedValue { $0 = nil }
+    }
+
+    private func handle(_ completion: WorkCompletion) {
+        let (kind, index) = WorkRequestKind.split(completion.workRequestID)
+        guard completion.isSuccess else {
+            let text = "\(completion.statusName): \(completion.statusText)"
+            if kind == .data, let waiter = waiting.withLockedValue({ $0.dataOperations.removeValue(forKey: index) }) {
+                let error = completion.status == IBV_WC_REM_ACCESS_ERR
+                    ? PMUError(.remoteAccess, "pmu-server refused a one-sided access (\(text)): the handle was closed, its region deleted, its writer fenced by a newer one, or the key belongs to another connection; this connection is closed, reconnect to continue")
+                    : PMUError(.rdmaError, "a one-sided operation completed with \(text) (vendor error \(completion.vendorError)); the connection is closed")
+                waiter.resume(returning: .failure(error))
+            }
+            fail(PMUError(.connectionClosed, "the RDMA connection to pmu-server failed (\(text))"))
+            return
+        }
+        switch kind {
+        case .receive:
+            received(slot: index, byteCount: Int(completion.byteLength))
+        case .send:
+            sendSlots.release(index)
+        case .data:
+            waiting.withLockedValue { $0.dataOperations.removeValue(forKey: index) }?.resume(returning: .success(()))
+        case nil:
+            break
+        }
+    }
+
+    private func received(slot: Int, byteCount: Int) {
+        var buffer: ByteBuffer? = nil
+        resources.withLockedValue { resources in
+            guard let resources else { return }
+            buffer = ByteBuffer(bytes: UnsafeRawBufferPointer(start: resources.receives.pointer(slot), count: byteCount))
+            try? resources.queuePair.postReceive(local: resources.receives.region, localOffset: resources.receives.offset(slot),
+                                                 lengthBytes: resources.receives.slotBytes, workRequestID: WorkRequestKind.receive.id(slot))
+        }
+        guard var bytes = buffer else { return }
+        let frame: Frame<Response>
+        do {
+            guard let decoded = try FrameCodec.decode(Response.self, from: &bytes, maxFrameBytes: RDMALimits.replySlotBytes) else {
+                return fail(PMUError(.protocolViolation, "pmu-server sent a truncated frame over RDMA"))
+            }
+            frame = decoded
+        } catch {
+            return fail(error.error)
+        }
+        if let waiter = waiting.withLockedValue({ $0.replies.removeValue(forKey: frame.requestId) }) {
+            waiter.resume(returning: .success(frame.message))
+        } else if frame.requestId == 0, case .error(let error) = frame.message {
+            // About the connection (TOO_MANY_CLIENTS, authentication timeout): every waiter gets it.
+            fail(PMUError(error.code, "server closed the connection: \(error.message)"))
+        }
+    }
+
+    private var currentFailure: PMUError {
+        waiting.withLockedValue { $0.failure } ?? PMUError(.connectionClosed, "the RDMA connection to pmu-server is closed")
+    }
+
+    /// Fails every waiter and every later call with `error` (the first failure wins), and ends
+    /// the connection.
+    private func fail(_ error: PMUError) {
+        let (replies, operations) = waiting.withLockedValue { waiting in
+            if waiting.failure == nil { waiting.failure = error }
+            defer {
+                waiting.replies.removeAll()
+                waiting.dataOperations.removeAll()
+            }
+            return (Array(waiting.replies.values), Array(waiting.dataOperations.values))
+        }
+        let failure = currentFailure
+        for waiter in replies { waiter.resume(returning: .failure(failure)) }
+        for waiter in operations { waiter.resume(returning: .failure(failure)) }
+        credits.fail(failure)
+        sendSlots.fail(failure)
+        bounceSlots.fail(failure)
+        if closing.setOnce() {
+            resources.withLockedValue { resources in try? resources?.connection.disconnect() }
+        }
+    }
+
+    public func close() async {
+        fail(PMUError(.connectionClosed, "the RDMA connection to pmu-server was closed by this client"))
+    }
+}

@@ -1,0 +1,341 @@
+import CVerbs
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import PMUCore
+import PMUVerbs
+
+/// One accepted verbs connection on the server: its own protection domain (so its rkeys work on
+/// no other connection), one completion queue on a completion channel, an RC queue pair,
+/// `credits` pre-posted receive slots for requests and a few more send slots for replies, and
+/// one memory region per granted handle.
+///
+/// Threads: the transport's connection-manager thread creates it and reports disconnects; a
+/// thread of its own waits for completions (requests in, replies sent, errors) and, when the
+/// connection ends, releases every verbs object in order. Requests go to the session on its event
+/// loop in arrival order. Every post and the release take `resources`' lock, so nothing is posted
+/// on a destroyed queue pair.
+final class RDMAServerConnection: @unchecked Sendable {
+    struct Resources {
+        var queuePair: QueuePair
+        var completionQueue: CompletionQueue
+        var receives: RegisteredSlots
+        var sends: RegisteredSlots
+        var protectionDomain: ProtectionDomain
+        var connection: ConnectionID
+    }
+
+    struct Registration {
+        var region: MemoryRegion
+        var regionId: UInt64
+        var epoch: UInt64
+        var writable: Bool
+        var owner: AnyObject
+    }
+
+    let id: UInt64
+    let idPointer: UnsafeMutablePointer<rdma_cm_id>
+    let eventLoop: any EventLoop
+    let remoteAddress: String
+    private let channel: CompletionChannel
+    private let resources: NIOLockedValueBox<Resources?>
+    private let freeSends: FreeList
+    private let registrations = NIOLockedValueBox<[AccessKey: Registration]>([:])
+    private let closing = ManagedAtomicFlag()
+    private var logger: Logger
+    /// Event-loop confined.
+    private var handler: (any RequestHandler)?
+    private var thread: Thread?
+    private let onFinished: @Sendable (RDMAServerConnection) -> Void
+
+    init(connection: ConnectionID, id: UInt64, eventLoop: any EventLoop, logger: Logger,
+         onFinished: @escaping @Sendable (RDMAServerConnection) -> Void) throws(VerbsError) {
+        guard let context = connection.context else {
+            throw VerbsError(.noDevice, operation: "CONNECT_REQUEST", message: "the incoming connection has no RDMA device")
+        }
+        let protectionDomain = try ProtectionDomain(context: context)
+        let channel = try CompletionChannel(context: context)
+        let credits = RDMALimits.credits
+        let completionQueue = try CompletionQueue(context: context, capacity: Int32(credits * 4 + 8), channel: channel)
+        var capacity = QueuePairCapacity()
+        capacity.sendRequests = UInt32(credits + 12)
+        capacity.receiveRequests = UInt32(credits)
+        let queuePair = try QueuePair(connection: connection, protectionDomain: protectionDomain,
+                                      sendQueue: completionQueue, receiveQueue: completionQueue, capacity: capacity)
+        let receives = try RegisteredSlots(protectionDomain: protectionDomain, count: credits, slotBytes: RDMALimits.requestSlotBytes)
+        // One per credit, plus room for connection-level errors (id 0) and replies whose SEND
+        // completion has not been polled yet when the next request's reply goes out.
+        let sends = try RegisteredSlots(protectionDomain: protectionDomain, count: credits + 8, slotBytes: RDMALimits.replySlotBytes)
+        for slot in 0..<credits {
+            try queuePair.postReceive(local: receives.region, localOffset: receives.offset(slot), lengthBytes: receives.slotBytes,
+                                      workRequestID: WorkRequestKind.receive.id(slot))
+        }
+        try completionQueue.requestNotification()
+        self.id = id
+        self.idPointer = connection.pointer
+        self.eventLoop = eventLoop
+        self.channel = channel
+        self.freeSends = FreeList(count: credits + 8)
+        self.resources = NIOLockedValueBox(Resources(
+            queuePair: queuePair, completionQueue: completionQueue, receives: receives, sends: sends,
+            protectionDomain: protectionDomain, connection: connection))
+        self.remoteAddress = RDMAServerConnection.peerAddress(connection.pointer)
+        self.logger = logger
+        self.logger[metadataKey: "connection"] = "\(id)"
+        self.onFinished = onFinished
+    }
+
+    /// ESTABLISHED: create the session, then start taking completions (requests that arrived
+    /// before this wait in the CQ, so the session sees them after it exists, in order).
+    func established(makeHandler: @escaping @Sendable (ConnectionInfo) -> any RequestHandler) {
+        let info = ConnectionInfo(id: id, remoteAddress: remoteAddress, eventLoop: eventLoop,
+                                  replies: RDMAReplySink(connection: self), memory: RDMARegistrar(connection: self),
+                                  maxReplyBytes: RDMALimits.replySlotBytes)
+        eventLoop.execute { self.handler = makeHandler(info) }
+        let thread = Thread { [self] in completionLoop() }
+        thread.name = "pmu-rdma-cq-\(id)"
+        self.thread = thread
+        thread.start()
+    }
+
+    /// Ends the connection once, from any thread: revokes every rkey now, moves the QP to error,
+    /// tells the session. The completion thread then releases the verbs objects.
+    func shutdown(_ reason: String) {
+        guard closing.setOnce() else { return }
+        logger.debug("verbs connection closing", metadata: ["reason": "\(reason)"])
+        let all = registrations.withLockedValue { registrations -> [Registration] in
+            defer { registrations.removeAll() }
+            return Array(registrations.values)
+        }
+        for registration in all { try? registration.region.deregister() }
+        resources.withLockedValue { resources in
+            if let connection = resources?.connection { try? connection.disconnect() }
+        }
+        eventLoop.execute {
+            self.handler?.connectionClosed()
+            self.handler = nil
+        }
+        if thread == nil { release() }
+    }
+
+    var isClosing: Bool { closing.isSet }
+
+    // MARK: completions
+
+    private func completionLoop() {
+        while !closing.isSet {
+            // Spin briefly first: the reply to what we just sent usually arrives within it.
+            let spun = spinForCompletions(microseconds: RDMALimits.spinMicroseconds) {
+                (try? resources.withLockedValue { resources throws(VerbsError) -> [WorkCompletion] in
+                    try resources?.completionQueue.poll(max: 16) ?? []
+                }) ?? []
+            }
+            if !spun.isEmpty {
+                for completion in spun { handle(completion) }
+                continue
+            }
+            let ready = waitReadable([channel.fileDescriptor], timeoutMilliseconds: 200)
+            if ready[0] { try? channel.consumeEvent() }
+            do {
+                try resources.withLockedValue { resources throws(VerbsError) in
+                    try resources?.completionQueue.requestNotification()
+                }
+                // Drain after re-arming: a completion that slipped in between raises no event.
+                while true {
+                    let completions = try resources.withLockedValue { resources throws(VerbsError) -> [WorkCompletion] in
+                        try resources?.completionQueue.poll(max: 16) ?? []
+                    }
+                    if completions.isEmpty { break }
+                    for completion in completions { handle(completion) }
+                }
+            } catch {
+                shutdown("completion queue: \(error)")
+            }
+        }
+        release()
+    }
+
+    private func handle(_ completion: WorkCompletion) {
+        let (kind, index) = WorkRequestKind.split(completion.workRequestID)
+        guard completion.isSuccess else {
+            // Flushes after our own shutdown are expected; anything else ends the connection. A
+            // client that wrote with a bad rkey moved both QPs to error: this is how we see it.
+            if !closing.isSet {
+                logger.notice("verbs connection failed; closing it", metadata: [
+                    "status": "\(completion.statusName)", "detail": "\(completion.statusText)"])
+            }
+            shutdown("work completion \(completion.statusName)")
+            return
+        }
+        switch kind {
+        case .receive:
+            received(slot: index, byteCount: Int(completion.byteLength))
+        case .send:
+            freeSends.give(index)
+        case .data, nil:
+            break
+        }
+    }
+
+    private func received(slot: Int, byteCount: Int) {
+        // Copy out, then hand the slot straight back to the device (the client's credit returns
+        // with our reply, by which time the slot is posted again).
+        var buffer: ByteBuffer? = nil
+        resources.withLockedValue { resources in
+            guard let resources else { return }
+            buffer = ByteBuffer(bytes: UnsafeRawBufferPointer(start: resources.receives.pointer(slot), count: byteCount))
+            try? resources.queuePair.postReceive(local: resources.receives.region, localOffset: resources.receives.offset(slot),
+                                                 lengthBytes: resources.receives.slotBytes, workRequestID: WorkRequestKind.receive.id(slot))
+        }
+        guard var bytes = buffer else { return }
+        do {
+            guard let frame = try FrameCodec.decode(Request.self, from: &bytes, maxFrameBytes: RDMALimits.requestSlotBytes),
+                  bytes.readableBytes == 0 else {
+                let error = PMUError(.malformedFrame, "a verbs SEND must hold exactly one whole frame")
+                eventLoop.execute { self.handler?.malformedFrame(error, requestId: nil) }
+                return
+            }
+            eventLoop.execute { self.handler?.handle(frame) }
+        } catch {
+            eventLoop.execute { self.handler?.malformedFrame(error.error, requestId: error.requestId) }
+        }
+    }
+
+    // MARK: replies
+
+    func send(_ response: Response, requestId: UInt64) {
+        guard !closing.isSet else { return }
+        var buffer = ByteBuffer()
+        FrameCodec.encode(Frame(requestId: requestId, message: response), into: &buffer)
+        if buffer.readableBytes > RDMALimits.replySlotBytes {
+            let size = buffer.readableBytes
+            buffer.clear()
+            FrameCodec.encode(Frame(requestId: requestId, message: Response.error(PMUError(
+                .requestTooLarge, "the reply of \(size) bytes does not fit a verbs reply slot (\(RDMALimits.replySlotBytes) bytes); ask for fewer entries"))),
+                into: &buffer)
+        }
+        guard let slot = freeSends.take() else {
+            // Cannot happen while the client keeps to its credits: it is not, so it goes.
+            return shutdown("no free send slot: the client exceeded its \(RDMALimits.credits) credits")
+        }
+        let failed: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
+            guard let resources else { return nil }
+            buffer.withUnsafeReadableBytes { resources.sends.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            do throws(VerbsError) {
+                try resources.queuePair.postSend(local: resources.sends.region, localOffset: resources.sends.offset(slot),
+                                                 lengthBytes: buffer.readableBytes, workRequestID: WorkRequestKind.send.id(slot))
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let failed { shutdown("posting a reply: \(failed)") }
+    }
+
+    // MARK: memory registrations
+
+    func register(key: AccessKey, regionId: UInt64, epoch: UInt64, writable: Bool, memory: GrantedMemory) throws(PMUError) -> RemoteAccess {
+        let result: Result<MemoryRegion, PMUError> = resources.withLockedValue { resources in
+            guard let resources, !closing.isSet else {
+                return .failure(PMUError(.connectionClosed, "the verbs connection is closing"))
+            }
+            do throws(VerbsError) {
+                // Read-only handles get a read-only MR: the device itself refuses their writes.
+                let access: AccessFlags = writable ? .region : [.remoteRead]
+                return .success(try MemoryRegion(protectionDomain: resources.protectionDomain, address: memory.base,
+                                                 lengthBytes: memory.lengthBytes, access: access))
+            } catch {
+                return .failure(PMUError.rdma(error, "cannot register region \(regionId) (\(memory.lengthBytes) bytes) for remote access"))
+            }
+        }
+        let region = try result.get()
+        registrations.withLockedValue {
+            $0[key] = Registration(region: region, regionId: regionId, epoch: epoch, writable: writable, owner: memory.owner)
+        }
+        if closing.isSet { try? region.deregister() }
+        return RemoteAccess(address: UInt64(UInt(bitPattern: memory.base)), rkey: region.rkey)
+    }
+
+    func invalidate(where match: (Registration) -> Bool) {
+        let gone = registrations.withLockedValue { registrations -> [Registration] in
+            let keys = registrations.filter { match($0.value) }.map(\.key)
+            return keys.compactMap { registrations.removeValue(forKey: $0) }
+        }
+        for registration in gone { try? registration.region.deregister() }
+    }
+
+    func invalidate(key: AccessKey) {
+        let gone = registrations.withLockedValue { $0.removeValue(forKey: key) }
+        try? gone?.region.deregister()
+    }
+
+    // MARK: teardown
+
+    /// Releases the verbs objects. The order the kernel requires (QP before the MRs, CQ and ID
+    /// it uses; MRs and QP before their PD; CQ before its channel) follows from the references
+    /// the wrappers hold on each other: dropping ours lets each deinit run after its dependents'.
+    /// Runs once, on the completion thread (or in `shutdown` when the connection never got one).
+    private func release() {
+        onFinished(self)
+        let all = registrations.withLockedValue { registrations -> [Registration] in
+            defer { registrations.removeAll() }
+            return Array(registrations.values)
+        }
+        for registration in all { try? registration.region.deregister() }
+        resources.withLockedValue { $0 = nil }
+    }
+
+    static func peerAddress(_ id: UnsafeMutablePointer<rdma_cm_id>) -> String {
+        var address = id.pointee.route.addr.dst_addr
+        return withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin -> String in
+                var addr = sin.pointee.sin_addr
+                var text = [CChar](repeating: 0, count: 64)
+                guard inet_ntop(AF_INET, &addr, &text, 64) != nil else { return "?" }
+                let host = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                return "rdma://\(host):\(UInt16(bigEndian: sin.pointee.sin_port))"
+            }
+        }
+    }
+}
+
+/// A flag set once, readable from any thread.
+final class ManagedAtomicFlag: @unchecked Sendable {
+    private let value = NIOLockedValueBox(false)
+    /// True for the one caller that set it.
+    func setOnce() -> Bool { value.withLockedValue { if $0 { return false }; $0 = true; return true } }
+    var isSet: Bool { value.withLockedValue { $0 } }
+}
+
+struct RDMAReplySink: ReplySink {
+    let connection: RDMAServerConnection
+
+    func send(_ response: Response, requestId: UInt64) { connection.send(response, requestId: requestId) }
+
+    func sendAndClose(_ response: Response, requestId: UInt64) {
+        connection.send(response, requestId: requestId)
+        // Give the SEND time to land in the client's receive slot before the QP goes to error.
+        let connection = self.connection
+        connection.eventLoop.scheduleTask(in: .milliseconds(500)) { connection.shutdown("closed by the session") }
+    }
+
+    func close() { connection.shutdown("closed by the session") }
+    /// Nothing to pause: the client never has more than `RDMALimits.credits` requests
+    /// outstanding, which already bounds what the session can queue.
+    func pauseReading() {}
+    func resumeReading() {}
+}
+
+struct RDMARegistrar: MemoryRegistrar {
+    let connection: RDMAServerConnection
+
+    func register(key: AccessKey, regionId: UInt64, epoch: UInt64, writable: Bool, memory: GrantedMemory) throws(PMUError) -> RemoteAccess {
+        try connection.register(key: key, regionId: regionId, epoch: epoch, writable: writable, memory: memory)
+    }
+    func invalidate(key: AccessKey) { connection.invalidate(key: key) }
+    func invalidate(regionId: UInt64) { connection.invalidate { $0.regionId == regionId } }
+    func fence(regionId: UInt64, below epoch: UInt64) {
+        connection.invalidate { $0.regionId == regionId && $0.writable && $0.epoch < epoch }
+    }
+}

@@ -1,0 +1,103 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import NIOConcurrencyHelpers
+import PMUCore
+import PMUVerbs
+
+/// Sizes shared by both ends of a verbs connection. Control frames travel one per SEND into a
+/// pre-posted receive slot, so each direction's frames must fit its slot.
+public enum RDMALimits {
+    /// Requests the client may have outstanding = receive slots the server posts per connection.
+    /// The client never exceeds it, so the server never sees a SEND without a receive (no RNR).
+    public static let credits = 16
+    /// Largest request frame (control requests are small; WRITE/READ go one-sided).
+    public static let requestSlotBytes = 16 * 1024
+    /// Largest reply frame (LIST pages stay within half of it and set `more`). Registered
+    /// memory per server connection: credits × request slot + (credits + 8) × reply slot ≈ 1.8 MiB.
+    public static let replySlotBytes = 64 * 1024
+    /// ACK timeout exponent: 4.096 µs × 2^19 ≈ 2.1 s, × 7 retries ≈ 15 s before a silent peer
+    /// counts as gone. The default (~67 ms × 7) failed healthy connections of a loaded,
+    /// emulated soft-RoCE VM; a dead peer is usually noticed sooner anyway, by rdma_cm's
+    /// DISCONNECTED when its process exits.
+    public static let ackTimeoutExponent: UInt8 = 19
+    /// How long a completion thread keeps polling its CQ after the last completion before it
+    /// sleeps on the completion channel (PMU_RDMA_SPIN_US overrides; 0 = always sleep). A wake-up
+    /// through poll(2) costs tens of microseconds (far more under emulation); a request/reply
+    /// exchange usually completes within this window, so the spin saves two wake-ups per call.
+    public static let spinMicroseconds: Int = {
+        if let text = getenv("PMU_RDMA_SPIN_US"), let value = Int(String(cString: text)), value >= 0 { return value }
+        return 50
+    }()
+}
+
+/// Polls `poll` until it returns completions or `microseconds` pass (busy, no sleeping).
+func spinForCompletions(microseconds: Int, _ poll: () -> [WorkCompletion]) -> [WorkCompletion] {
+    guard microseconds > 0 else { return [] }
+    let deadline = ContinuousClock.now.advanced(by: .microseconds(microseconds))
+    var spins = 0
+    while true {
+        let found = poll()
+        if !found.isEmpty { return found }
+        spins += 1
+        if spins & 0x3f == 0, ContinuousClock.now >= deadline { return [] }
+    }
+}
+
+
+/// wr_id layout: kind in the top byte, index or operation number below.
+enum WorkRequestKind: UInt64 {
+    case receive = 1
+    case send = 2
+    case data = 3
+
+    func id(_ index: Int) -> UInt64 { rawValue << 56 | UInt64(index) }
+    static func split(_ id: UInt64) -> (WorkRequestKind?, Int) {
+        (WorkRequestKind(rawValue: id >> 56), Int(truncatingIfNeeded: id & 0x00FF_FFFF_FFFF_FFFF))
+    }
+}
+
+/// `count` fixed-size slots in one registered buffer (local access only).
+final class RegisteredSlots: @unchecked Sendable {
+    let memory: UnsafeMutableRawPointer
+    let region: MemoryRegion
+    let slotBytes: Int
+    let count: Int
+
+    init(protectionDomain: ProtectionDomain, count: Int, slotBytes: Int) throws(VerbsError) {
+        memory = UnsafeMutableRawPointer.allocate(byteCount: count * slotBytes, alignment: 4096)
+        memory.initializeMemory(as: UInt8.self, repeating: 0, count: count * slotBytes)
+        do {
+            region = try MemoryRegion(protectionDomain: protectionDomain, address: memory, lengthBytes: count * slotBytes, access: .localWrite)
+        } catch {
+            memory.deallocate()
+            throw error
+        }
+        self.slotBytes = slotBytes
+        self.count = count
+    }
+
+    deinit {
+        // Deregister before freeing: the device must never write into freed memory.
+        try? region.deregister()
+        memory.deallocate()
+    }
+
+    func pointer(_ index: Int) -> UnsafeMutableRawPointer { memory + index * slotBytes }
+    func offset(_ index: Int) -> Int { index * slotBytes }
+}
+
+/// Free slot indices, taken before a post and returned on its completion.
+final class FreeList: @unchecked Sendable {
+    private let free: NIOLockedValueBox<[Int]>
+    init(count: Int) { free = NIOLockedValueBox(Array((0..<count).reversed())) }
+    func take() -> Int? { free.withLockedValue { $0.popLast() } }
+    func give(_ index: Int) { free.withLockedValue { $0.append(index) } }
+}
+
+extension PMUError {
+    /// A verbs failure as the client or server reports it: the call, errno and hint are in the text.
+    static func rdma(_ error: VerbsError, _ what: String) -> PMUError {
+        PMUError(.rdmaError, "\(what): \(error)")
+    }
+}
