@@ -1,7 +1,0 @@
-// Thin entry point: the commands live in VerbsProbe.
-#if canImport(Glibc)
-import Glibc
-#endif
-import VerbsProbe
-
-exit(Probe.main(CommandLine.arguments))
