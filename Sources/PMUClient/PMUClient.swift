@@ -41,11 +41,15 @@ public final class PMUClient: Sendable {
     private let oneSided: (any OneSidedTransport)?
     /// "tcp" or "rdma (rxe0 port 1)": what this client ended up using.
     public let transportDescription: String
+    /// Which transport `connect` chose and why, e.g. "tcp (no RDMA device ...)", for the one log
+    /// line `--transport auto` owes its user.
+    public let transportReason: String
     /// Run latency-sensitive loops under `withTaskExecutorPreference(client.taskExecutor)` to avoid
     /// a thread hop per request (see EventLoopTaskExecutor). nil for transports without an event loop.
     public let taskExecutor: EventLoopTaskExecutor?
 
-    private init(configuration: ClientConfiguration, transport: any ClientTransport) {
+    private init(configuration: ClientConfiguration, transport: any ClientTransport, reason: String) {
+        self.transportReason = reason
         self.configuration = configuration
         self.transport = transport
         self.oneSided = transport as? any OneSidedTransport
@@ -63,13 +67,16 @@ public final class PMUClient: Sendable {
             throw PMUError(.invalidArgument, "chunkBytes must be 1...\(Limits.maxIOBytes) and chunksInFlight at least 1; got \(configuration.chunkBytes) and \(configuration.chunksInFlight)")
         }
         var transport: (any ClientTransport)? = nil
-        if try configuration.transport.resolve().useRDMA {
+        let resolved = try configuration.transport.resolve()
+        var reason = resolved.reason
+        if resolved.useRDMA {
             do {
                 transport = try await RDMAClientTransport.connect(
                     to: configuration.endpoint, bounceBuffers: configuration.chunksInFlight, bounceBytes: configuration.chunkBytes)
             } catch {
                 // `auto` tries TCP when the server cannot be reached over verbs.
                 if configuration.transport != .auto { throw error }
+                reason = "tcp (verbs connection to \(configuration.endpoint) failed: \(Self.pmuError(error).message))"
             }
         }
         if transport == nil {
@@ -80,7 +87,7 @@ public final class PMUClient: Sendable {
             }
         }
         guard let transport else { throw PMUError(.internalError, "no transport") }
-        let client = PMUClient(configuration: configuration, transport: transport)
+        let client = PMUClient(configuration: configuration, transport: transport, reason: reason)
         do throws(PMUError) {
             try await client.authenticate()
         } catch {

@@ -38,7 +38,11 @@ public struct ConnectionOptions: ParsableArguments {
     }
 
     func connect() async throws -> PMUClient {
-        try await PMUClient.connect(try configuration())
+        let configuration = try configuration()
+        let client = try await PMUClient.connect(configuration)
+        // `auto` says which transport it picked (stderr, so scripts reading stdout are unaffected).
+        if configuration.transport == .auto { Output.printError("pmuctl: transport: \(client.transportReason)") }
+        return client
     }
 }
 

@@ -253,6 +253,9 @@ struct VerbsTests {
         let data = scratch.path + "/auto"
         let server = try ServerProcess(dataDirectory: data, extraArguments: ["--transport", "auto"])
         #expect(server.log.contains("transport: tcp (no RDMA device"))
+        // The client side says so too (stderr), and works.
+        let pmuctl = try run(binDirectory + "/pmuctl", ["region", "list", "--transport", "auto", "--server", server.endpoint.description, "--secret-file", data + "/admin.secret"])
+        #expect(pmuctl.status == 0 && pmuctl.stderr.contains("pmuctl: transport: tcp (no RDMA device"), "\(pmuctl.stderr)")
         server.terminate()
     }
 }
