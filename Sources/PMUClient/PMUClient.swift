@@ -278,11 +278,17 @@ public final class PMUClient: Sendable {
     private func readOneSided(_ oneSided: any OneSidedTransport, _ handle: RegionHandle, _ remote: RemoteAccess, at offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
         try checkOneSided(handle, offset: offset, length: length, write: false)
         let chunk = min(configuration.chunkBytes, oneSided.maxTransferBytes)
-        if length <= chunk { return try await oneSided.read(remote, offset: offset, length: length) }
+        @Sendable func readExactly(_ at: UInt64, _ count: Int) async throws(PMUError) -> ByteBuffer {
+            let part = try await oneSided.read(remote, offset: at, length: count)
+            guard part.readableBytes == count else {
+                throw PMUError(.protocolViolation, "one-sided read returned \(part.readableBytes) bytes for \(count)")
+            }
+            return part
+        }
+        if length <= chunk { return try await readExactly(offset, length) }
         let result = ResultBuffer(length: length)
         try await forEachChunk(total: length, chunk: chunk) { (start: Int) async throws(PMUError) in
-            let part = try await oneSided.read(remote, offset: offset + UInt64(start), length: min(chunk, length - start))
-            result.set(part, at: start)
+            result.set(try await readExactly(offset + UInt64(start), min(chunk, length - start)), at: start)
         }
         return result.take()
     }

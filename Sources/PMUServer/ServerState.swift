@@ -126,12 +126,36 @@ final class ServerState: Sendable {
     }
 
     func close(key: AccessKey, connection: UInt64) throws(PMUError) {
-        let registrar = try table.withTypedLock { table throws(PMUError) -> (any MemoryRegistrar)? in
-            _ = try table.keys.revoke(key: key, connection: connection)
-            return table.registrars[connection]
+        let (registrar, revoked) = table.withLockedValue { table -> ((any MemoryRegistrar)?, Result<Void, PMUError>) in
+            do throws(PMUError) {
+                _ = try table.keys.revoke(key: key, connection: connection)
+                return (table.registrars[connection], .success(()))
+            } catch {
+                return (table.registrars[connection], .failure(error))
+            }
         }
-        // Deregistered before CLOSE is answered: the rkey is dead when the client hears OK.
+        // Deregistered before CLOSE is answered: the rkey is dead when the client hears OK. Also
+        // when the key was already gone (revoked by a DELETE that raced its registration), so no
+        // registration can outlive its key.
         registrar?.invalidate(key: key)
+        try revoked.get()
+    }
+
+    /// After a grant's memory registration: is the grant still what it was? A DELETE (revokes the
+    /// key) or a takeover (raises the epoch) may have run while the region was being registered,
+    /// and their invalidation could not see a registration that did not exist yet. Checked under
+    /// the same lock they change the table under, after the registration is visible to them: a
+    /// change before this check fails it, a change after it finds the registration and removes it.
+    func stillGranted(key: AccessKey, connection: UInt64, regionId: UInt64, epoch: UInt64, writable: Bool, kind: RegionKind) -> PMUError? {
+        table.withLockedValue { table in
+            guard table.keys.entry(for: key, connection: connection) != nil else {
+                return PMUError(.unknownRegion, "region \(regionId) was deleted while it was being opened")
+            }
+            if writable, kind != .raw, let newest = table.epochs[regionId], newest > epoch {
+                return PMUError(.fenced, "another writer took over the region (epoch \(newest)) while this open (epoch \(epoch)) was registering its memory")
+            }
+            return nil
+        }
     }
 
     func revokeAll(regionId: UInt64) {

@@ -331,6 +331,9 @@ final class Session: RequestHandler, @unchecked Sendable {
             let remote = try memory.register(
                 key: key, regionId: record.id, epoch: epoch, writable: rights.contains(.write),
                 memory: GrantedMemory(base: mapping.base, lengthBytes: Int(mapping.sizeBytes), owner: mapping))
+            if let raced = state.stillGranted(key: key, connection: connection, regionId: record.id, epoch: epoch, writable: rights.contains(.write), kind: record.kind) {
+                throw raced
+            }
             return .remoteGrant(grant, remote)
         } catch {
             try? state.close(key: key, connection: connection)

@@ -199,10 +199,16 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
                                              lengthBytes: length, remoteAddress: remote.address &+ offset,
                                              rkey: remote.rkey, workRequestID: id)
         }
-        return resources.withLockedValue { resources in
-            guard let resources else { return ByteBuffer() }
+        // The connection can fail between the completion and this copy (another operation's
+        // error tears it down): that is an error, never an empty or short result.
+        let bytes = resources.withLockedValue { resources -> ByteBuffer? in
+            guard let resources else { return nil }
             return ByteBuffer(bytes: UnsafeRawBufferPointer(start: resources.bounce.pointer(slot), count: length))
         }
+        guard let bytes else {
+            throw PMUError(.connectionClosed, "the verbs connection closed after an RDMA READ of \(length) bytes completed, before its data was copied out")
+        }
+        return bytes
     }
 
     /// Posts one signaled data work request and waits for its completion.

@@ -41,6 +41,10 @@ final class RDMAServerConnection: @unchecked Sendable {
     private let channel: CompletionChannel
     private let resources: NIOLockedValueBox<Resources?>
     private let freeSends: FreeList
+    /// Requests received and not yet answered. An honest client never has more than its credits
+    /// out; one that does would queue unbounded work in its Session (receive slots are reposted
+    /// at once), so it is disconnected.
+    private let outstanding = NIOLockedValueBox(0)
     private let registrations = NIOLockedValueBox<[AccessKey: Registration]>([:])
     private let closing = ManagedAtomicFlag()
     private var logger: Logger
@@ -189,6 +193,13 @@ final class RDMAServerConnection: @unchecked Sendable {
                                                  lengthBytes: resources.receives.slotBytes, workRequestID: WorkRequestKind.receive.id(slot))
         }
         guard var bytes = buffer else { return }
+        let unanswered = outstanding.withLockedValue { count -> Int in
+            count += 1
+            return count
+        }
+        guard unanswered <= RDMALimits.credits else {
+            return shutdown("the client sent \(unanswered) requests without waiting for replies; its credits are \(RDMALimits.credits)")
+        }
         do {
             guard let frame = try FrameCodec.decode(Request.self, from: &bytes, maxFrameBytes: RDMALimits.requestSlotBytes),
                   bytes.readableBytes == 0 else {
@@ -206,13 +217,14 @@ final class RDMAServerConnection: @unchecked Sendable {
 
     func send(_ response: Response, requestId: UInt64) {
         guard !closing.isSet else { return }
+        outstanding.withLockedValue { $0 = max(0, $0 - 1) }
         var buffer = ByteBuffer()
         FrameCodec.encode(Frame(requestId: requestId, message: response), into: &buffer)
         if buffer.readableBytes > RDMALimits.replySlotBytes {
             let size = buffer.readableBytes
             buffer.clear()
             FrameCodec.encode(Frame(requestId: requestId, message: Response.error(PMUError(
-                .requestTooLarge, "the reply of \(size) bytes does not fit a verbs reply slot (\(RDMALimits.replySlotBytes) bytes); ask for fewer entries"))),
+                .requestTooLarge, "the reply of \(size) bytes does not fit a verbs reply slot (\(RDMALimits.replySlotBytes) bytes): for LIST ask for fewer entries; for READ use the one-sided path (the client library does) or read at most \(RDMALimits.replySlotBytes - 64) bytes per READ frame"))),
                 into: &buffer)
         }
         guard let slot = freeSends.take() else {

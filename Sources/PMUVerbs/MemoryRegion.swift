@@ -22,8 +22,16 @@ public struct AccessFlags: OptionSet, Sendable {
 /// by the kernel until deregistration; `lkey` names the region in local work requests, `rkey` is
 /// what a remote peer needs (with the address) to READ or WRITE it.
 public final class MemoryRegion {
-    /// nil once deregistered.
+    /// nil once deregistered. Guarded by `lock`: CLOSE, a takeover's fence and connection teardown
+    /// may deregister the same region from different threads, and ibv_dereg_mr twice is a
+    /// use-after-free.
     private var pointer: UnsafeMutablePointer<ibv_mr>?
+    /// Heap-allocated: a pthread mutex must not move, and `&storedProperty` does not promise that.
+    private let lock: UnsafeMutablePointer<pthread_mutex_t> = {
+        let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(lock, nil)
+        return lock
+    }()
     public let protectionDomain: ProtectionDomain
     public let address: UnsafeMutableRawPointer
     public let lengthBytes: Int
@@ -53,6 +61,8 @@ public final class MemoryRegion {
     /// Deregisters now (ibv_dereg_mr): from then on the rkey is invalid, remote accesses with it
     /// complete in error on the peer, and the pages are unpinned. Idempotent.
     public func deregister() throws(VerbsError) {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
         guard let mr = pointer else { return }
         let rc = ibv_dereg_mr(mr)
         if rc != 0 {
@@ -65,6 +75,8 @@ public final class MemoryRegion {
 
     deinit {
         if let mr = pointer { _ = ibv_dereg_mr(mr) }
+        pthread_mutex_destroy(lock)
+        lock.deallocate()
     }
 
     /// The error for a refused registration, with the causes that errno points at.
