@@ -18,6 +18,20 @@ public struct ClientConfiguration: Sendable {
     /// when this machine has an RDMA device with an active port, else tcp). For rdma the
     /// endpoint's host must be an IPv4 address the RDMA device reaches.
     public var transport: TransportChoice = .tcp
+    /// Connecting and authenticating together must finish within this, or `connect` throws
+    /// TIMED_OUT (a server that accepts but never answers does not hang a primary).
+    public var connectTimeout: Duration = .seconds(10)
+    /// A request with no reply after this long throws TIMED_OUT and closes the connection (its
+    /// outcome is unknown; reconnect to go on). nil waits forever. Long PERSISTs of large dirty
+    /// ranges on slow disks are what might need more.
+    public var requestTimeout: Duration? = .seconds(30)
+    /// Requests in flight on the connection at once (over verbs also bounded by its 16 credits);
+    /// callers beyond it wait their turn, cancellably.
+    public var maxPendingRequests: Int = 1024
+
+    var requestLimits: RequestLimits {
+        RequestLimits(requestTimeout: requestTimeout, maxPendingRequests: maxPendingRequests)
+    }
 
     public init(endpoint: Endpoint = .default, clientId: String, secret: [UInt8]) {
         self.endpoint = endpoint
@@ -66,13 +80,18 @@ public final class PMUClient: Sendable {
         guard (1...Limits.maxIOBytes).contains(configuration.chunkBytes), configuration.chunksInFlight >= 1 else {
             throw PMUError(.invalidArgument, "chunkBytes must be 1...\(Limits.maxIOBytes) and chunksInFlight at least 1; got \(configuration.chunkBytes) and \(configuration.chunksInFlight)")
         }
+        if configuration.connectTimeout <= .zero {
+            throw PMUError(.invalidArgument, "connectTimeout must be positive; got \(configuration.connectTimeout)")
+        }
+        try configuration.requestLimits.validate()
         var transport: (any ClientTransport)? = nil
         let resolved = try configuration.transport.resolve()
         var reason = resolved.reason
         if resolved.useRDMA {
             do {
                 transport = try await RDMAClientTransport.connect(
-                    to: configuration.endpoint, bounceBuffers: configuration.chunksInFlight, bounceBytes: configuration.chunkBytes)
+                    to: configuration.endpoint, bounceBuffers: configuration.chunksInFlight, bounceBytes: configuration.chunkBytes,
+                    connectTimeout: configuration.connectTimeout, limits: configuration.requestLimits)
             } catch {
                 // `auto` tries TCP when the server cannot be reached over verbs.
                 if configuration.transport != .auto { throw error }
@@ -81,7 +100,8 @@ public final class PMUClient: Sendable {
         }
         if transport == nil {
             do {
-                transport = try await TCPClientTransport.connect(to: configuration.endpoint, group: group)
+                transport = try await TCPClientTransport.connect(
+                    to: configuration.endpoint, group: group, connectTimeout: configuration.connectTimeout, limits: configuration.requestLimits)
             } catch {
                 throw Self.pmuError(error)
             }
@@ -89,7 +109,9 @@ public final class PMUClient: Sendable {
         guard let transport else { throw PMUError(.internalError, "no transport") }
         let client = PMUClient(configuration: configuration, transport: transport, reason: reason)
         do throws(PMUError) {
-            try await client.authenticate()
+            try await withDeadline(configuration.connectTimeout, "authenticating to pmu-server at \(configuration.endpoint)") { () async throws(PMUError) in
+                try await client.authenticate()
+            }
         } catch {
             await transport.close()
             throw error
@@ -359,7 +381,26 @@ public final class PMUClient: Sendable {
     }
 
     static func pmuError(_ error: any Error) -> PMUError {
-        (error as? PMUError) ?? PMUError(.connectionClosed, "\(error)")
+        if let error = error as? PMUError { return error }
+        if error is CancellationError { return PMUError(.cancelled, "the calling task was cancelled") }
+        return PMUError(.connectionClosed, "\(error)")
+    }
+}
+
+/// Runs `body`, cancelling it and throwing TIMED_OUT if it has not finished after `timeout`.
+/// For once-per-connection steps (the handshake); requests have the transport's own deadlines,
+/// which cost a task group less per call.
+func withDeadline(_ timeout: Duration, _ what: String, _ body: @escaping @Sendable () async throws(PMUError) -> Void) async throws(PMUError) {
+    do {
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask { try await body(); return true }
+            group.addTask { try await Task.sleep(for: timeout); return false }
+            let finished = try await group.next()!
+            group.cancelAll()
+            if !finished { throw PMUError(.timedOut, "\(what): no answer within \(timeout) (ClientConfiguration.connectTimeout)") }
+        }
+    } catch {
+        throw PMUClient.pmuError(error)
     }
 }
 

@@ -44,6 +44,12 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     case unrecoverable = 40
     /// A server of the cluster map could not be reached or used (the message names it).
     case serverUnavailable = 41
+    // Raised by the client library's transports, never sent by a server.
+    /// No reply within `ClientConfiguration.requestTimeout` (or no connection within
+    /// `connectTimeout`): the outcome is unknown and the connection is closed.
+    case timedOut = 42
+    /// The calling task was cancelled while its request was pending; the connection stays usable.
+    case cancelled = 43
 
     /// A stable, grep-able name for logs and pmuctl's one-line errors.
     public var description: String {
@@ -82,6 +88,8 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .rdmaError: "RDMA_ERROR"
         case .unrecoverable: "UNRECOVERABLE"
         case .serverUnavailable: "SERVER_UNAVAILABLE"
+        case .timedOut: "TIMED_OUT"
+        case .cancelled: "CANCELLED"
         }
     }
 }

@@ -19,6 +19,9 @@ public struct ConnectionOptions: ParsableArguments {
     @Option(help: "tcp, rdma (RDMA verbs; --server must be an IPv4 address the RDMA device reaches) or auto (env PMU_TRANSPORT; default tcp).")
     var transport: String?
 
+    @Option(name: .customLong("timeout"), help: "Seconds to wait for the server's answer to each request, and to connect and authenticate, before failing TIMED_OUT (env PMU_TIMEOUT; default 30; 0 waits forever for requests).")
+    var timeoutSeconds: Double?
+
     @Flag(help: "Print JSON instead of tables.")
     var json = false
 
@@ -34,6 +37,13 @@ public struct ConnectionOptions: ParsableArguments {
         let secret = try SecretsTable.parseClientSecret(String(decoding: data, as: UTF8.self), source: path)
         var configuration = ClientConfiguration(endpoint: endpoint, clientId: clientId, secret: secret)
         configuration.transport = try TransportChoice(parsing: transport ?? environment["PMU_TRANSPORT"] ?? "tcp")
+        if let text = timeoutSeconds.map({ "\($0)" }) ?? environment["PMU_TIMEOUT"] {
+            guard let seconds = Double(text), seconds.isFinite, (0...86_400).contains(seconds) else {
+                throw PMUError(.invalidArgument, "--timeout/PMU_TIMEOUT must be 0...86400 seconds; got \(text)")
+            }
+            configuration.requestTimeout = seconds == 0 ? nil : .milliseconds(Int64(seconds * 1000))
+            if seconds > 0 { configuration.connectTimeout = .milliseconds(max(1, Int64(seconds * 1000))) }
+        }
         return configuration
     }
 

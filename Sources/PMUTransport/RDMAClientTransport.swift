@@ -24,10 +24,13 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         var connection: ConnectionID
     }
 
+    typealias ReplyWaiter = CheckedContinuation<Result<Response, PMUError>, Never>
+
+    /// One-sided operations awaiting their completions. They need no deadline of ours: a
+    /// reliable-connected QP completes every work request or fails it after its ACK timeout
+    /// and retries (RDMALimits.ackTimeoutExponent), which fails the whole connection.
     struct Waiting {
-        var replies: [UInt64: CheckedContinuation<Result<Response, PMUError>, Never>] = [:]
         var dataOperations: [Int: CheckedContinuation<Result<Void, PMUError>, Never>] = [:]
-        var nextRequestId: UInt64 = 1
         var nextOperation = 1
         var failure: PMUError?
     }
@@ -40,12 +43,14 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     private let eventChannel: EventChannel
     private let resources: NIOLockedValueBox<Resources?>
     private let waiting = NIOLockedValueBox(Waiting())
+    /// Control requests awaiting replies: ids, deadlines, cancellation (shared with TCP).
+    private let replies: RequestTable<ReplyWaiter>
     private let sendSlots: AsyncSlots
     private let credits: AsyncSlots
     private let bounceSlots: AsyncSlots
     private let closing = ManagedAtomicFlag()
 
-    private init(endpoint: Endpoint, resources: Resources, completionChannel: CompletionChannel, eventChannel: EventChannel, deviceDescription: String) {
+    private init(endpoint: Endpoint, resources: Resources, completionChannel: CompletionChannel, eventChannel: EventChannel, deviceDescription: String, limits: RequestLimits) {
         self.endpoint = endpoint
         self.maxTransferBytes = resources.bounce.slotBytes
         self.deviceDescription = deviceDescription
@@ -54,18 +59,23 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         self.resources = NIOLockedValueBox(resources)
         self.sendSlots = AsyncSlots(count: resources.sends.count)
         self.credits = AsyncSlots(count: RDMALimits.credits)
+        self.replies = RequestTable(limits: RequestLimits(
+            requestTimeout: limits.requestTimeout, maxPendingRequests: min(limits.maxPendingRequests, RDMALimits.credits)))
         self.bounceSlots = AsyncSlots(count: resources.bounce.count)
     }
 
     /// Resolves, connects and starts the completion thread. `bounceBuffers` × `bounceBytes` is
     /// the registered memory one-sided transfers go through (the client library's chunks in
     /// flight × chunk size).
-    public static func connect(to endpoint: Endpoint, bounceBuffers: Int, bounceBytes: Int, timeoutSeconds: Int64 = 10) async throws(PMUError) -> RDMAClientTransport {
+    public static func connect(
+        to endpoint: Endpoint, bounceBuffers: Int, bounceBytes: Int, connectTimeout: Duration = .seconds(10), limits: RequestLimits = .default
+    ) async throws(PMUError) -> RDMAClientTransport {
+        try limits.validate()
         // rdma_cm calls block: keep them off the cooperative pool.
         let result: Result<RDMAClientTransport, PMUError> = await withCheckedContinuation { continuation in
             let thread = Thread {
                 do throws(PMUError) {
-                    continuation.resume(returning: .success(try connectBlocking(endpoint, bounceBuffers, bounceBytes, timeoutSeconds)))
+                    continuation.resume(returning: .success(try connectBlocking(endpoint, bounceBuffers, bounceBytes, connectTimeout, limits)))
                 } catch {
                     continuation.resume(returning: .failure(error))
                 }
@@ -79,12 +89,12 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         return transport
     }
 
-    private static func connectBlocking(_ endpoint: Endpoint, _ bounceBuffers: Int, _ bounceBytes: Int, _ timeoutSeconds: Int64) throws(PMUError) -> RDMAClientTransport {
+    private static func connectBlocking(_ endpoint: Endpoint, _ bounceBuffers: Int, _ bounceBytes: Int, _ timeout: Duration, _ limits: RequestLimits) throws(PMUError) -> RDMAClientTransport {
         guard (1...65535).contains(endpoint.port) else { throw PMUError(.invalidArgument, "port \(endpoint.port) out of range") }
         do throws(VerbsError) {
             let eventChannel = try EventChannel()
             let connection = try ConnectionID(channel: eventChannel)
-            try connection.resolve(address: endpoint.host, port: UInt16(endpoint.port), timeout: .seconds(timeoutSeconds))
+            try connection.resolve(address: endpoint.host, port: UInt16(endpoint.port), timeout: timeout)
             guard let context = connection.context else {
                 throw VerbsError(.noDevice, operation: "rdma_resolve_addr", message: "\(endpoint.host) resolved to no RDMA device")
             }
@@ -111,11 +121,11 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             parameters.initiatorDepth = UInt8(clamping: max(1, min(try context.maxReadsInFlight(), 16)))
             parameters.responderResources = 0
             try? connection.setAckTimeout(exponent: RDMALimits.ackTimeoutExponent)
-            try connection.connect(parameters, timeout: .seconds(timeoutSeconds))
+            try connection.connect(parameters, timeout: timeout)
             let resources = Resources(queuePair: queuePair, completionQueue: completionQueue, sends: sends, receives: receives,
                                       bounce: bounce, connection: connection)
             return RDMAClientTransport(endpoint: endpoint, resources: resources, completionChannel: completionChannel,
-                                       eventChannel: eventChannel, deviceDescription: "\(context.name) port \(port.portNumber)")
+                                       eventChannel: eventChannel, deviceDescription: "\(context.name) port \(port.portNumber)", limits: limits)
         } catch {
             throw PMUError(error.kind == .memoryRegistration ? .rdmaError : .connectionClosed,
                            "cannot connect to pmu-server at \(endpoint) over RDMA (is it running with --transport rdma, listening on that address?): \(error)")
@@ -129,48 +139,56 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     }
 
     private func call(_ request: Request) async throws(PMUError) -> Response {
-        try await credits.acquire()
+        // The table's wait is the cancellable one, bounded by the credits; a credit comes back
+        // when the server's reply arrives (even for a cancelled request), so the server never
+        // holds more than `credits` requests of ours and always has a receive posted.
+        let id = try await replies.reserve("\(request.opcode)")
+        do {
+            try await credits.acquire()
+        } catch {
+            _ = replies.cancel(id)
+            throw error
+        }
         let slot: Int
         do {
             slot = try await sendSlots.acquire()
         } catch {
+            _ = replies.cancel(id)
             credits.release(0)
             throw error
         }
-        let result: Result<Response, PMUError> = await withCheckedContinuation { continuation in
-            let id: UInt64? = waiting.withLockedValue { waiting in
-                guard waiting.failure == nil else { return nil }
-                defer { waiting.nextRequestId += 1 }
-                waiting.replies[waiting.nextRequestId] = continuation
-                return waiting.nextRequestId
-            }
-            guard let id else {
-                return continuation.resume(returning: .failure(currentFailure))
-            }
-            var buffer = ByteBuffer()
-            FrameCodec.encode(Frame(requestId: id, message: request), into: &buffer)
-            guard buffer.readableBytes <= RDMALimits.requestSlotBytes else {
-                let error = PMUError(.requestTooLarge, "a \(request.opcode) frame of \(buffer.readableBytes) bytes does not fit a verbs request slot (\(RDMALimits.requestSlotBytes) bytes)")
-                if let waiter = waiting.withLockedValue({ $0.replies.removeValue(forKey: id) }) {
-                    waiter.resume(returning: .failure(error))
+        let result: Result<Response, PMUError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                guard replies.attach(id, continuation) else {
+                    sendSlots.release(slot)
+                    credits.release(0)
+                    return continuation.resume(returning: .failure(replies.failure ?? RequestTable<ReplyWaiter>.cancelled("\(request.opcode)")))
                 }
-                sendSlots.release(slot)
-                return
-            }
-            let posted: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
-                guard let resources else { return VerbsError(.connection, operation: "SEND", message: "the connection is closed") }
-                buffer.withUnsafeReadableBytes { resources.sends.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                do throws(VerbsError) {
-                    try resources.queuePair.postSend(local: resources.sends.region, localOffset: resources.sends.offset(slot),
-                                                     lengthBytes: buffer.readableBytes, workRequestID: WorkRequestKind.send.id(slot))
-                    return nil
-                } catch {
-                    return error
+                var buffer = ByteBuffer()
+                FrameCodec.encode(Frame(requestId: id, message: request), into: &buffer)
+                guard buffer.readableBytes <= RDMALimits.requestSlotBytes else {
+                    let error = PMUError(.requestTooLarge, "a \(request.opcode) frame of \(buffer.readableBytes) bytes does not fit a verbs request slot (\(RDMALimits.requestSlotBytes) bytes)")
+                    replies.cancel(id)?.resume(returning: .failure(error))
+                    sendSlots.release(slot)
+                    credits.release(0)
+                    return
                 }
+                let posted: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
+                    guard let resources else { return VerbsError(.connection, operation: "SEND", message: "the connection is closed") }
+                    buffer.withUnsafeReadableBytes { resources.sends.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                    do throws(VerbsError) {
+                        try resources.queuePair.postSend(local: resources.sends.region, localOffset: resources.sends.offset(slot),
+                                                         lengthBytes: buffer.readableBytes, workRequestID: WorkRequestKind.send.id(slot))
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }
+                if let posted { fail(PMUError(.connectionClosed, "cannot send to pmu-server over RDMA: \(posted)")) }
             }
-            if let posted { fail(PMUError(.connectionClosed, "cannot send to pmu-server over RDMA: \(posted)")) }
+        } onCancel: {
+            replies.cancel(id)?.resume(returning: .failure(RequestTable<ReplyWaiter>.cancelled("\(request.opcode)")))
         }
-        credits.release(0)
         return try result.get()
     }
 
@@ -238,7 +256,13 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     // MARK: completions
 
     private func completionLoop() {
+        var nextSweep = NIODeadline.now()
         while !closing.isSet {
+            // Deadlines are checked here, at least every 200 ms (the wait below), not per request.
+            if let interval = replies.limits.sweepInterval, NIODeadline.now() >= nextSweep {
+                nextSweep = .now() + TimeAmount(interval)
+                if let what = replies.expired() { fail(replies.timedOut(what)) }
+            }
             // Spin briefly first: the reply to what we just sent usually arrives within it.
             let spun = spinForCompletions(microseconds: RDMALimits.spinMicroseconds) {
                 (try? resources.withLockedValue { resources throws(VerbsError) -> [WorkCompletion] in
@@ -319,7 +343,10 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         } catch {
             return fail(error.error)
         }
-        if let waiter = waiting.withLockedValue({ $0.replies.removeValue(forKey: frame.requestId) }) {
+        // Every reply to a request (id != 0) frees the server receive it used: its credit comes
+        // back even when the request was cancelled and nobody waits for it any more.
+        if frame.requestId != 0 { credits.release(0) }
+        if let waiter = replies.complete(frame.requestId) {
             waiter.resume(returning: .success(frame.message))
         } else if frame.requestId == 0, case .error(let error) = frame.message {
             // About the connection (TOO_MANY_CLIENTS, authentication timeout): every waiter gets it.
@@ -334,16 +361,13 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     /// Fails every waiter and every later call with `error` (the first failure wins), and ends
     /// the connection.
     private func fail(_ error: PMUError) {
-        let (replies, operations) = waiting.withLockedValue { waiting in
+        let operations = waiting.withLockedValue { waiting in
             if waiting.failure == nil { waiting.failure = error }
-            defer {
-                waiting.replies.removeAll()
-                waiting.dataOperations.removeAll()
-            }
-            return (Array(waiting.replies.values), Array(waiting.dataOperations.values))
+            defer { waiting.dataOperations.removeAll() }
+            return Array(waiting.dataOperations.values)
         }
         let failure = currentFailure
-        for waiter in replies { waiter.resume(returning: .failure(failure)) }
+        for waiter in replies.failAll(failure) { waiter.resume(returning: .failure(failure)) }
         for waiter in operations { waiter.resume(returning: .failure(failure)) }
         credits.fail(failure)
         sendSlots.fail(failure)

@@ -3,22 +3,40 @@ import NIOCore
 import NIOPosix
 import PMUCore
 
-/// The TCP transport's client side: one connection, many requests in flight, replies matched by id.
+/// The TCP transport's client side: one connection, many requests in flight, replies matched by
+/// id. Bounded (`RequestLimits.maxPendingRequests` in flight), with deadlines (a request past
+/// `requestTimeout` closes the connection) and cancellation (a cancelled task's request fails
+/// CANCELLED at once; its late reply is dropped).
 public final class TCPClientTransport: ClientTransport, @unchecked Sendable {
     private let channel: Channel
     private let pending: PendingReplies
+    private let sweep: RepeatedTask?
 
     private init(channel: Channel, pending: PendingReplies) {
         self.channel = channel
         self.pending = pending
+        // One timer per connection finds requests past their deadline (not one per request).
+        self.sweep = pending.limits.sweepInterval.map { interval in
+            channel.eventLoop.scheduleRepeatedTask(initialDelay: TimeAmount(interval), delay: TimeAmount(interval)) { [pending] task in
+                guard pending.failure == nil else { return task.cancel() }
+                if let what = pending.expired() {
+                    pending.failAll(pending.timedOut(what))
+                    channel.close(promise: nil)
+                    task.cancel()
+                }
+            }
+        }
     }
 
-    public static func connect(to endpoint: Endpoint, group: any EventLoopGroup, connectTimeoutSeconds: Int64 = 10) async throws -> TCPClientTransport {
-        let pending = PendingReplies()
+    public static func connect(
+        to endpoint: Endpoint, group: any EventLoopGroup, connectTimeout: Duration = .seconds(10), limits: RequestLimits = .default
+    ) async throws -> TCPClientTransport {
+        try limits.validate()
+        let pending = PendingReplies(limits: limits)
         let channel: Channel
         do {
             channel = try await ClientBootstrap(group: group)
-                .connectTimeout(.seconds(connectTimeoutSeconds))
+                .connectTimeout(TimeAmount(connectTimeout))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 // A server machine that vanishes without a FIN is noticed (no request waits forever on a dead peer's kernel).
                 .channelOption(.socketOption(.so_keepalive), value: 1)
@@ -32,6 +50,9 @@ public final class TCPClientTransport: ClientTransport, @unchecked Sendable {
                 .connect(host: endpoint.host, port: endpoint.port)
                 .get()
         } catch {
+            if case ChannelError.connectTimeout = error {
+                throw PMUError(.timedOut, "cannot connect to pmu-server at \(endpoint): no answer within \(connectTimeout) (ClientConfiguration.connectTimeout)")
+            }
             let reason = (error as? NIOConnectionError)?.connectionErrors.first.map { "\($0.error)" } ?? "\(error)"
             throw PMUError(.connectionClosed, "cannot connect to pmu-server at \(endpoint) (is it running and listening there?): \(reason)")
         }
@@ -39,36 +60,47 @@ public final class TCPClientTransport: ClientTransport, @unchecked Sendable {
     }
 
     public func send(_ request: Request) async throws -> Response {
-        let promise = channel.eventLoop.makePromise(of: Response.self)
-        guard let id = pending.register(promise) else {
-            let error = pending.closedError
-            promise.fail(error) // a promise must never be dropped uncompleted
-            throw error
-        }
-        TCPFrameWriter.write(Frame(requestId: id, message: request), to: channel, flush: true)
-        return try await promise.futureResult.get()
+        try await sendPipelined([request])[0]
     }
 
+    /// Every request is written before any reply is awaited (writes issued from one task reach
+    /// the event loop in order). Cancelling the task fails every request still pending with
+    /// CANCELLED; the connection stays usable.
     public func sendPipelined(_ requests: [Request]) async throws -> [Response] {
-        var futures: [EventLoopFuture<Response>] = []
-        for request in requests {
-            let promise = channel.eventLoop.makePromise(of: Response.self)
-            guard let id = pending.register(promise) else {
-                let error = pending.closedError
-                promise.fail(error)
-                for future in futures { _ = try? await future.get() }
-                throw error
+        var sent: [(id: UInt64, future: EventLoopFuture<Response>)] = []
+        sent.reserveCapacity(requests.count)
+        do {
+            for (index, request) in requests.enumerated() {
+                let id = try await pending.reserve("\(request.opcode)")
+                let promise = channel.eventLoop.makePromise(of: Response.self)
+                guard pending.attach(id, promise) else {
+                    let error = pending.failure ?? RequestTable<EventLoopPromise<Response>>.cancelled("\(request.opcode)")
+                    promise.fail(error) // a promise must never be dropped uncompleted
+                    throw error
+                }
+                TCPFrameWriter.write(Frame(requestId: id, message: request), to: channel, flush: index == requests.count - 1)
+                sent.append((id, promise.futureResult))
             }
-            // Writes issued from one thread run on the event loop in the order issued.
-            TCPFrameWriter.write(Frame(requestId: id, message: request), to: channel, flush: request == requests.last)
-            futures.append(promise.futureResult)
+        } catch {
+            // reserve throws only when the connection failed (which failed every sent request
+            // too) or the task was cancelled: the requests already written go the same way.
+            if !sent.isEmpty { channel.flush() }
+            for (id, _) in sent { pending.cancel(id)?.fail(RequestTable<EventLoopPromise<Response>>.cancelled("a request")) }
+            throw error
         }
-        var responses: [Response] = []
-        for future in futures { responses.append(try await future.get()) }
-        return responses
+        let ids = sent.map(\.id)
+        return try await withTaskCancellationHandler {
+            var responses: [Response] = []
+            responses.reserveCapacity(sent.count)
+            for (_, future) in sent { responses.append(try await future.get()) }
+            return responses
+        } onCancel: {
+            for id in ids { pending.cancel(id)?.fail(RequestTable<EventLoopPromise<Response>>.cancelled("a request")) }
+        }
     }
 
     public func close() async {
+        sweep?.cancel()
         try? await channel.close()
     }
 
@@ -76,39 +108,31 @@ public final class TCPClientTransport: ClientTransport, @unchecked Sendable {
     public var eventLoop: any EventLoop { channel.eventLoop }
 }
 
-/// Promises of requests awaiting replies. Locked because `send` runs on any thread.
+/// Promises of requests awaiting replies (the shared `RequestTable`, with NIO promises).
 final class PendingReplies: @unchecked Sendable {
-    private let lock = NIOLock()
-    private var nextId: UInt64 = 1
-    private var waiting: [UInt64: EventLoopPromise<Response>] = [:]
-    private var closedWith: PMUError?
+    private let table: RequestTable<EventLoopPromise<Response>>
 
-    var closedError: PMUError {
-        lock.withLock { closedWith } ?? PMUError(.connectionClosed, "connection to pmu-server is closed")
+    init(limits: RequestLimits) {
+        table = RequestTable(limits: limits)
     }
 
-    func register(_ promise: EventLoopPromise<Response>) -> UInt64? {
-        lock.withLock {
-            guard closedWith == nil else { return nil }
-            defer { nextId += 1 }
-            waiting[nextId] = promise
-            return nextId
-        }
-    }
+    var limits: RequestLimits { table.limits }
+    var failure: PMUError? { table.failure }
+
+    func reserve(_ what: String) async throws(PMUError) -> UInt64 { try await table.reserve(what) }
+    func attach(_ id: UInt64, _ promise: EventLoopPromise<Response>) -> Bool { table.attach(id, promise) }
+    func cancel(_ id: UInt64) -> EventLoopPromise<Response>? { table.cancel(id) }
+    func expired() -> String? { table.expired() }
+    func timedOut(_ what: String) -> PMUError { table.timedOut(what) }
 
     func complete(_ frame: Frame<Response>) -> Bool {
-        guard let promise = lock.withLock({ waiting.removeValue(forKey: frame.requestId) }) else { return false }
+        guard let promise = table.complete(frame.requestId) else { return false }
         promise.succeed(frame.message)
         return true
     }
 
     func failAll(_ error: PMUError) {
-        let all = lock.withLock { () -> [EventLoopPromise<Response>] in
-            if closedWith == nil { closedWith = error }
-            defer { waiting.removeAll() }
-            return Array(waiting.values)
-        }
-        for promise in all { promise.fail(error) }
+        for promise in table.failAll(error) { promise.fail(table.failure ?? error) }
     }
 }
 
