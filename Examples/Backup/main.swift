@@ -48,8 +48,16 @@ struct Backup: ParsableCommand {
     }
 }
 
+// Parsing errors, --help and --version go through argument-parser's own handling (usage on
+// stderr, exit 64; help on stdout, exit 0); errors while running get one line and exit 1.
+let command: Backup
 do {
-    try await Backup.parse().execute()
+    command = try Backup.parse()
+} catch {
+    Backup.exit(withError: error)
+}
+do {
+    try await command.execute()
 } catch {
     FileHandle.standardError.write(Data("pmu-example-backup: error: \(error)\n".utf8))
     exit(1)

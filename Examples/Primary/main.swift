@@ -38,8 +38,16 @@ struct Primary: ParsableCommand {
     }
 }
 
+// Parsing errors, --help and --version go through argument-parser's own handling (usage on
+// stderr, exit 64; help on stdout, exit 0); errors while running get one line and exit 1.
+let command: Primary
 do {
-    try await Primary.parse().execute()
+    command = try Primary.parse()
+} catch {
+    Primary.exit(withError: error)
+}
+do {
+    try await command.execute()
 } catch {
     FileHandle.standardError.write(Data("pmu-example-primary: error: \(error)\n".utf8))
     exit(1)
