@@ -143,6 +143,7 @@ import Glibc
         let backup = try await server.client()
         var newestReported: UInt64 = 0
         var killedMidCheckpoint = 0
+        var startedCommitting = 0
         for iteration in 0..<iterations {
             let output = scratch.path + "/primary-\(iteration).out"
             FileManager.default.createFile(atPath: output, contents: nil)
@@ -157,6 +158,7 @@ import Glibc
             while Date() < deadline, !((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("committed") {
                 usleep(1000)
             }
+            if ((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("committed") { startedCommitting += 1 }
             usleep(UInt32.random(in: 0...30_000, using: &generator))
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
@@ -173,10 +175,12 @@ import Glibc
             try await backup.close(region.handle)
             newestReported = max(newestReported, state.step)
         }
-        print("primary kill test: \(iterations) kills, newest step \(newestReported)")
-        // The primaries made progress: each is killed only after it reported a commit (under
-        // emulation, in the RDMA VM, often exactly one before the kill lands).
-        #expect(newestReported >= UInt64(iterations))
+        print("primary kill test: \(iterations) kills, \(startedCommitting) after a reported commit, newest step \(newestReported)")
+        // The primaries made progress: each one that reported a commit before its kill (all of
+        // them, unless a loaded machine kept one from committing within 20 s; under emulation,
+        // in the RDMA VM, often exactly one commit before the kill lands) added at least a step.
+        #expect(startedCommitting > iterations / 2)
+        #expect(newestReported >= UInt64(startedCommitting))
         await backup.disconnect()
     }
 
