@@ -14,6 +14,8 @@ public struct RemoteRegion: RegionIO {
 
     public var sizeBytes: UInt64 { handle.sizeBytes }
 
+    public var regionDescription: String { "region \(NameRules.quoted(handle.name))" }
+
     public func read(at offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
         try await client.read(handle, at: offset, length: length)
     }
