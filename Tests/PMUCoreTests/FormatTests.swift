@@ -185,3 +185,38 @@ import Testing
         try NameRules.validateRegionName(name)
     }
 }
+
+/// Issue 10, defect 6: a checksummed catalog record with values no store could have written is
+/// refused by name (the store then reports corruption) instead of overflowing a `+ 1` later.
+@Suite struct CraftedCatalogTests {
+    func record(id: UInt64 = 3, size: UInt64 = 4096, generation: UInt64 = 1, epoch: UInt64 = 1) -> RegionRecord {
+        RegionRecord(id: id, name: "r", sizeBytes: size, kind: .raw, createdAtMilliseconds: 1, generation: generation, writerEpoch: epoch, owner: "admin", readers: [], writers: [])
+    }
+
+    @Test func implausibleCountersAreNamed() {
+        let cases: [([UInt8], String)] = [
+            (CatalogFormat.encode(.put(record(id: .max)), sequence: 1), "implausible id"),
+            (CatalogFormat.encode(.put(record(id: 0)), sequence: 1), "region id 0"),
+            (CatalogFormat.encode(.put(record(generation: .max)), sequence: 1), "implausible generation"),
+            (CatalogFormat.encode(.put(record(epoch: .max)), sequence: 1), "implausible writer_epoch"),
+            (CatalogFormat.encode(.put(record(size: .max)), sequence: 1), "implausible region size"),
+            (CatalogFormat.encode(.put(record()), sequence: .max), "implausible sequence"),
+            (CatalogFormat.encode(.delete(id: .max), sequence: 1), "implausible id"),
+            (CatalogFormat.encode(.nextId(.max), sequence: 1), "implausible next_id"),
+        ]
+        for (bytes, reason) in cases {
+            // Followed by a valid record, the refusal is reported as corruption with its reason.
+            let scan = CatalogFormat.scan(bytes + CatalogFormat.encode(.put(record()), sequence: 2))
+            #expect(scan.entries.isEmpty)
+            guard case .corrupt(_, let why) = scan.tail else {
+                Issue.record("\(reason): \(scan.tail)")
+                continue
+            }
+            #expect(why.contains(reason), "\(why)")
+        }
+        // The largest plausible values replay without overflow.
+        let edge = CatalogFormat.scan(CatalogFormat.encode(.put(record(id: CatalogFormat.maxCounter, generation: CatalogFormat.maxCounter, epoch: CatalogFormat.maxCounter)), sequence: CatalogFormat.maxCounter))
+        #expect(edge.entries.count == 1)
+        #expect(CatalogState(replaying: edge.entries).nextId == CatalogFormat.maxCounter + 1)
+    }
+}
