@@ -1,9 +1,5 @@
 import PMUFuzzing
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 // One executable for every fuzz target (`FuzzTarget`). Built two ways:
 //
 // - normally (`swift build`): a replayer, `pmu-fuzz TARGET FILE...` runs files through a target
@@ -31,7 +27,7 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
 @_cdecl("pmu_fuzz_main")
 func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
     guard argc >= 2, let argv, let name = argv[1].map({ String(cString: $0) }), let target = FuzzTarget(rawValue: name) else {
-        fputs("usage: pmu-fuzz \(FuzzTarget.allCases.map(\.rawValue).joined(separator: "|")) [libFuzzer options] [CORPUS...]\n", stderr)
+        print("usage: pmu-fuzz \(FuzzTarget.allCases.map(\.rawValue).joined(separator: "|")) [libFuzzer options] [CORPUS...]")
         return 2
     }
     selectedTarget = target

@@ -40,23 +40,30 @@ import Testing
     }
 
     /// A bystander region with one checkpoint, checked after each attack.
-    func expectBystanderIntact(_ client: PMUClient, _ ctl: Ctl) async throws {
+    func makeBystander(_ client: PMUClient) async throws {
+        try await client.createCheckpointRegion("bystander", sizeBytes: 1 << 20, options: CheckpointOptions(mode: .overwrite))
+        let bystander = try await client.openPrimary("bystander")
+        _ = try await bystander.checkpoint(Array("still here".utf8))
+        try await bystander.close()
+    }
+
+    /// The server survived and the bystander's checkpoint reads back, by library and by pmuctl.
+    func expectUnharmed(_ server: ServerProcess, _ client: PMUClient, _ ctl: Ctl) async throws {
+        #expect(server.process.isRunning)
         let backup = try await client.openBackup("bystander")
         let latest = try await backup.latest()
         #expect(latest.map { String(buffer: $0.payload) } == "still here")
         try await backup.close()
         let got = try ctl(["checkpoint", "get", "bystander"])
         #expect(got.status == 0 && got.stdout == "still here", "\(got.stderr)")
+        await client.disconnect()
     }
 
     @Test func aCraftedIndexOffsetIsDamageForEveryReader() async throws {
         let server = try ServerProcess(dataDirectory: scratch.path + "/data")
         let ctl = Ctl(server: server)
         let client = try await server.client()
-        try await client.createCheckpointRegion("bystander", sizeBytes: 1 << 20, options: CheckpointOptions(mode: .overwrite))
-        let bystander = try await client.openPrimary("bystander")
-        _ = try await bystander.checkpoint(Array("still here".utf8))
-        try await bystander.close()
+        try await makeBystander(client)
 
         try await client.createCheckpointRegion("victim", sizeBytes: 1 << 20, options: CheckpointOptions(mode: .append, maxCheckpoints: 16))
         let crafted = CheckpointGeometry(mode: .append, indexEntries: 16, keepNewest: 0, indexOffset: .max, dataOffset: 8192, dataBytes: 1 << 19)
@@ -81,19 +88,14 @@ import Testing
         #expect(try await client.read(handle, at: 0, length: 52) == crafted.encode())
         try await client.close(handle)
 
-        try await expectBystanderIntact(client, ctl)
-        #expect(server.process.isRunning)
-        await client.disconnect()
+        try await expectUnharmed(server, client, ctl)
     }
 
     @Test func exhaustedSequencesAndOutOfRangeOptionsAreRefusedCleanly() async throws {
         let server = try ServerProcess(dataDirectory: scratch.path + "/data")
         let ctl = Ctl(server: server)
         let client = try await server.client()
-        try await client.createCheckpointRegion("bystander", sizeBytes: 1 << 20, options: CheckpointOptions(mode: .overwrite))
-        let bystander = try await client.openPrimary("bystander")
-        _ = try await bystander.checkpoint(Array("still here".utf8))
-        try await bystander.close()
+        try await makeBystander(client)
 
         // A ring (keep newest 4) whose newest record is 2^64-1 or 2^64-2, with a valid payload.
         for (name, newest) in [("at-max", UInt64.max), ("below-max", UInt64.max - 1)] {
@@ -118,9 +120,7 @@ import Testing
         try ctl.expectRefused(["write", "bystander", "--offset", "18446744073709551615"], stdin: Data("x".utf8), code: "OUT_OF_BOUNDS")
         try ctl.expectRefused(["read", "bystander", "--offset", "18446744073709551615", "--length", "2"], code: "OUT_OF_BOUNDS")
 
-        try await expectBystanderIntact(client, ctl)
-        #expect(server.process.isRunning)
-        await client.disconnect()
+        try await expectUnharmed(server, client, ctl)
     }
 
     /// Defect 10: the only record damaged, no writer: `checkpoint get` says which record and
