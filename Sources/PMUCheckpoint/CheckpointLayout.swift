@@ -112,6 +112,11 @@ public struct CheckpointGeometry: Sendable, Equatable {
             CRC32C.checksum(buffer.readableBytesView.prefix(48)) == buffer.getInteger(at: buffer.readerIndex + 48, endianness: .little, as: UInt32.self),
             buffer.readInteger(endianness: .little, as: UInt64.self) == magic
         else { return nil }
+        // The size comes from the server: bounding it keeps every offset and length below 2^44,
+        // so the Int conversions of payload lengths below cannot trap either.
+        guard regionBytes <= Limits.maxRegionBytes else {
+            throw PMUError(.protocolViolation, "\(region) is reported as \(regionBytes) bytes, more than the protocol's largest region of \(Limits.maxRegionBytes) bytes")
+        }
         let version = buffer.readInteger(endianness: .little, as: UInt16.self)!
         let modeByte = buffer.readInteger(as: UInt8.self)!
         _ = buffer.readInteger(as: UInt8.self)

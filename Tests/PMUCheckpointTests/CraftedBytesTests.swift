@@ -165,6 +165,27 @@ import Testing
     }
 }
 
+/// A region whose (server-reported) size is absurd; reads return a valid-looking header at 0.
+struct AbsurdlyLargeRegion: RegionIO {
+    let header: ByteBuffer
+    var sizeBytes: UInt64 { .max }
+    func read(at offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
+        var bytes = ByteBuffer(repeating: 0, count: length)
+        if offset == 0 { bytes.setBuffer(header, at: 0) }
+        return bytes
+    }
+    func write(at offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError) {}
+    func persist(at offset: UInt64, length: UInt64) async throws(PMUError) {}
+}
+
+extension CraftedBytesTests {
+    @Test func aRegionSizeBeyondTheProtocolIsRefusedBeforeAnyArithmetic() async {
+        let io = AbsurdlyLargeRegion(header: CheckpointGeometry(mode: .append, indexEntries: 16, keepNewest: 0, indexOffset: 4096, dataOffset: 8192, dataBytes: 1 << 63).encode())
+        let (code, message) = await code { _ = try await CheckpointReader.open(io: io) }
+        #expect(code == .protocolViolation && message.contains("more than the protocol's largest region"), "\(message)")
+    }
+}
+
 /// Counts index reads, to show how many rounds a reader made without timing it.
 final class CountingRegion: RegionIO, @unchecked Sendable {
     let inner: SimulatedRegion

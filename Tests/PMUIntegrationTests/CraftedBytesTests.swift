@@ -136,7 +136,7 @@ import Testing
         try await rawWrite(client, "one", [(geometry.dataOffset, ByteBuffer(bytes: Array("INTACT bytes".utf8)))])
 
         let started = ContinuousClock.now
-        try ctl.expectRefused(["checkpoint", "get", "one"], code: "DAMAGED", mentioning: "checkpoint 1 (epoch 2, 12 bytes at data offset 0): its payload's CRC32C is 0x")
+        try ctl.expectRefused(["checkpoint", "get", "one"], code: "DAMAGED", mentioning: "checkpoint 1 (epoch 2, 12 bytes at data offset 0): its payload's CRC32C is 0x76dfeaec, its record says 0x3b663b4b")
         let result = try ctl(["checkpoint", "get", "one"])
         #expect(!result.stderr.contains("too slow") && !result.stderr.contains("faster") && result.stderr.contains("no writer replaced them"), "\(result.stderr)")
         try ctl.expectRefused(["checkpoint", "get", "one", "--sequence", "1"], code: "DAMAGED", mentioning: "its record says 0x")
