@@ -7,12 +7,16 @@ import PMUStripe
 /// encoders, so `pmu-fuzz --write-seeds Fuzz/corpus` rewrites them after a format change and
 /// `SeedCorpusTests` fails when the committed files drift from what the encoders produce.
 public enum SeedCorpus {
+    /// Each seed twice: with the mode byte that fixes checksums (0) and the one that does not (1);
+    /// the encodings are valid, so both decode the same.
     public static func seeds(_ target: FuzzTarget) -> [(name: String, bytes: [UInt8])] {
+        let encodings: [(name: String, bytes: [UInt8])]
         switch target {
-        case .checkpoint: checkpoint()
-        case .stripe: stripe()
-        case .catalog: catalog()
+        case .checkpoint: encodings = checkpoint()
+        case .stripe: encodings = stripe()
+        case .catalog: encodings = catalog()
         }
+        return encodings.flatMap { [($0.name + "-fixed", [0] + $0.bytes), ($0.name + "-as-is", [1] + $0.bytes)] }
     }
 
     /// A region image in CheckpointFuzz's input form: selector, header, index from 4096.
