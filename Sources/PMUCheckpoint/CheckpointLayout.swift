@@ -40,6 +40,8 @@ public struct CheckpointGeometry: Sendable, Equatable {
     /// Largest K a region may have, planned or read from a header: bounds the index a reader
     /// allocates and scans to 64 MiB.
     public static let maxIndexEntries: UInt32 = 1 << 20
+    /// Largest region size a reader computes with (far above any server's; see decode).
+    public static let maxRegionBytes: UInt64 = 1 << 62
 
     public var mode: CheckpointMode
     /// Index entries K: the most checkpoints that can exist at once.
@@ -112,10 +114,10 @@ public struct CheckpointGeometry: Sendable, Equatable {
             CRC32C.checksum(buffer.readableBytesView.prefix(48)) == buffer.getInteger(at: buffer.readerIndex + 48, endianness: .little, as: UInt32.self),
             buffer.readInteger(endianness: .little, as: UInt64.self) == magic
         else { return nil }
-        // The size comes from the server: bounding it keeps every offset and length below 2^44,
-        // so the Int conversions of payload lengths below cannot trap either.
-        guard regionBytes <= Limits.maxRegionBytes else {
-            throw PMUError(.protocolViolation, "\(region) is reported as \(regionBytes) bytes, more than the protocol's largest region of \(Limits.maxRegionBytes) bytes")
+        // The size comes from the server: bounding it keeps every offset and length below 2^62, so
+        // no sum of two of them overflows and converting a payload length to Int cannot trap.
+        guard regionBytes <= maxRegionBytes else {
+            throw PMUError(.protocolViolation, "\(region) is reported as \(regionBytes) bytes, more than the \(maxRegionBytes) bytes (2^62) a checkpoint region may have")
         }
         let version = buffer.readInteger(endianness: .little, as: UInt16.self)!
         let modeByte = buffer.readInteger(as: UInt8.self)!

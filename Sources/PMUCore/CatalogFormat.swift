@@ -190,7 +190,6 @@ public enum CatalogFormat {
                     return .failure("implausible \(field) \(value) (above \(maxCounter))")
                 }
                 guard id > 0 else { return .failure("region id 0") }
-                guard size <= Limits.maxRegionBytes else { return .failure("implausible region size \(size) (above \(Limits.maxRegionBytes))") }
                 entry = .put(RegionRecord(
                     id: id, name: name, sizeBytes: size, kind: regionKind, createdAtMilliseconds: created,
                     generation: generation, writerEpoch: epoch, owner: owner, readers: readers, writers: writers))

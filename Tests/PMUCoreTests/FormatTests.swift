@@ -199,7 +199,6 @@ import Testing
             (CatalogFormat.encode(.put(record(id: 0)), sequence: 1), "region id 0"),
             (CatalogFormat.encode(.put(record(generation: .max)), sequence: 1), "implausible generation"),
             (CatalogFormat.encode(.put(record(epoch: .max)), sequence: 1), "implausible writer_epoch"),
-            (CatalogFormat.encode(.put(record(size: .max)), sequence: 1), "implausible region size"),
             (CatalogFormat.encode(.put(record()), sequence: .max), "implausible sequence"),
             (CatalogFormat.encode(.delete(id: .max), sequence: 1), "implausible id"),
             (CatalogFormat.encode(.nextId(.max), sequence: 1), "implausible next_id"),
