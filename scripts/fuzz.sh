@@ -32,7 +32,9 @@ for target in $targets; do
     log=.build-fuzz/fuzz-$target.log
     # -timeout: one input taking longer than 10 s is a hang, reported like a crash.
     # -rss_limit_mb: an input making the decoders allocate without bound fails the run.
-    if ASAN_OPTIONS=detect_leaks=0 "$binary" "$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+    # SWIFT_BACKTRACE off: a Swift trap then reaches libFuzzer's crash handler directly (the runtime's
+    # backtracer would otherwise run first, under ASan, and garble the report).
+    if SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=detect_leaks=0 "$binary" "$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
         -max_len=8192 -artifact_prefix="$crashes/" -print_final_stats=1 "$work" "Fuzz/corpus/$target" > "$log" 2>&1; then
         echo "fuzz $target: ok, $(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo '?') inputs in ${seconds} s"
     else
