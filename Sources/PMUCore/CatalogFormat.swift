@@ -156,10 +156,14 @@ public enum CatalogFormat {
 
     private static func record(in bytes: [UInt8], at offset: Int) -> RecordResult {
         guard bytes.count - offset >= headerBytes else { return .failure("partial record header") }
-        var header = ByteBuffer(bytes: bytes[offset..<(offset + headerBytes)])
-        let recordMagic = header.readInteger(endianness: .little, as: UInt32.self)!
-        let length = header.readInteger(endianness: .little, as: UInt32.self)!
-        let crc = header.readInteger(endianness: .little, as: UInt32.self)!
+        // Read straight from the array: after damage, scan probes every later offset with this,
+        // and a buffer allocated per probe made that the cost of recovery (and of fuzzing).
+        func le32(_ at: Int) -> UInt32 {
+            UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24
+        }
+        let recordMagic = le32(offset)
+        let length = le32(offset + 4)
+        let crc = le32(offset + 8)
         guard recordMagic == magic else { return .failure("bad record magic") }
         guard length >= 9, length <= maxBodyBytes else { return .failure("implausible record length \(length)") }
         let end = offset + headerBytes + Int(length)
