@@ -15,6 +15,7 @@ import PackageDescription
 //   PMUStripe     no I/O: stripe geometry, piece headers, erasure code (ISA-L), survivability
 //   PMUCluster    checkpoints striped with parity and/or mirrored across several pmu-servers
 //   PMUCtl        pmuctl's commands as a library
+//   PMUFuzzing    fuzz targets over every decoder of stored bytes + their seed corpus (pmu-fuzz runs them)
 //   pmu-server, pmuctl   thin executables
 //   Examples/     pmu-example-primary, pmu-example-backup (+ PMUExampleComputation)
 //   Benchmarks/   pmu-bench (scripts/bench.sh runs it next to raw TCP, msync and Redis baselines)
@@ -153,6 +154,13 @@ let package = Package(
             dependencies: ["PMUClient", "PMUExampleComputation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Examples/Backup"
         ),
+        // Fuzz targets for every decoder of stored bytes (scripts/fuzz.sh builds pmu-fuzz with
+        // -sanitize=fuzzer in its own scratch path; the normal build makes it a corpus replayer).
+        .target(
+            name: "PMUFuzzing",
+            dependencies: ["PMUCore", "PMUCheckpoint", "PMUStripe", "PMUTesting", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .executableTarget(name: "pmu-fuzz", dependencies: ["PMUFuzzing"]),
         // Benchmarks/: PMU's side of each benchmark workload (scripts/bench.sh runs it with baselines).
         .executableTarget(
             name: "pmu-bench",
@@ -170,7 +178,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PMUCheckpointTests",
-            dependencies: ["PMUCore", "PMUCheckpoint", "PMUTesting", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["PMUCore", "PMUCheckpoint", "PMUTesting", "PMUFuzzing", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "PMUStripeTests",

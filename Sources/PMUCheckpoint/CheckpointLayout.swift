@@ -37,6 +37,11 @@ public struct CheckpointGeometry: Sendable, Equatable {
     public static let headerBytes: UInt64 = 4096
     public static let entryBytes: UInt64 = 64
     static let magic: UInt64 = 0x3154_504B_4355_4D50 // "PMUCKPT1" little-endian
+    /// Largest K a region may have, planned or read from a header: bounds the index a reader
+    /// allocates and scans to 64 MiB.
+    public static let maxIndexEntries: UInt32 = 1 << 20
+    /// Largest region size a reader computes with (far above any server's; see decode).
+    public static let maxRegionBytes: UInt64 = 1 << 62
 
     public var mode: CheckpointMode
     /// Index entries K: the most checkpoints that can exist at once.
@@ -57,12 +62,13 @@ public struct CheckpointGeometry: Sendable, Equatable {
     /// Plans the layout of a region of `regionBytes`.
     public static func plan(mode: CheckpointMode, regionBytes: UInt64, maxCheckpoints: UInt32 = 1024, keepNewest: UInt32 = 0) throws(PMUError) -> CheckpointGeometry {
         let entries: UInt32 = mode == .overwrite ? 2 : maxCheckpoints
-        guard entries >= 2, entries <= 1 << 20 else {
+        guard entries >= 2, entries <= maxIndexEntries else {
             throw PMUError(.invalidArgument, "max checkpoints must be 2...1048576, got \(entries)")
         }
-        if mode == .append, keepNewest > 0, keepNewest + 1 > entries {
+        if mode == .append, keepNewest > 0, keepNewest >= entries {
             // Writing checkpoint n must not touch the newest N, so N + 1 must fit in the index.
-            throw PMUError(.invalidArgument, "keep-newest \(keepNewest) needs at least \(keepNewest + 1) index entries (max checkpoints); got \(entries)")
+            // (Compared without computing N + 1: N may be UInt32.max.)
+            throw PMUError(.invalidArgument, "keep-newest \(keepNewest) needs at least \(UInt64(keepNewest) + 1) index entries (max checkpoints); got \(entries)")
         }
         let indexBytes = roundUp(UInt64(entries) * entryBytes, blockBytes)
         let dataOffset = headerBytes + indexBytes
@@ -98,15 +104,23 @@ public struct CheckpointGeometry: Sendable, Equatable {
         return buffer
     }
 
-    /// nil when the bytes are not a valid header (never formatted, or torn while formatting).
-    public static func decode(_ bytes: ByteBuffer, regionBytes: UInt64) -> CheckpointGeometry? {
+    /// nil when the bytes are not a header at all (never formatted, or torn while formatting: the
+    /// CRC32C or the magic does not match). A header whose checksum matches but whose fields do not
+    /// describe a layout that fits the region is damage (or crafted): DAMAGED naming the field, so no
+    /// reader ever computes with it. `region` names the region in that message.
+    public static func decode(_ bytes: ByteBuffer, regionBytes: UInt64, region: String = "the region") throws(PMUError) -> CheckpointGeometry? {
         var buffer = bytes
         guard buffer.readableBytes >= 52,
             CRC32C.checksum(buffer.readableBytesView.prefix(48)) == buffer.getInteger(at: buffer.readerIndex + 48, endianness: .little, as: UInt32.self),
-            buffer.readInteger(endianness: .little, as: UInt64.self) == magic,
-            buffer.readInteger(endianness: .little, as: UInt16.self) == 1,
-            let mode = buffer.readInteger(as: UInt8.self).flatMap(CheckpointMode.init(rawValue:))
+            buffer.readInteger(endianness: .little, as: UInt64.self) == magic
         else { return nil }
+        // The size comes from the server: bounding it keeps every offset and length below 2^62, so
+        // no sum of two of them overflows and converting a payload length to Int cannot trap.
+        guard regionBytes <= maxRegionBytes else {
+            throw PMUError(.protocolViolation, "\(region) is reported as \(regionBytes) bytes, more than the \(maxRegionBytes) bytes (2^62) a checkpoint region may have")
+        }
+        let version = buffer.readInteger(endianness: .little, as: UInt16.self)!
+        let modeByte = buffer.readInteger(as: UInt8.self)!
         _ = buffer.readInteger(as: UInt8.self)
         let entries = buffer.readInteger(endianness: .little, as: UInt32.self)!
         let keep = buffer.readInteger(endianness: .little, as: UInt32.self)!
@@ -114,12 +128,33 @@ public struct CheckpointGeometry: Sendable, Equatable {
         let indexOffset = buffer.readInteger(endianness: .little, as: UInt64.self)!
         let dataOffset = buffer.readInteger(endianness: .little, as: UInt64.self)!
         let dataBytes = buffer.readInteger(endianness: .little, as: UInt64.self)!
-        let geometry = CheckpointGeometry(mode: mode, indexEntries: entries, keepNewest: keep, indexOffset: indexOffset, dataOffset: dataOffset, dataBytes: dataBytes)
-        // A checksummed header that does not fit its region is damage, not a format to trust.
-        guard entries >= 2, indexOffset >= headerBytes, dataOffset >= indexOffset + geometry.indexBytes,
-            dataOffset.addingReportingOverflow(dataBytes).overflow == false, dataOffset + dataBytes <= regionBytes
-        else { return nil }
-        return geometry
+        func damaged(_ what: String) -> PMUError {
+            PMUError(.damaged, "checkpoint header of \(region): \(what); its checksum matches, so it was written like this (damage outside the checkpoint protocol, or crafted bytes). Read what is left with pmuctl read, then recreate the region")
+        }
+        guard version == 1 else { throw damaged("format version \(version) is not 1") }
+        guard let mode = CheckpointMode(rawValue: modeByte) else { throw damaged("mode \(modeByte) is neither 1 (overwrite) nor 2 (append)") }
+        // Every check is phrased so that nothing can overflow: each sum is formed only once its
+        // parts are known to fit below regionBytes.
+        guard entries >= 2, entries <= maxIndexEntries else {
+            throw damaged("\(entries) index entries is outside 2...\(maxIndexEntries)")
+        }
+        switch mode {
+        case .overwrite:
+            guard entries == 2, keep == 1 else { throw damaged("an overwrite region has 2 index entries and keeps the newest 1, not \(entries) and \(keep)") }
+        case .append:
+            guard keep < entries else { throw damaged("keep-newest \(keep) needs more than the \(entries) index entries it has") }
+        }
+        let indexBytes = UInt64(entries) * entryBytes
+        guard indexOffset >= headerBytes, indexOffset <= regionBytes, indexBytes <= regionBytes - indexOffset else {
+            throw damaged("index offset \(indexOffset) is outside the region of \(regionBytes) bytes (its \(entries) entries of \(entryBytes) bytes must lie after the \(headerBytes)-byte header)")
+        }
+        guard dataOffset >= indexOffset + indexBytes, dataOffset % blockBytes == 0, dataOffset <= regionBytes else {
+            throw damaged("data offset \(dataOffset) is not a multiple of \(blockBytes) between the index's end (\(indexOffset + indexBytes)) and the region's end (\(regionBytes))")
+        }
+        guard dataBytes >= 2 * blockBytes, dataBytes % blockBytes == 0, dataBytes <= regionBytes - dataOffset else {
+            throw damaged("data area of \(dataBytes) bytes at offset \(dataOffset) is not a multiple of \(blockBytes) of at least \(2 * blockBytes) bytes inside the region of \(regionBytes) bytes")
+        }
+        return CheckpointGeometry(mode: mode, indexEntries: entries, keepNewest: keep, indexOffset: indexOffset, dataOffset: dataOffset, dataBytes: dataBytes)
     }
 }
 
@@ -130,6 +165,9 @@ public struct CheckpointGeometry: Sendable, Equatable {
 public struct CheckpointRecord: Sendable, Equatable {
     static let magic: UInt32 = 0x5243_4D50 // "PMCR"
     public static let encodedBytes = 56
+    /// The largest sequence a writer hands out: it must be able to name the one after it. A record
+    /// read with a higher one is still readable; writing after it fails with REGION_FULL.
+    public static let maxSequence: UInt64 = UInt64.max - 1
 
     public var sequence: UInt64
     public var epoch: UInt64
@@ -183,15 +221,18 @@ public struct CheckpointRecord: Sendable, Equatable {
             payloadLength: buffer.readInteger(endianness: .little, as: UInt64.self)!,
             timestampNanoseconds: buffer.readInteger(endianness: .little, as: UInt64.self)!,
             payloadCRC: buffer.readInteger(endianness: .little, as: UInt32.self)!)
+        // Bounds are checked without forming a sum that could overflow; with a valid geometry
+        // (data area a multiple of 4 KiB) an aligned payload's span then ends inside the data area.
         guard record.sequence > 0, record.sequence % UInt64(geometry.indexEntries) == slot,
             record.payloadLength <= geometry.maxPayloadBytes,
-            record.dataOffset.addingReportingOverflow(record.payloadLength).overflow == false,
-            record.dataOffset + record.payloadLength <= geometry.dataBytes
+            record.dataOffset % CheckpointGeometry.blockBytes == 0,
+            record.dataOffset <= geometry.dataBytes, record.payloadLength <= geometry.dataBytes - record.dataOffset
         else { return nil }
         return record
     }
 }
 
+/// Callers pass values bounded by a region's size (at most Limits.maxRegionBytes), far from overflow.
 @inlinable
 func roundUp(_ value: UInt64, _ multiple: UInt64) -> UInt64 {
     (value + multiple - 1) / multiple * multiple

@@ -46,29 +46,42 @@ public struct CheckpointReader: Sendable {
         try await newest(after: 0)
     }
 
+    /// Rounds `latest()` makes while the index keeps changing under it (9.8 of DATA_FILES.md).
+    public static let maxRounds = 8
+
     /// The newest complete checkpoint with a sequence above `floor`, or nil.
     private func newest(after floor: UInt64) async throws(PMUError) -> Checkpoint? {
-        // A writer reusing space can overwrite a payload between our index read and payload read.
-        // Each round is one index read; rounds back off, and the bound is generous because a
-        // reader on a slow link may be overtaken many times by a fast writer.
-        for round in 0..<64 {
-            let records = try await records().filter { $0.sequence > floor }
+        // A writer reusing space can overwrite a payload between our index read and payload read,
+        // but it always removes the record from the index first. So a payload that fails its check
+        // while the index reads the same before and after is damaged, not overwritten: say so at
+        // once. Only an index that changed is a reason to go round again.
+        var records = try await records().filter { $0.sequence > floor }
+        for round in 0..<Self.maxRounds {
             if records.isEmpty { return nil }
-            var sawTorn = false
+            var failed: [(record: CheckpointRecord, crc: UInt32)] = []
             for record in records.reversed() {
-                if let payload = try await CheckpointIndex.payload(of: record, io: io, geometry: geometry) {
-                    // An older one is complete but a newer was torn: only trust it if the index did
-                    // not change meanwhile (else the newer was being rewritten: go round again).
-                    if sawTorn, try await self.records().filter({ $0.sequence > floor }) != records { break }
-                    try await makeDurable(record)
-                    return Self.checkpoint(record, payload)
+                let read = try await CheckpointIndex.readPayload(of: record, io: io, geometry: geometry)
+                guard read.crc == record.payloadCRC else {
+                    failed.append((record, read.crc))
+                    continue
                 }
-                sawTorn = true
+                // An older one is complete but a newer one failed: trust it only if the index did
+                // not change meanwhile (else the newer one was being rewritten: go round again).
+                if !failed.isEmpty, try await self.records().filter({ $0.sequence > floor }) != records { break }
+                try await makeDurable(record)
+                return Self.checkpoint(record, read.bytes)
             }
-            if !sawTorn { return nil }
-            if round >= 4 { try? await Task.sleep(for: .milliseconds(min(100, 1 << (round - 4)))) }
+            let now = try await self.records().filter { $0.sequence > floor }
+            if now == records, failed.count == records.count {
+                let list = failed.map { CheckpointIndex.mismatch($0.record, actualCRC: $0.crc) }.joined(separator: "; ")
+                throw PMUError(
+                    .damaged,
+                    "\(io.regionDescription) holds no complete checkpoint\(floor > 0 ? " after \(floor)" : ""): every record's payload fails its CRC32C while the index stays unchanged, so no writer replaced them; they are damaged: \(list) (pmuctl checkpoint verify lists them)")
+            }
+            records = now
+            if round >= 2 { try? await Task.sleep(for: .milliseconds(min(100, 1 << round))) }
         }
-        throw PMUError(.damaged, "the writer replaced every checkpoint before it could be read, 64 times in a row; the reader is too slow for this writer (read over a faster link, or checkpoint less often)")
+        throw PMUError(.damaged, "\(io.regionDescription): the index changed in each of \(Self.maxRounds) rounds before a complete checkpoint could be read; the writer replaces checkpoints faster than this reader reads them (read over a faster link, keep more checkpoints, or checkpoint less often)")
     }
 
     /// Every complete checkpoint, oldest first; records whose payload fails its checksum are left out.
@@ -101,15 +114,16 @@ public struct CheckpointReader: Sendable {
             let known = records.isEmpty ? "none" : "\(records.first!.sequence)...\(records.last!.sequence)"
             throw PMUError(.unknownSequence, "no checkpoint with sequence \(sequence) in this region (present: \(known))")
         }
-        guard let payload = try await CheckpointIndex.payload(of: record, io: io, geometry: geometry) else {
+        let read = try await CheckpointIndex.readPayload(of: record, io: io, geometry: geometry)
+        guard read.crc == record.payloadCRC else {
             // Replaced by the writer while we read it, or really damaged: the index tells which.
             if try await self.records().first(where: { $0.sequence == sequence }) != record {
                 throw PMUError(.unknownSequence, "checkpoint \(sequence) was replaced by a newer one while it was being read (retention reused its space)")
             }
-            throw PMUError(.damaged, "checkpoint \(sequence) is damaged: its payload does not match its CRC32C")
+            throw PMUError(.damaged, "\(io.regionDescription): \(CheckpointIndex.mismatch(record, actualCRC: read.crc)); the checkpoint is damaged")
         }
         try await makeDurable(record)
-        return Self.checkpoint(record, payload)
+        return Self.checkpoint(record, read.bytes)
     }
 
     /// Polls until a complete checkpoint newer than `sequence` exists, or the time is up (nil).

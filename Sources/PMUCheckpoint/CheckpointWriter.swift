@@ -65,7 +65,9 @@ public actor CheckpointWriter {
         self.epoch = epoch
         self.live = Dictionary(uniqueKeysWithValues: records.map { ($0.sequence, $0) })
         let newest = records.last
-        self.nextSequence = (newest?.sequence ?? 0) + 1
+        // A record with sequence UInt64.max has no successor: nextSequence stays above
+        // maxSequence and checkpoint(_:) says the sequences are exhausted.
+        self.nextSequence = newest.map { $0.sequence == .max ? .max : $0.sequence + 1 } ?? 1
         self.newestCommitted = newest?.sequence ?? 0
         self.head = newest.map { $0.span.upperBound } ?? 0
     }
@@ -92,6 +94,11 @@ public actor CheckpointWriter {
         while true {
             if let failure { throw PMUError(failure.code, "checkpoint writer stopped after an earlier failure: \(failure.message)") }
             sequence = nextSequence
+            guard sequence <= CheckpointRecord.maxSequence else {
+                throw PMUError(
+                    .regionFull,
+                    "\(io.regionDescription) has used up its sequence numbers: its newest checkpoint is \(sequence - 1) and the largest a checkpoint may have is \(CheckpointRecord.maxSequence); create a new region")
+            }
             do throws(PMUError) {
                 placement = try PlacementRules.place(
                     sequence: sequence, payloadLength: length, geometry: geometry, live: Array(live.values), head: head,

@@ -32,14 +32,17 @@ public enum PlacementRules {
         case .overwrite:
             offset = (sequence % 2) * geometry.slotBytes
         case .append:
-            let ring = head + span <= geometry.dataBytes ? head : 0
+            // `fits` never forms start + span unless it is below dataBytes: head and pinned ends come
+            // from decoded records, which a crafted index can put anywhere it likes.
+            func fits(_ start: UInt64) -> Bool { span <= geometry.dataBytes && start <= geometry.dataBytes - span }
+            let ring = fits(head) ? head : 0
             if let protected {
                 // Kept records pin their space while the ring moves on: skip past them to the first
                 // spot that overlaps none (in ring order from the head), rather than refusing.
                 let pinned = live.filter { protected.contains($0.sequence) && $0.sequence != sequence }.map(\.span)
                 let candidates = [ring, 0] + pinned.map(\.upperBound).sorted().filter { $0 >= ring } + pinned.map(\.upperBound).sorted()
                 offset = candidates.first { start in
-                    start + span <= geometry.dataBytes && !pinned.contains { span > 0 && $0.overlaps(start..<(start + span)) }
+                    fits(start) && !pinned.contains { span > 0 && $0.overlaps(start..<(start + span)) }
                 } ?? ring
             } else {
                 offset = ring
@@ -54,7 +57,11 @@ public enum PlacementRules {
         // Checkpoint n may displace only records older than the newest N committed ones, so those
         // stay readable while n is written, whatever happens to n; with no policy (N = 0) nothing.
         let keep = UInt64(geometry.keepNewest)
-        for record in conflicting where protected.map({ $0.contains(record.sequence) }) ?? (keep == 0 || record.sequence + keep > newestCommitted) {
+        func keptByPolicy(_ record: CheckpointRecord) -> Bool {
+            let (end, overflow) = record.sequence.addingReportingOverflow(keep)
+            return keep == 0 || overflow || end > newestCommitted
+        }
+        for record in conflicting where protected.map({ $0.contains(record.sequence) }) ?? keptByPolicy(record) {
             let why = record.sequence % UInt64(geometry.indexEntries) == slot
                 ? "all \(geometry.indexEntries) checkpoint entries are in use"
                 : "the data area has no room for \(payloadLength) more bytes"

@@ -14,6 +14,8 @@ public struct RemoteRegion: RegionIO {
 
     public var sizeBytes: UInt64 { handle.sizeBytes }
 
+    public var regionDescription: String { "region \(NameRules.quoted(handle.name))" }
+
     public func read(at offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
         try await client.read(handle, at: offset, length: length)
     }
@@ -138,7 +140,7 @@ extension PMUClient {
                 throw PMUError(.notCheckpointRegion, "region \(NameRules.quoted(name)) was created as a raw region, not for checkpoints; create one with mode overwrite or append")
             }
             // A create interrupted before its header was written is formatted now, keeping all checkpoints.
-            let fallback = try CheckpointGeometry.plan(mode: mode, regionBytes: handle.sizeBytes, maxCheckpoints: min(1024, UInt32(max(2, handle.sizeBytes / 65536))))
+            let fallback = try CheckpointGeometry.plan(mode: mode, regionBytes: handle.sizeBytes, maxCheckpoints: UInt32(min(1024, max(2, handle.sizeBytes / 65536))))
             let writer = try await CheckpointWriter.open(io: RemoteRegion(client: self, handle: handle), epoch: handle.epoch, format: fallback)
             return CheckpointPrimary(client: self, handle: handle, writer: writer)
         } catch {

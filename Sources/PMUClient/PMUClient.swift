@@ -191,6 +191,7 @@ public final class PMUClient: Sendable {
     /// placed every byte in the region (visible to readers, not yet durable: see `persist`).
     public func write(_ handle: RegionHandle, at offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError) {
         let total = bytes.readableBytes
+        try checkEnd(handle, offset: offset, length: total)
         if let oneSided, let remote = handle.remote {
             return try await writeOneSided(oneSided, handle, remote, at: offset, bytes)
         }
@@ -211,6 +212,7 @@ public final class PMUClient: Sendable {
     /// Reads `length` bytes at `offset`, split into chunks read concurrently.
     public func read(_ handle: RegionHandle, at offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
         guard length >= 0 else { throw PMUError(.invalidArgument, "read length \(length) is negative") }
+        try checkEnd(handle, offset: offset, length: length)
         if let oneSided, let remote = handle.remote {
             return try await readOneSided(oneSided, handle, remote, at: offset, length: length)
         }
@@ -256,6 +258,14 @@ public final class PMUClient: Sendable {
         for response in responses {
             if case .error(let error) = response { throw error }
             guard case .ok = response else { throw unexpected("WRITE+PERSIST") }
+        }
+    }
+
+    /// A range whose end does not fit 64 bits is refused before chunk offsets (offset + start)
+    /// are computed from it; every other bounds question is the server's (OUT_OF_BOUNDS there).
+    private func checkEnd(_ handle: RegionHandle, offset: UInt64, length: Int) throws(PMUError) {
+        guard offset.addingReportingOverflow(UInt64(length)).overflow == false else {
+            throw PMUError(.outOfBounds, "range [\(offset), \(offset) + \(length)) is outside region \(NameRules.quoted(handle.name)) of \(handle.sizeBytes) bytes (its end is past 2^64)")
         }
     }
 

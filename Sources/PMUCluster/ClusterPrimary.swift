@@ -129,6 +129,11 @@ public actor ClusterPrimary {
         if let failure { throw PMUError(failure.code, "cluster writer for set \(name) stopped after an earlier failure: \(failure.message)") }
         do throws(PMUError) {
             let sequence = nextSequence
+            // Piece headers never carry UInt64.max (PieceHeader.decode), so this is reached only
+            // after 2^64 - 1 checkpoints or crafted pieces: a clear refusal, not a trap.
+            guard sequence < UInt64.max else {
+                throw PMUError(.regionFull, "set \(name) has used up its sequence numbers (next would be \(sequence)); create a new set")
+            }
             nextSequence += 1
             let geometry = try StripeGeometry.plan(
                 payloadLength: UInt64(payload.readableBytes), redundancy: descriptor.redundancy,

@@ -62,6 +62,10 @@ public enum CatalogFormat {
     public static let headerBytes = 12
     /// Far above any real record (names and lists are bounded), far below "read garbage as a length".
     public static let maxBodyBytes: UInt32 = 64 * 1024
+    /// Sequences, region ids, generations and writer epochs above this are refused as damage.
+    /// Each grows by one per operation, so no real catalog gets near it (2^62 operations), and the
+    /// store's `+ 1` on a value read from the catalog can never overflow.
+    public static let maxCounter: UInt64 = 1 << 62
 
     public static func encode(_ entry: CatalogEntry, sequence: UInt64) -> [UInt8] {
         var body = ByteBuffer()
@@ -152,10 +156,14 @@ public enum CatalogFormat {
 
     private static func record(in bytes: [UInt8], at offset: Int) -> RecordResult {
         guard bytes.count - offset >= headerBytes else { return .failure("partial record header") }
-        var header = ByteBuffer(bytes: bytes[offset..<(offset + headerBytes)])
-        let recordMagic = header.readInteger(endianness: .little, as: UInt32.self)!
-        let length = header.readInteger(endianness: .little, as: UInt32.self)!
-        let crc = header.readInteger(endianness: .little, as: UInt32.self)!
+        // Read straight from the array: after damage, scan probes every later offset with this,
+        // and a buffer allocated per probe made that the cost of recovery (and of fuzzing).
+        func le32(_ at: Int) -> UInt32 {
+            UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24
+        }
+        let recordMagic = le32(offset)
+        let length = le32(offset + 4)
+        let crc = le32(offset + 8)
         guard recordMagic == magic else { return .failure("bad record magic") }
         guard length >= 9, length <= maxBodyBytes else { return .failure("implausible record length \(length)") }
         let end = offset + headerBytes + Int(length)
@@ -165,6 +173,7 @@ public enum CatalogFormat {
         var body = ByteBuffer(bytes: bodySlice)
         do {
             let sequence = try body.readLE(UInt64.self, "sequence")
+            guard sequence <= maxCounter else { return .failure("implausible sequence \(sequence) (above \(maxCounter))") }
             let kind = try body.readLE(UInt8.self, "kind")
             let entry: CatalogEntry
             switch kind {
@@ -181,13 +190,21 @@ public enum CatalogFormat {
                 let owner = try body.readWireString("owner", maxBytes: Limits.maxClientIdBytes)
                 let readers = try body.readWireStrings("readers", maxCount: Limits.maxAccessListEntries, maxBytes: Limits.maxClientIdBytes)
                 let writers = try body.readWireStrings("writers", maxCount: Limits.maxAccessListEntries, maxBytes: Limits.maxClientIdBytes)
+                for (field, value) in [("id", id), ("generation", generation), ("writer_epoch", epoch)] where value > maxCounter {
+                    return .failure("implausible \(field) \(value) (above \(maxCounter))")
+                }
+                guard id > 0 else { return .failure("region id 0") }
                 entry = .put(RegionRecord(
                     id: id, name: name, sizeBytes: size, kind: regionKind, createdAtMilliseconds: created,
                     generation: generation, writerEpoch: epoch, owner: owner, readers: readers, writers: writers))
             case 2:
-                entry = .delete(id: try body.readLE(UInt64.self, "id"))
+                let id = try body.readLE(UInt64.self, "id")
+                guard id <= maxCounter else { return .failure("implausible id \(id) (above \(maxCounter))") }
+                entry = .delete(id: id)
             case 3:
-                entry = .nextId(try body.readLE(UInt64.self, "next_id"))
+                let id = try body.readLE(UInt64.self, "next_id")
+                guard id <= maxCounter else { return .failure("implausible next_id \(id) (above \(maxCounter))") }
+                entry = .nextId(id)
             default:
                 return .failure("unknown record kind \(kind)")
             }

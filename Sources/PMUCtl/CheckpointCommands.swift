@@ -146,7 +146,7 @@ struct InspectCommand: PMUCtlCommand {
             let backup = try await client.openBackup(name)
             return (info, backup.geometry, try await backup.reader.records())
         }
-        let used = records.reduce(UInt64(0)) { $0 + $1.span.count.asUInt64 }
+        let used = CheckpointIndex.usedBytes(records)
         var fields: [(String, Any)] = [
             ("region", name), ("mode", geometry.mode.description), ("sizeBytes", info.sizeBytes), ("writerEpoch", info.writerEpoch),
             ("indexEntries", geometry.indexEntries), ("checkpoints", records.count),
@@ -159,7 +159,7 @@ struct InspectCommand: PMUCtlCommand {
             fields += [
                 ("layout", geometry.keepNewest == 0 ? "log, keeps all" : "ring, keeps newest \(geometry.keepNewest)"),
                 ("keepNewest", geometry.keepNewest), ("usedBytes", used), ("freeBytes", geometry.dataBytes - min(used, geometry.dataBytes)),
-                ("freeEntries", Int(geometry.indexEntries) - records.count),
+                ("freeEntries", max(0, Int(geometry.indexEntries) - records.count)),
             ]
         }
         if connection.json {
@@ -168,8 +168,4 @@ struct InspectCommand: PMUCtlCommand {
             print(Output.table(["FIELD", "VALUE"], fields.map { [$0.0, "\($0.1)"] }))
         }
     }
-}
-
-extension Int {
-    var asUInt64: UInt64 { UInt64(self) }
 }

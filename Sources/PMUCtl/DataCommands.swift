@@ -40,7 +40,13 @@ struct WriteCommand: PMUCtlCommand {
                 let at = position
                 let buffer = ByteBuffer(bytes: data)
                 pending = Task { try await client.write(handle, at: at, buffer) }
-                position += UInt64(data.count)
+                // --offset is the user's: near 2^64 the end would overflow (the write above fails
+                // with OUT_OF_BOUNDS for the same range; this keeps the count from trapping first).
+                let (next, overflow) = position.addingReportingOverflow(UInt64(data.count))
+                guard !overflow else {
+                    throw PMUError(.outOfBounds, "range [\(at), \(at) + \(data.count)) is outside region \(NameRules.quoted(name)) (its end is past 2^64)")
+                }
+                position = next
                 progress.advance(by: data.count)
             }
             try await pending?.value
@@ -67,6 +73,10 @@ struct ReadCommand: PMUCtlCommand {
     func execute() async throws {
         let start = try ByteSize.parse(offset)
         let count = try ByteSize.parse(length)
+        // Both are the user's: start + at below must not overflow (the server judges the bounds).
+        guard start.addingReportingOverflow(count).overflow == false else {
+            throw PMUError(.outOfBounds, "range [\(start), \(start) + \(count)) is outside region \(NameRules.quoted(name)) (its end is past 2^64)")
+        }
         let output: FileHandle
         if let out {
             guard FileManager.default.createFile(atPath: out, contents: nil), let handle = FileHandle(forWritingAtPath: out) else {

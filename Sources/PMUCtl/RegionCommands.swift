@@ -10,7 +10,7 @@ struct RegionCommand: ParsableCommand {
 
     struct Create: PMUCtlCommand {
         static let configuration = CommandConfiguration(abstract: "Create a region (preallocated on the server).")
-        @Argument(help: "Region name (1-255 bytes; no '/', '..' or control characters).") var name: String
+        @Argument(help: "Region name (1-255 bytes of UTF-8; no '/', '\\', '..', leading or trailing space, control, invisible or non-ASCII space characters).") var name: String
         @Option(help: "Size, e.g. 4096, 4KiB, 64MiB, 1GiB.") var size: String
         @Option(help: "raw, checkpoint-overwrite or checkpoint-append.") var kind = "raw"
         @Option(name: .customLong("max-checkpoints"), help: "checkpoint-append: most checkpoints kept at once.") var maxCheckpoints: UInt32 = 1024

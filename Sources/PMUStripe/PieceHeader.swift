@@ -95,6 +95,11 @@ public struct PieceHeader: Sendable, Equatable {
         return buffer
     }
 
+    /// Groups a payload of `payloadLength` bytes has (StripeGeometry.plan); without overflow.
+    static func expectedGroups(payloadLength: UInt64, groupBytes: UInt64) -> UInt64 {
+        payloadLength / groupBytes + (payloadLength % groupBytes == 0 ? 0 : 1)
+    }
+
     /// The header length a piece claims, from its first 14 bytes; nil if they are not a piece's.
     public static func claimedLength(_ bytes: ByteBuffer) -> Int? {
         var buffer = bytes
@@ -132,15 +137,23 @@ public struct PieceHeader: Sendable, Equatable {
         }
         let redundancy = Redundancy(k: Int(k), m: Int(m), copies: Int(copies))
         // A checksummed header can still be from a buggy or hostile writer: refuse impossible shapes
-        // here so the reader's arithmetic never traps.
+        // here so the reader's arithmetic never traps and its loops stay bounded by the bytes read.
         guard (try? redundancy.validate(serverCount: Int(serverCount))) != nil, Int(serverIndex) < Int(serverCount),
-            subsegment >= UInt64(StripeGeometry.alignment), subsegment <= UInt64(Limits.maxIOBytes),
-            groups <= UInt64(Int32.max),
-            payloadLength <= groups * UInt64(k) * subsegment,
+            subsegment >= UInt64(StripeGeometry.alignment), subsegment % UInt64(StripeGeometry.alignment) == 0,
+            subsegment <= UInt64(Limits.maxIOBytes),
+            // Sequences: the writer's next one (highest + 1) must exist; the chain of complete
+            // checkpoints only goes backwards.
+            sequence > 0, sequence < UInt64.max, previous < sequence,
+            groups == expectedGroups(payloadLength: payloadLength, groupBytes: UInt64(k) * subsegment),
+            // Among any n consecutive groups a server holds (k + m) x copies subsegments, so a
+            // header listing `count` entries cannot describe more than (count + 1) x n groups:
+            // this bounds the work of listing what the server should hold.
+            groups <= (UInt64(count) + 1) * UInt64(serverCount),
             Set(servers).count == servers.count
         else { return nil }
         let geometry = StripeGeometry(redundancy: redundancy, serverCount: Int(serverCount), payloadLength: payloadLength, subsegmentBytes: Int(subsegment), groups: Int(groups))
-        guard entries.allSatisfy({ $0.id.group < geometry.groups && $0.id.index < redundancy.groupWidth && $0.id.copy < copies && geometry.server(of: $0.id) == Int(serverIndex) }) else { return nil }
+        // Exactly what the writer stores on this server, in its order (PieceBuilder).
+        guard entries.map(\.id) == geometry.subsegments(onServer: Int(serverIndex)) else { return nil }
         return PieceHeader(
             setID: SetID(bytes: id), sequence: sequence, previousComplete: previous, timestampNanoseconds: timestamp,
             payloadCRC: payloadCRC, geometry: geometry, servers: servers, serverIndex: Int(serverIndex), entries: entries)

@@ -57,7 +57,12 @@ public struct SetDescriptor: Sendable, Equatable {
             servers.append(name)
         }
         let redundancy = Redundancy(k: Int(k), m: Int(m), copies: Int(copies))
-        guard buffer.readableBytes == 0, (try? redundancy.validate(serverCount: servers.count)) != nil else { return nil }
+        // Checksummed bytes can still be hostile: the subsegment size must be one plan accepts, the
+        // servers distinct, and the commit marker must leave room for a next sequence.
+        guard buffer.readableBytes == 0, (try? redundancy.validate(serverCount: servers.count)) != nil,
+            maxSub >= UInt32(StripeGeometry.alignment), maxSub % UInt32(StripeGeometry.alignment) == 0, Int(maxSub) <= Limits.maxIOBytes,
+            Set(servers).count == servers.count, committed < UInt64.max
+        else { return nil }
         return SetDescriptor(setID: SetID(bytes: id), redundancy: redundancy, maxSubsegmentBytes: Int(maxSub), servers: servers, committed: committed)
     }
 }

@@ -73,12 +73,13 @@ import Testing
     @Test func geometryRoundTripsAndRejectsDamage() throws {
         let geometry = try CheckpointGeometry.plan(mode: .append, regionBytes: 1 << 24, maxCheckpoints: 100, keepNewest: 10)
         let bytes = geometry.encode()
-        #expect(CheckpointGeometry.decode(bytes, regionBytes: 1 << 24) == geometry)
-        #expect(CheckpointGeometry.decode(bytes, regionBytes: 1 << 20) == nil) // does not fit a smaller region
+        #expect(try CheckpointGeometry.decode(bytes, regionBytes: 1 << 24) == geometry)
+        // A valid header that does not fit a smaller region is damage, named as such.
+        #expect(throws: PMUError.self) { _ = try CheckpointGeometry.decode(bytes, regionBytes: 1 << 20) }
         for index in 0..<bytes.readableBytes {
             var damaged = bytes
             damaged.setInteger(damaged.getInteger(at: index, as: UInt8.self)! ^ 0x10, at: index)
-            #expect(CheckpointGeometry.decode(damaged, regionBytes: 1 << 24) == nil, "flip at \(index)")
+            #expect(try CheckpointGeometry.decode(damaged, regionBytes: 1 << 24) == nil, "flip at \(index)")
         }
         #expect(throws: PMUError.self) { _ = try CheckpointGeometry.plan(mode: .append, regionBytes: 1 << 24, maxCheckpoints: 4, keepNewest: 4) }
         #expect(throws: PMUError.self) { _ = try CheckpointGeometry.plan(mode: .overwrite, regionBytes: 8192) }

@@ -158,3 +158,64 @@ import Testing
         #expect(rebuilt.nextId == state.nextId)
     }
 }
+
+/// Issue 10, defect 7: the rules hold on Unicode scalars, whatever grapheme clusters they form.
+@Suite struct NameScalarTests {
+    @Test(arguments: [
+        ("a/\u{301}b", "U+002F"), ("a\\\u{301}b", "U+005C"), (".\u{301}./etc", "U+002F"), ("..\u{301}", "'..'"),
+        (" \u{301}lead", "starts or ends with a space"), ("trail \u{301}", "starts or ends with a space"),
+        ("evil\u{202E}txt.exe", "U+202E"), ("line\u{2028}break", "U+2028"), ("para\u{2029}", "U+2029"),
+        ("zero\u{200B}width", "U+200B"), ("zw\u{200C}nj", "U+200C"), ("zw\u{200D}j", "U+200D"), ("\u{FEFF}bom", "U+FEFF"),
+        ("soft\u{00AD}hyphen", "U+00AD"), ("nb\u{00A0}sp", "U+00A0"), ("ideo\u{3000}space", "U+3000"), ("thin\u{2009}", "U+2009"),
+        ("del\u{7F}", "U+007F"), ("c1\u{85}", "U+0085"), ("esc\u{1B}[31m", "U+001B"),
+    ] as [(String, String?)])
+    func refusedOnScalars(_ name: String, _ expected: String?) throws {
+        let error = #expect(throws: PMUError.self) { try NameRules.validateRegionName(name) }
+        #expect(error?.code == .invalidName)
+        if let expected { #expect(error?.message.contains(expected) == true, "\(error?.message ?? "")") }
+    }
+
+    @Test func theMessageShowsTheHiddenScalar() {
+        let error = #expect(throws: PMUError.self) { try NameRules.validateRegionName("a/\u{301}b") }
+        #expect(error?.message == "region name \"a/\\u{0301}b\" contains U+002F at scalar 1, a path separator ('/' or '\\')", "\(error?.message ?? "")")
+    }
+
+    @Test(arguments: ["café", "cafe\u{301}", "a.\u{301}.b", "ñ-ø_Å.1", "名前 空白", "a b", "Ω≈ç√", "emoji-🙂", "a.b.c"])
+    func ordinaryUnicodeNamesStillPass(_ name: String) throws {
+        try NameRules.validateRegionName(name)
+    }
+}
+
+/// Issue 10, defect 6: a checksummed catalog record with values no store could have written is
+/// refused by name (the store then reports corruption) instead of overflowing a `+ 1` later.
+@Suite struct CraftedCatalogTests {
+    func record(id: UInt64 = 3, size: UInt64 = 4096, generation: UInt64 = 1, epoch: UInt64 = 1) -> RegionRecord {
+        RegionRecord(id: id, name: "r", sizeBytes: size, kind: .raw, createdAtMilliseconds: 1, generation: generation, writerEpoch: epoch, owner: "admin", readers: [], writers: [])
+    }
+
+    @Test func implausibleCountersAreNamed() {
+        let cases: [([UInt8], String)] = [
+            (CatalogFormat.encode(.put(record(id: .max)), sequence: 1), "implausible id"),
+            (CatalogFormat.encode(.put(record(id: 0)), sequence: 1), "region id 0"),
+            (CatalogFormat.encode(.put(record(generation: .max)), sequence: 1), "implausible generation"),
+            (CatalogFormat.encode(.put(record(epoch: .max)), sequence: 1), "implausible writer_epoch"),
+            (CatalogFormat.encode(.put(record()), sequence: .max), "implausible sequence"),
+            (CatalogFormat.encode(.delete(id: .max), sequence: 1), "implausible id"),
+            (CatalogFormat.encode(.nextId(.max), sequence: 1), "implausible next_id"),
+        ]
+        for (bytes, reason) in cases {
+            // Followed by a valid record, the refusal is reported as corruption with its reason.
+            let scan = CatalogFormat.scan(bytes + CatalogFormat.encode(.put(record()), sequence: 2))
+            #expect(scan.entries.isEmpty)
+            guard case .corrupt(_, let why) = scan.tail else {
+                Issue.record("\(reason): \(scan.tail)")
+                continue
+            }
+            #expect(why.contains(reason), "\(why)")
+        }
+        // The largest plausible values replay without overflow.
+        let edge = CatalogFormat.scan(CatalogFormat.encode(.put(record(id: CatalogFormat.maxCounter, generation: CatalogFormat.maxCounter, epoch: CatalogFormat.maxCounter)), sequence: CatalogFormat.maxCounter))
+        #expect(edge.entries.count == 1)
+        #expect(CatalogState(replaying: edge.entries).nextId == CatalogFormat.maxCounter + 1)
+    }
+}

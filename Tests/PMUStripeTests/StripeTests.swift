@@ -158,3 +158,55 @@ import Testing
         #expect(SetDescriptor.decode(bad) == nil)
     }
 }
+
+/// Issue 10, defect 6: checksummed but impossible piece headers and set descriptors are refused.
+@Suite struct CraftedStripeTests {
+    let names = ["s0", "s1", "s2"]
+
+    func header(_ edit: (inout PieceHeader) -> Void = { _ in }) throws -> PieceHeader {
+        let geometry = try StripeGeometry.plan(payloadLength: 1000, redundancy: Redundancy(k: 2, m: 1), serverCount: 3, maxSubsegmentBytes: 128)
+        var header = PieceHeader(
+            setID: SetID(bytes: Array(0..<16)), sequence: 5, previousComplete: 4, timestampNanoseconds: 1, payloadCRC: 0,
+            geometry: geometry, servers: names, serverIndex: 1,
+            entries: geometry.subsegments(onServer: 1).map { PieceHeader.Entry(id: $0, crc: 0) })
+        edit(&header)
+        return header
+    }
+
+    @Test func theGenuineHeaderDecodes() throws {
+        let genuine = try header()
+        #expect(PieceHeader.decode(genuine.encode()) == genuine)
+    }
+
+    @Test func impossibleHeadersAreRefused() throws {
+        let crafted: [(String, PieceHeader)] = [
+            ("sequence 2^64-1", try header { $0.sequence = .max }),
+            ("sequence 0", try header { $0.sequence = 0; $0.previousComplete = 0 }),
+            ("previous not older", try header { $0.previousComplete = 5 }),
+            ("2^31-1 groups", try header { $0.geometry.groups = Int(Int32.max) }),
+            ("groups not matching the payload", try header { $0.geometry.groups += 1 }),
+            ("payload beyond its groups", try header { $0.geometry.payloadLength = 1 << 40 }),
+            ("subsegment unaligned", try header { $0.geometry.subsegmentBytes = 100 }),
+            ("an entry missing", try header { $0.entries.removeLast() }),
+            ("an entry duplicated", try header { $0.entries.append($0.entries[0]) }),
+            ("duplicate servers", try header { $0.servers = ["s0", "s0", "s2"] }),
+        ]
+        for (name, header) in crafted {
+            #expect(PieceHeader.decode(header.encode()) == nil, "\(name)")
+        }
+    }
+
+    @Test func impossibleDescriptorsAreRefused() {
+        let id = SetID(bytes: Array(0..<16))
+        let genuine = SetDescriptor(setID: id, redundancy: Redundancy(k: 2, m: 1), maxSubsegmentBytes: 4096, servers: names, committed: 9)
+        #expect(SetDescriptor.decode(genuine.encode()) == genuine)
+        for (name, descriptor) in [
+            ("committed 2^64-1", SetDescriptor(setID: id, redundancy: Redundancy(k: 2, m: 1), maxSubsegmentBytes: 4096, servers: names, committed: .max)),
+            ("subsegment 0", SetDescriptor(setID: id, redundancy: Redundancy(k: 2, m: 1), maxSubsegmentBytes: 0, servers: names, committed: 1)),
+            ("subsegment 2^32-1", SetDescriptor(setID: id, redundancy: Redundancy(k: 2, m: 1), maxSubsegmentBytes: Int(UInt32.max), servers: names, committed: 1)),
+            ("duplicate servers", SetDescriptor(setID: id, redundancy: Redundancy(k: 2, m: 1), maxSubsegmentBytes: 4096, servers: ["a", "a", "b"], committed: 1)),
+        ] {
+            #expect(SetDescriptor.decode(descriptor.encode()) == nil, "\(name)")
+        }
+    }
+}

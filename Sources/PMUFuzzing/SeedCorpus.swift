@@ -1,0 +1,84 @@
+import NIOCore
+import PMUCheckpoint
+import PMUCore
+import PMUStripe
+
+/// Small valid encodings of each format, the fuzzer's starting points. Generated from the
+/// encoders, so `pmu-fuzz --write-seeds Fuzz/corpus` rewrites them after a format change and
+/// `SeedCorpusTests` fails when the committed files drift from what the encoders produce.
+public enum SeedCorpus {
+    /// Each seed twice: with the mode byte that fixes checksums (0) and the one that does not (1);
+    /// the encodings are valid, so both decode the same.
+    public static func seeds(_ target: FuzzTarget) -> [(name: String, bytes: [UInt8])] {
+        let encodings: [(name: String, bytes: [UInt8])]
+        switch target {
+        case .checkpoint: encodings = checkpoint()
+        case .stripe: encodings = stripe()
+        case .catalog: encodings = catalog()
+        }
+        return encodings.flatMap { [($0.name + "-fixed", [0] + $0.bytes), ($0.name + "-as-is", [1] + $0.bytes)] }
+    }
+
+    /// A region image in CheckpointFuzz's input form: selector, header, index from 4096.
+    static func checkpointInput(selector: UInt32, geometry: CheckpointGeometry, records: [CheckpointRecord]) -> [UInt8] {
+        var index = [UInt8](repeating: 0, count: Int(geometry.indexBytes))
+        for record in records {
+            let at = Int(geometry.entryOffset(sequence: record.sequence) - geometry.indexOffset)
+            index.replaceSubrange(at..<(at + CheckpointRecord.encodedBytes), with: record.encode().readableBytesView)
+        }
+        var header = Array(geometry.encode().readableBytesView)
+        header += [UInt8](repeating: 0, count: 64 - header.count)
+        return withUnsafeBytes(of: selector.littleEndian, Array.init) + header + index
+    }
+
+    static func checkpoint() -> [(name: String, bytes: [UInt8])] {
+        // Payloads are zeros (the input does not reach the data area): their CRC32C is that of zeros.
+        func record(_ sequence: UInt64, at offset: UInt64, length: Int) -> CheckpointRecord {
+            CheckpointRecord(
+                sequence: sequence, epoch: 1, dataOffset: offset, payloadLength: UInt64(length), timestampNanoseconds: 1_700_000_000_000_000_000,
+                payloadCRC: CRC32C.checksum([UInt8](repeating: 0, count: length)))
+        }
+        // selector 13: a region of 16 pages (65,536 bytes).
+        let size: UInt64 = 4096 * 16
+        let overwrite = try! CheckpointGeometry.plan(mode: .overwrite, regionBytes: size)
+        let ring = try! CheckpointGeometry.plan(mode: .append, regionBytes: size, maxCheckpoints: 4, keepNewest: 2)
+        let log = try! CheckpointGeometry.plan(mode: .append, regionBytes: size, maxCheckpoints: 8)
+        return [
+            ("overwrite-empty", checkpointInput(selector: 13, geometry: overwrite, records: [])),
+            ("overwrite-two", checkpointInput(selector: 13, geometry: overwrite, records: [record(1, at: overwrite.slotBytes, length: 100), record(2, at: 0, length: 5000)])),
+            ("ring-three", checkpointInput(selector: 13, geometry: ring, records: [record(5, at: 0, length: 4096), record(6, at: 4096, length: 1), record(7, at: 8192, length: 0)])),
+            ("log-near-max", checkpointInput(selector: 13, geometry: log, records: [record(CheckpointRecord.maxSequence - 1, at: 0, length: 10)])),
+        ]
+    }
+
+    static func stripe() -> [(name: String, bytes: [UInt8])] {
+        let setID = SetID(bytes: Array(0..<16))
+        var seeds: [(name: String, bytes: [UInt8])] = []
+        for (name, redundancy, servers, length) in [("k2m1", Redundancy(k: 2, m: 1), 3, 300), ("mirror2", Redundancy.mirror(2), 2, 64), ("k3m2", Redundancy(k: 3, m: 2), 5, 1000)] {
+            let geometry = try! StripeGeometry.plan(payloadLength: UInt64(length), redundancy: redundancy, serverCount: servers, maxSubsegmentBytes: 128)
+            let names = (0..<servers).map { "server-\($0)" }
+            let stamp = PieceBuilder.Stamp(setID: setID, sequence: 9, previousComplete: 8, timestampNanoseconds: 1, servers: names)
+            let payload = ByteBuffer(bytes: (0..<length).map { UInt8(truncatingIfNeeded: $0) })
+            let piece = PieceBuilder.pieces(of: payload, geometry: geometry, stamp: stamp)[1]
+            let header = PieceHeader.decode(piece)!
+            seeds.append(("piece-\(name)", Array(header.encode().readableBytesView)))
+            let descriptor = SetDescriptor(setID: setID, redundancy: redundancy, maxSubsegmentBytes: 128, servers: names, committed: 8)
+            seeds.append(("descriptor-\(name)", Array(descriptor.encode().readableBytesView)))
+        }
+        return seeds
+    }
+
+    static func catalog() -> [(name: String, bytes: [UInt8])] {
+        let record = RegionRecord(
+            id: 7, name: "jobs.state", sizeBytes: 1 << 20, kind: .checkpointAppend, createdAtMilliseconds: 1_700_000_000_000,
+            generation: 3, writerEpoch: 2, owner: "alice", readers: ["bob", "*"], writers: ["alice"])
+        let log = CatalogFormat.encode(.nextId(1), sequence: 1) + CatalogFormat.encode(.put(record), sequence: 2)
+            + CatalogFormat.encode(.put(RegionRecord(id: 8, name: "raw", sizeBytes: 4096, kind: .raw, createdAtMilliseconds: 1, owner: "admin", readers: [], writers: [])), sequence: 3)
+            + CatalogFormat.encode(.delete(id: 8), sequence: 4)
+        return [
+            ("catalog-log", log),
+            ("catalog-one-put", CatalogFormat.encode(.put(record), sequence: 1)),
+            ("catalog-torn-tail", Array(log.dropLast(5))),
+        ]
+    }
+}
