@@ -181,6 +181,71 @@ struct Concurrency: ParsableCommand {
     }
 }
 
+struct FencedWrites: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "N clients, each writing (acknowledged, not persisted) into its own checkpoint region: the fenced WRITE path.")
+    @Option var clients = 16
+    @Option var seconds = 3.0
+    @Option(help: "Bytes per WRITE (the client sends up to 4 MiB per frame).") var size = 1 << 20
+    @Option(help: "Bytes of each region the writes cycle through.") var span = 16 << 20
+    @OptionGroup var connection: Connection
+
+    func execute() async throws {
+        let connection = self.connection
+        let size = self.size
+        let span = max(self.span, size)
+        // Checkpoint regions take the fenced path on the server (epoch check before every copy);
+        // the bytes need not be a valid checkpoint layout for that. Set-up is not timed.
+        let sessions = try await withThrowingTaskGroup(of: (PMUClient, RegionHandle, String).self) { group in
+            for index in 0..<clients {
+                group.addTask {
+                    let client = try await connection.connect()
+                    let name = "bench-fenced-\(getpid())-\(index)"
+                    let region = try await client.createRegion(name, sizeBytes: UInt64(span), kind: .checkpointOverwrite)
+                    try await client.write(region, at: 0, ByteBuffer(repeating: 1, count: span)) // fault the pages in first
+                    return (client, region, name)
+                }
+            }
+            var all: [(PMUClient, RegionHandle, String)] = []
+            for try await session in group { all.append(session) }
+            return all
+        }
+        let start = ContinuousClock.now
+        let deadline = start + .milliseconds(Int(seconds * 1000))
+        let results = try await withThrowingTaskGroup(of: [Double].self) { group in
+            for (client, region, _) in sessions {
+                group.addTask {
+                    try await withTaskExecutorPreference(client.taskExecutor) {
+                        let payload = ByteBuffer(repeating: 7, count: size)
+                        let slots = span / size
+                        var samples: [Double] = []
+                        var i = 0
+                        while ContinuousClock.now < deadline, i < 1_000_000 {
+                            let began = ContinuousClock.now
+                            try await client.write(region, at: UInt64((i % slots) * size), payload)
+                            samples.append(microseconds(since: began))
+                            i += 1
+                        }
+                        return samples
+                    }
+                }
+            }
+            var all: [Double] = []
+            for try await samples in group { all += samples }
+            return all
+        }
+        let elapsed = microseconds(since: start) / 1e6
+        for (client, _, name) in sessions {
+            try await client.delete(name)
+            await client.disconnect()
+        }
+        emit(percentiles(results).merging([
+            "clients": Double(clients), "size": Double(size), "ops_per_sec": Double(results.count) / elapsed,
+            "gbps": Double(results.count) * Double(size) / elapsed / 1e9,
+        ]) { a, _ in a })
+    }
+}
+
 struct Regions: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create N regions, then open and stat each: microseconds per operation.")
     @Option var count = 10_000
@@ -220,13 +285,14 @@ do {
     case "small": try await Small.parse(Array(arguments.dropFirst())).execute()
     case "bulk": try await Bulk.parse(Array(arguments.dropFirst())).execute()
     case "concurrency": try await Concurrency.parse(Array(arguments.dropFirst())).execute()
+    case "fenced-writes": try await FencedWrites.parse(Array(arguments.dropFirst())).execute()
     case "regions": try await Regions.parse(Array(arguments.dropFirst())).execute()
     case "cleanup": try await Cleanup.parse(Array(arguments.dropFirst())).execute()
     case "erasure": try await Erasure.parse(Array(arguments.dropFirst())).execute()
     case "striped": try await Striped.parse(Array(arguments.dropFirst())).execute()
     case "checkpoint": try await SingleCheckpoint.parse(Array(arguments.dropFirst())).execute()
     default:
-        FileHandle.standardError.write(Data("usage: pmu-bench small|bulk|concurrency|regions|cleanup|erasure|striped|checkpoint [options]\n".utf8))
+        FileHandle.standardError.write(Data("usage: pmu-bench small|bulk|concurrency|fenced-writes|regions|cleanup|erasure|striped|checkpoint [options]\n".utf8))
         exit(2)
     }
 } catch {
