@@ -246,6 +246,78 @@ struct FencedWrites: ParsableCommand {
     }
 }
 
+struct ListUnderLoad: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "With --count regions the viewer cannot see: how long the viewer's LIST takes, and other clients' STAT latency while two viewers loop LIST.")
+    @Option var count = 50_000
+    @Option(help: "STATs timed while the viewers loop LIST.") var stats = 300
+    @Option(name: .customLong("viewer"), help: "A client id that may see none of the regions.") var viewer = "viewer"
+    @Option(name: .customLong("viewer-secret-file")) var viewerSecretFile = "pmu-data/viewer.secret"
+    @Flag(help: "Keep the regions (a later run reuses them).") var keep = false
+    @OptionGroup var connection: Connection
+
+    func execute() async throws {
+        let admin = try await connection.connect()
+        let prefix = "bench-list-"
+        // Creates run sequentially on the metadata pool; put the server's data directory on tmpfs
+        // to make 50,000 of them take seconds. Existing ones are reused.
+        var existing = Set(try await admin.list().map(\.name).filter { $0.hasPrefix(prefix) })
+        let createStart = ContinuousClock.now
+        for i in 0..<count where !existing.contains(prefix + String(i)) {
+            try await admin.close(try await admin.createRegion(prefix + String(i), sizeBytes: 4096))
+            existing.insert(prefix + String(i))
+        }
+        let createSeconds = microseconds(since: createStart) / 1e6
+        var viewerConnection = connection
+        viewerConnection.client = viewer
+        viewerConnection.secretFile = viewerSecretFile
+        let viewers = [try await viewerConnection.connect(), try await viewerConnection.connect()]
+        var single: [Double] = []
+        for _ in 0..<5 {
+            let start = ContinuousClock.now
+            _ = try await viewers[0].list()
+            single.append(microseconds(since: start))
+        }
+        let names = Array(existing)
+        let stop = ListStop()
+        let statSamples = try await withThrowingTaskGroup(of: [Double].self) { group in
+            for viewer in viewers {
+                group.addTask {
+                    var rounds = 0
+                    while !stop.done, rounds < 10_000 { _ = try await viewer.list(); rounds += 1 }
+                    return []
+                }
+            }
+            group.addTask {
+                var samples: [Double] = []
+                for i in 0..<stats {
+                    let start = ContinuousClock.now
+                    _ = try await admin.stat(names[(i * 7919) % names.count])
+                    samples.append(microseconds(since: start))
+                }
+                stop.finish()
+                return samples
+            }
+            var all: [Double] = []
+            for try await samples in group { all += samples }
+            return all
+        }
+        if !keep { for name in names { try await admin.delete(name) } }
+        for client in viewers + [admin] { await client.disconnect() }
+        emit(percentiles(statSamples).merging([
+            "regions": Double(count), "create_s": createSeconds, "viewer_list_ms_min": single.min()! / 1e3,
+            "viewer_list_ms_max": single.max()! / 1e3, "stat_max_us": statSamples.max() ?? 0,
+        ]) { a, _ in a })
+    }
+}
+
+final class ListStop: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stopped = false
+    var done: Bool { lock.withLock { stopped } }
+    func finish() { lock.withLock { stopped = true } }
+}
+
 struct Regions: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create N regions, then open and stat each: microseconds per operation.")
     @Option var count = 10_000
@@ -286,13 +358,14 @@ do {
     case "bulk": try await Bulk.parse(Array(arguments.dropFirst())).execute()
     case "concurrency": try await Concurrency.parse(Array(arguments.dropFirst())).execute()
     case "fenced-writes": try await FencedWrites.parse(Array(arguments.dropFirst())).execute()
+    case "list": try await ListUnderLoad.parse(Array(arguments.dropFirst())).execute()
     case "regions": try await Regions.parse(Array(arguments.dropFirst())).execute()
     case "cleanup": try await Cleanup.parse(Array(arguments.dropFirst())).execute()
     case "erasure": try await Erasure.parse(Array(arguments.dropFirst())).execute()
     case "striped": try await Striped.parse(Array(arguments.dropFirst())).execute()
     case "checkpoint": try await SingleCheckpoint.parse(Array(arguments.dropFirst())).execute()
     default:
-        FileHandle.standardError.write(Data("usage: pmu-bench small|bulk|concurrency|fenced-writes|regions|cleanup|erasure|striped|checkpoint [options]\n".utf8))
+        FileHandle.standardError.write(Data("usage: pmu-bench small|bulk|concurrency|fenced-writes|list|regions|cleanup|erasure|striped|checkpoint [options]\n".utf8))
         exit(2)
     }
 } catch {

@@ -143,6 +143,18 @@ func seconds(since start: ContinuousClock.Instant) -> Double {
         // Generous (a loaded 2-core machine); before the fix one STAT waited 2.6 s behind one LIST.
         #expect(slowest < 1.5)
         for client in listers + [admin, alice] { await client.disconnect() }
+
+        // pmuctl region list pages the same way, and --after/--limit take a window of it.
+        let bobSecret = scratch.path + "/bob.secret"
+        FileManager.default.createFile(atPath: bobSecret, contents: Data(testSecrets["bob"]!.utf8), attributes: [.posixPermissions: 0o600])
+        func pmuctl(_ arguments: [String]) throws -> [String] {
+            let result = try run(binDirectory + "/pmuctl", ["--server", server.endpoint.description, "--client", "bob", "--secret-file", bobSecret] + arguments)
+            guard result.status == 0 else { throw PMUError(.internalError, "pmuctl \(arguments) failed: \(result.stderr)") }
+            let rows = try JSONSerialization.jsonObject(with: result.stdout) as? [[String: Any]] ?? []
+            return rows.compactMap { $0["name"] as? String }
+        }
+        #expect(try pmuctl(["region", "list", "--json"]) == expected.bob)
+        #expect(try pmuctl(["region", "list", "--json", "--after", expected.bob[1], "--limit", "2"]) == Array(expected.bob[2..<4]))
         server.terminate()
     }
 
