@@ -124,6 +124,24 @@ struct Bulk: ParsableCommand {
     }
 }
 
+/// `count` clients connected at once, each with the region `make` creates for it.
+func openSessions(
+    _ count: Int, _ connection: Connection, _ make: @escaping @Sendable (PMUClient, Int) async throws -> (RegionHandle, String)
+) async throws -> [(PMUClient, RegionHandle, String)] {
+    try await withThrowingTaskGroup(of: (PMUClient, RegionHandle, String).self) { group in
+        for index in 0..<count {
+            group.addTask {
+                let client = try await connection.connect()
+                let (region, name) = try await make(client, index)
+                return (client, region, name)
+            }
+        }
+        var all: [(PMUClient, RegionHandle, String)] = []
+        for try await session in group { all.append(session) }
+        return all
+    }
+}
+
 struct Concurrency: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "N clients, each doing durable 4 KiB writes into its own region.")
     @Option var clients = 16
@@ -138,17 +156,9 @@ struct Concurrency: ParsableCommand {
         let span = self.span
         // Set-up (connect, create and preallocate each region) happens before the clock starts:
         // creates fsync, and timing them would measure set-up, not durable writes.
-        let sessions = try await withThrowingTaskGroup(of: (PMUClient, RegionHandle, String).self) { group in
-            for index in 0..<clients {
-                group.addTask {
-                    let client = try await connection.connect()
-                    let name = "bench-conc-\(getpid())-\(index)"
-                    return (client, try await client.createRegion(name, sizeBytes: 16 << 20), name)
-                }
-            }
-            var all: [(PMUClient, RegionHandle, String)] = []
-            for try await session in group { all.append(session) }
-            return all
+        let sessions = try await openSessions(clients, connection) { client, index in
+            let name = "bench-conc-\(getpid())-\(index)"
+            return (try await client.createRegion(name, sizeBytes: 16 << 20), name)
         }
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         let results = try await withThrowingTaskGroup(of: [Double].self) { group in
@@ -196,19 +206,11 @@ struct FencedWrites: ParsableCommand {
         let span = max(self.span, size)
         // Checkpoint regions take the fenced path on the server (epoch check before every copy);
         // the bytes need not be a valid checkpoint layout for that. Set-up is not timed.
-        let sessions = try await withThrowingTaskGroup(of: (PMUClient, RegionHandle, String).self) { group in
-            for index in 0..<clients {
-                group.addTask {
-                    let client = try await connection.connect()
-                    let name = "bench-fenced-\(getpid())-\(index)"
-                    let region = try await client.createRegion(name, sizeBytes: UInt64(span), kind: .checkpointOverwrite)
-                    try await client.write(region, at: 0, ByteBuffer(repeating: 1, count: span)) // fault the pages in first
-                    return (client, region, name)
-                }
-            }
-            var all: [(PMUClient, RegionHandle, String)] = []
-            for try await session in group { all.append(session) }
-            return all
+        let sessions = try await openSessions(clients, connection) { client, index in
+            let name = "bench-fenced-\(getpid())-\(index)"
+            let region = try await client.createRegion(name, sizeBytes: UInt64(span), kind: .checkpointOverwrite)
+            try await client.write(region, at: 0, ByteBuffer(repeating: 1, count: span)) // fault the pages in first
+            return (region, name)
         }
         let start = ContinuousClock.now
         let deadline = start + .milliseconds(Int(seconds * 1000))
@@ -290,7 +292,8 @@ struct ListUnderLoad: ParsableCommand {
             }
             group.addTask {
                 var samples: [Double] = []
-                for i in 0..<stats {
+                let deadline = ContinuousClock.now + .seconds(60)
+                for i in 0..<stats where ContinuousClock.now < deadline {
                     let start = ContinuousClock.now
                     _ = try await admin.stat(names[(i * 7919) % names.count])
                     samples.append(microseconds(since: start))
