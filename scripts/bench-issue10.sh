@@ -8,7 +8,8 @@
 #                  while an admin's STATs are timed.
 # Usage: scripts/bench-issue10.sh [BIN_DIR]   BIN_DIR holds pmu-server and pmu-bench (default: this
 #        tree's release build, built first). Pass another build's directory to compare.
-# Env: PMU_BENCH_SECONDS (5), PMU_BENCH_LIST_REGIONS (50000).
+# Env: PMU_BENCH_SECONDS (5), PMU_BENCH_LIST_REGIONS (50000; 0 skips the LIST part),
+#      PMU_BENCH_WRITE_SIZE (1048576 bytes per WRITE).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ $# -ge 1 ]]; then
@@ -36,10 +37,11 @@ start_server() {  # data-dir ready-file [args...]
 start_server "$work/data" "$work/ready"
 endpoint=$(cat "$work/ready")
 for clients in 16 64; do
-    echo "fenced-writes clients=$clients: $("$bin/pmu-bench" fenced-writes --clients "$clients" --seconds "$seconds" --size $((1 << 20)) --span $((8 << 20)) \
+    echo "fenced-writes clients=$clients: $("$bin/pmu-bench" fenced-writes --clients "$clients" --seconds "$seconds" --size "${PMU_BENCH_WRITE_SIZE:-1048576}" --span $((8 << 20)) \
         --server "$endpoint" --secret-file "$work/data/admin.secret")"
 done
 
+[[ $regions -gt 0 ]] || exit 0
 printf '# bench secrets\nadmin:bench-admin-secret-0123\nviewer:bench-viewer-secret-012\n' > "$shm/secrets"
 chmod 600 "$shm/secrets"
 printf 'bench-admin-secret-0123' > "$shm/admin.secret"; printf 'bench-viewer-secret-012' > "$shm/viewer.secret"

@@ -212,9 +212,23 @@ struct FencedWrites: ParsableCommand {
             try await client.write(region, at: 0, ByteBuffer(repeating: 1, count: span)) // fault the pages in first
             return (region, name)
         }
+        // A probe: one more client reading 4 KiB from its own raw region meanwhile. Its latency shows
+        // what the writers' copies cost other connections (a lock held across a copy would add to it).
+        let probe = try await connection.connect()
+        let probeName = "bench-fenced-probe-\(getpid())"
+        let probeRegion = try await probe.createRegion(probeName, sizeBytes: 1 << 20)
         let start = ContinuousClock.now
         let deadline = start + .milliseconds(Int(seconds * 1000))
-        let results = try await withThrowingTaskGroup(of: [Double].self) { group in
+        let (results, probed) = try await withThrowingTaskGroup(of: (probe: Bool, samples: [Double]).self) { group in
+            group.addTask {
+                var samples: [Double] = []
+                while ContinuousClock.now < deadline, samples.count < 1_000_000 {
+                    let began = ContinuousClock.now
+                    _ = try await probe.read(probeRegion, at: UInt64(samples.count % 256) * 4096, length: 4096)
+                    samples.append(microseconds(since: began))
+                }
+                return (true, samples)
+            }
             for (client, region, _) in sessions {
                 group.addTask {
                     try await withTaskExecutorPreference(client.taskExecutor) {
@@ -228,22 +242,29 @@ struct FencedWrites: ParsableCommand {
                             samples.append(microseconds(since: began))
                             i += 1
                         }
-                        return samples
+                        return (false, samples)
                     }
                 }
             }
-            var all: [Double] = []
-            for try await samples in group { all += samples }
-            return all
+            var writes: [Double] = []
+            var reads: [Double] = []
+            for try await result in group {
+                if result.probe { reads += result.samples } else { writes += result.samples }
+            }
+            return (writes, reads)
         }
         let elapsed = microseconds(since: start) / 1e6
         for (client, _, name) in sessions {
             try await client.delete(name)
             await client.disconnect()
         }
+        try await probe.delete(probeName)
+        await probe.disconnect()
+        let probeFigures = percentiles(probed)
         emit(percentiles(results).merging([
             "clients": Double(clients), "size": Double(size), "ops_per_sec": Double(results.count) / elapsed,
             "gbps": Double(results.count) * Double(size) / elapsed / 1e9,
+            "probe_read_p50_us": probeFigures["p50_us"]!, "probe_read_p99_us": probeFigures["p99_us"]!,
         ]) { a, _ in a })
     }
 }
