@@ -154,10 +154,13 @@ public final class PMUClient: Sendable {
     /// empty although more follow: the server examines a bounded number of names per request.
     public func listPage(after: String = "", limit: Int = Limits.maxListEntries) async throws(PMUError) -> (entries: [RegionInfo], next: String?) {
         let request = Request.list(after: after, limit: UInt32(clamping: max(0, limit)), wantsCursor: true)
-        guard case .list(let entries, let more, let cursor) = try await call(request) else { throw unexpected("LIST") }
+        guard case .list(var entries, var more, var cursor) = try await call(request) else { throw unexpected("LIST") }
         let cap = limit <= 0 || limit > Limits.maxListEntries ? Limits.maxListEntries : limit
-        guard entries.count <= cap else {
-            throw PMUError(.protocolViolation, "LIST reply has \(entries.count) entries; at most \(cap) were asked for")
+        if entries.count > cap {
+            // An older server reads the cursor flag as a limit above 1024 and sends up to 1024.
+            entries = Array(entries.prefix(cap))
+            more = true
+            cursor = entries.last?.name
         }
         // An older server sends no cursor: it never answers an empty page while more follow.
         guard more, let next = cursor ?? entries.last?.name else { return (entries, nil) }
