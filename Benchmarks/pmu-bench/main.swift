@@ -124,6 +124,24 @@ struct Bulk: ParsableCommand {
     }
 }
 
+/// `count` clients connected at once, each with the region `make` creates for it.
+func openSessions(
+    _ count: Int, _ connection: Connection, _ make: @escaping @Sendable (PMUClient, Int) async throws -> (RegionHandle, String)
+) async throws -> [(PMUClient, RegionHandle, String)] {
+    try await withThrowingTaskGroup(of: (PMUClient, RegionHandle, String).self) { group in
+        for index in 0..<count {
+            group.addTask {
+                let client = try await connection.connect()
+                let (region, name) = try await make(client, index)
+                return (client, region, name)
+            }
+        }
+        var all: [(PMUClient, RegionHandle, String)] = []
+        for try await session in group { all.append(session) }
+        return all
+    }
+}
+
 struct Concurrency: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "N clients, each doing durable 4 KiB writes into its own region.")
     @Option var clients = 16
@@ -138,17 +156,9 @@ struct Concurrency: ParsableCommand {
         let span = self.span
         // Set-up (connect, create and preallocate each region) happens before the clock starts:
         // creates fsync, and timing them would measure set-up, not durable writes.
-        let sessions = try await withThrowingTaskGroup(of: (PMUClient, RegionHandle, String).self) { group in
-            for index in 0..<clients {
-                group.addTask {
-                    let client = try await connection.connect()
-                    let name = "bench-conc-\(getpid())-\(index)"
-                    return (client, try await client.createRegion(name, sizeBytes: 16 << 20), name)
-                }
-            }
-            var all: [(PMUClient, RegionHandle, String)] = []
-            for try await session in group { all.append(session) }
-            return all
+        let sessions = try await openSessions(clients, connection) { client, index in
+            let name = "bench-conc-\(getpid())-\(index)"
+            return (try await client.createRegion(name, sizeBytes: 16 << 20), name)
         }
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         let results = try await withThrowingTaskGroup(of: [Double].self) { group in
@@ -179,6 +189,157 @@ struct Concurrency: ParsableCommand {
         }
         emit(percentiles(results).merging(["clients": Double(clients), "ops_per_sec": Double(results.count) / seconds]) { a, _ in a })
     }
+}
+
+struct FencedWrites: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "N clients, each writing (acknowledged, not persisted) into its own checkpoint region: the fenced WRITE path.")
+    @Option var clients = 16
+    @Option var seconds = 3.0
+    @Option(help: "Bytes per WRITE (the client sends up to 4 MiB per frame).") var size = 1 << 20
+    @Option(help: "Bytes of each region the writes cycle through.") var span = 16 << 20
+    @OptionGroup var connection: Connection
+
+    func execute() async throws {
+        let connection = self.connection
+        let size = self.size
+        let span = max(self.span, size)
+        // Checkpoint regions take the fenced path on the server (epoch check before every copy);
+        // the bytes need not be a valid checkpoint layout for that. Set-up is not timed.
+        let sessions = try await openSessions(clients, connection) { client, index in
+            let name = "bench-fenced-\(getpid())-\(index)"
+            let region = try await client.createRegion(name, sizeBytes: UInt64(span), kind: .checkpointOverwrite)
+            try await client.write(region, at: 0, ByteBuffer(repeating: 1, count: span)) // fault the pages in first
+            return (region, name)
+        }
+        // A probe: one more client reading 4 KiB from its own raw region meanwhile. Its latency shows
+        // what the writers' copies cost other connections (a lock held across a copy would add to it).
+        let probe = try await connection.connect()
+        let probeName = "bench-fenced-probe-\(getpid())"
+        let probeRegion = try await probe.createRegion(probeName, sizeBytes: 1 << 20)
+        let start = ContinuousClock.now
+        let deadline = start + .milliseconds(Int(seconds * 1000))
+        let (results, probed) = try await withThrowingTaskGroup(of: (probe: Bool, samples: [Double]).self) { group in
+            group.addTask {
+                var samples: [Double] = []
+                while ContinuousClock.now < deadline, samples.count < 1_000_000 {
+                    let began = ContinuousClock.now
+                    _ = try await probe.read(probeRegion, at: UInt64(samples.count % 256) * 4096, length: 4096)
+                    samples.append(microseconds(since: began))
+                }
+                return (true, samples)
+            }
+            for (client, region, _) in sessions {
+                group.addTask {
+                    try await withTaskExecutorPreference(client.taskExecutor) {
+                        let payload = ByteBuffer(repeating: 7, count: size)
+                        let slots = span / size
+                        var samples: [Double] = []
+                        var i = 0
+                        while ContinuousClock.now < deadline, i < 1_000_000 {
+                            let began = ContinuousClock.now
+                            try await client.write(region, at: UInt64((i % slots) * size), payload)
+                            samples.append(microseconds(since: began))
+                            i += 1
+                        }
+                        return (false, samples)
+                    }
+                }
+            }
+            var writes: [Double] = []
+            var reads: [Double] = []
+            for try await result in group {
+                if result.probe { reads += result.samples } else { writes += result.samples }
+            }
+            return (writes, reads)
+        }
+        let elapsed = microseconds(since: start) / 1e6
+        for (client, _, name) in sessions {
+            try await client.delete(name)
+            await client.disconnect()
+        }
+        try await probe.delete(probeName)
+        await probe.disconnect()
+        let probeFigures = percentiles(probed)
+        emit(percentiles(results).merging([
+            "clients": Double(clients), "size": Double(size), "ops_per_sec": Double(results.count) / elapsed,
+            "gbps": Double(results.count) * Double(size) / elapsed / 1e9,
+            "probe_read_p50_us": probeFigures["p50_us"]!, "probe_read_p99_us": probeFigures["p99_us"]!,
+        ]) { a, _ in a })
+    }
+}
+
+struct ListUnderLoad: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "With --count regions the viewer cannot see: how long the viewer's LIST takes, and other clients' STAT latency while two viewers loop LIST.")
+    @Option var count = 50_000
+    @Option(help: "STATs timed while the viewers loop LIST.") var stats = 300
+    @Option(name: .customLong("viewer"), help: "A client id that may see none of the regions.") var viewer = "viewer"
+    @Option(name: .customLong("viewer-secret-file")) var viewerSecretFile = "pmu-data/viewer.secret"
+    @Flag(help: "Keep the regions (a later run reuses them).") var keep = false
+    @OptionGroup var connection: Connection
+
+    func execute() async throws {
+        let admin = try await connection.connect()
+        let prefix = "bench-list-"
+        // Creates run sequentially on the metadata pool; put the server's data directory on tmpfs
+        // to make 50,000 of them take seconds. Existing ones are reused.
+        var existing = Set(try await admin.list().map(\.name).filter { $0.hasPrefix(prefix) })
+        let createStart = ContinuousClock.now
+        for i in 0..<count where !existing.contains(prefix + String(i)) {
+            try await admin.close(try await admin.createRegion(prefix + String(i), sizeBytes: 4096))
+            existing.insert(prefix + String(i))
+        }
+        let createSeconds = microseconds(since: createStart) / 1e6
+        var viewerConnection = connection
+        viewerConnection.client = viewer
+        viewerConnection.secretFile = viewerSecretFile
+        let viewers = [try await viewerConnection.connect(), try await viewerConnection.connect()]
+        var single: [Double] = []
+        for _ in 0..<5 {
+            let start = ContinuousClock.now
+            _ = try await viewers[0].list()
+            single.append(microseconds(since: start))
+        }
+        let names = Array(existing)
+        let stop = ListStop()
+        let statSamples = try await withThrowingTaskGroup(of: [Double].self) { group in
+            for viewer in viewers {
+                group.addTask {
+                    var rounds = 0
+                    while !stop.done, rounds < 10_000 { _ = try await viewer.list(); rounds += 1 }
+                    return []
+                }
+            }
+            group.addTask {
+                var samples: [Double] = []
+                let deadline = ContinuousClock.now + .seconds(60)
+                for i in 0..<stats where ContinuousClock.now < deadline {
+                    let start = ContinuousClock.now
+                    _ = try await admin.stat(names[(i * 7919) % names.count])
+                    samples.append(microseconds(since: start))
+                }
+                stop.finish()
+                return samples
+            }
+            var all: [Double] = []
+            for try await samples in group { all += samples }
+            return all
+        }
+        if !keep { for name in names { try await admin.delete(name) } }
+        for client in viewers + [admin] { await client.disconnect() }
+        emit(percentiles(statSamples).merging([
+            "regions": Double(count), "create_s": createSeconds, "viewer_list_ms_min": single.min()! / 1e3,
+            "viewer_list_ms_max": single.max()! / 1e3, "stat_max_us": statSamples.max() ?? 0,
+        ]) { a, _ in a })
+    }
+}
+
+final class ListStop: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stopped = false
+    var done: Bool { lock.withLock { stopped } }
+    func finish() { lock.withLock { stopped = true } }
 }
 
 struct Regions: ParsableCommand {
@@ -220,13 +381,15 @@ do {
     case "small": try await Small.parse(Array(arguments.dropFirst())).execute()
     case "bulk": try await Bulk.parse(Array(arguments.dropFirst())).execute()
     case "concurrency": try await Concurrency.parse(Array(arguments.dropFirst())).execute()
+    case "fenced-writes": try await FencedWrites.parse(Array(arguments.dropFirst())).execute()
+    case "list": try await ListUnderLoad.parse(Array(arguments.dropFirst())).execute()
     case "regions": try await Regions.parse(Array(arguments.dropFirst())).execute()
     case "cleanup": try await Cleanup.parse(Array(arguments.dropFirst())).execute()
     case "erasure": try await Erasure.parse(Array(arguments.dropFirst())).execute()
     case "striped": try await Striped.parse(Array(arguments.dropFirst())).execute()
     case "checkpoint": try await SingleCheckpoint.parse(Array(arguments.dropFirst())).execute()
     default:
-        FileHandle.standardError.write(Data("usage: pmu-bench small|bulk|concurrency|regions|cleanup|erasure|striped|checkpoint [options]\n".utf8))
+        FileHandle.standardError.write(Data("usage: pmu-bench small|bulk|concurrency|fenced-writes|list|regions|cleanup|erasure|striped|checkpoint [options]\n".utf8))
         exit(2)
     }
 } catch {

@@ -171,19 +171,61 @@ public final class PMUClient: Sendable {
         return info
     }
 
-    /// Every region this client may see, sorted by name (pages through LIST).
-    public func list() async throws(PMUError) -> [RegionInfo] {
-        var all: [RegionInfo] = []
-        var after = ""
-        while true {
-            guard case .list(let entries, let more) = try await call(.list(after: after, limit: UInt32(Limits.maxListEntries))) else {
-                throw unexpected("LIST")
-            }
-            all += entries
-            guard more, let last = entries.last else { return all }
-            after = last.name
+    /// One LIST page: regions this client may see with names strictly after `after` (bytewise),
+    /// at most `limit`, and the cursor to continue from (nil when nothing follows). A page may be
+    /// empty although more follow: the server examines a bounded number of names per request.
+    public func listPage(after: String = "", limit: Int = Limits.maxListEntries) async throws(PMUError) -> (entries: [RegionInfo], next: String?) {
+        let request = Request.list(after: after, limit: UInt32(clamping: max(0, limit)), wantsCursor: true)
+        guard case .list(var entries, var more, var cursor) = try await call(request) else { throw unexpected("LIST") }
+        let cap = limit <= 0 || limit > Limits.maxListEntries ? Limits.maxListEntries : limit
+        if entries.count > cap {
+            // An older server reads the cursor flag as a limit above 1024 and sends up to 1024.
+            entries = Array(entries.prefix(cap))
+            more = true
+            cursor = entries.last?.name
         }
+        // An older server sends no cursor: it never answers an empty page while more follow.
+        guard more, let next = cursor ?? entries.last?.name else { return (entries, nil) }
+        // Names strictly increasing and the cursor not behind them: a server that repeated itself
+        // would otherwise keep a paging loop going forever.
+        var previous = after
+        for entry in entries {
+            guard SortedNameIndex.precedes(previous, entry.name) else {
+                throw PMUError(.protocolViolation, "LIST reply is out of order: \(NameRules.quoted(entry.name)) after \(NameRules.quoted(previous))")
+            }
+            previous = entry.name
+        }
+        guard SortedNameIndex.precedes(after, next), !SortedNameIndex.precedes(next, previous) else {
+            throw PMUError(.protocolViolation, "LIST reply's cursor \(NameRules.quoted(next)) does not advance past \(NameRules.quoted(previous))")
+        }
+        return (entries, next)
     }
+
+    /// Regions this client may see, sorted by name, after `after`: pages through LIST (the server
+    /// bounds each page's work; its cursor carries a client that sees few regions past the rest).
+    /// With a `limit`, the first `limit` of them. Without, all of them, bounded: more than
+    /// `maxListed` regions or `maxListPages` pages fail with `INVALID_ARGUMENT`.
+    public func list(after: String = "", limit: Int? = nil) async throws(PMUError) -> [RegionInfo] {
+        let bound = limit ?? Self.maxListed
+        var all: [RegionInfo] = []
+        var cursor = after
+        for _ in 0..<Self.maxListPages {
+            let page = try await listPage(after: cursor, limit: min(max(bound - all.count, 1), Limits.maxListEntries))
+            all += page.entries
+            if let limit, all.count >= limit { return Array(all.prefix(limit)) }
+            guard all.count <= bound else {
+                throw PMUError(.invalidArgument, "the server lists more than \(bound) regions; page with listPage(after:) or give a limit")
+            }
+            guard let next = page.next else { return all }
+            cursor = next
+        }
+        throw PMUError(.invalidArgument, "LIST did not finish within \(Self.maxListPages) pages; page with listPage(after:) or give a limit")
+    }
+
+    /// Bounds on `list()`: 20 times the default --max-regions, and enough pages of 4,096 examined
+    /// names for 400 million regions.
+    public static let maxListed = 1_000_000
+    public static let maxListPages = 100_000
 
     // MARK: Data
 

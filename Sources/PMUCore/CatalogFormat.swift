@@ -246,6 +246,13 @@ public struct CatalogState: Sendable, Equatable {
         }
     }
 
+    /// After compaction rewrote the log as `count` records numbered 1...count, appends continue
+    /// from there. Only the numbering changes: the regions and `nextId` (which a create may have
+    /// raised while the compaction ran) stay.
+    public mutating func restartSequences(at count: UInt64) {
+        lastSequence = count
+    }
+
     public func region(named name: String) -> RegionRecord? {
         idsByName[name].flatMap { regions[$0] }
     }

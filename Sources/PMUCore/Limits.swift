@@ -29,6 +29,15 @@ public enum Limits {
     /// Entries returned by one LIST reply; clients page with `after`.
     public static let maxListEntries: Int = 1024
 
+    /// Region names one LIST request examines at most, visible to the client or not: bounds the
+    /// work (and the event loop's time) one request can cost however many regions the server
+    /// holds. When it is spent the reply says `more` and carries the last name examined.
+    public static let listScanBudget: Int = 4096
+
+    /// Bit 31 of LIST's `limit` field: "reply with a `next_after` cursor". An older server reads
+    /// the field as a limit above 1024 (so, 1024) and answers without one.
+    public static let listCursorFlag: UInt32 = 0x8000_0000
+
     /// Nonces used in the challenge-response handshake.
     public static let nonceBytes: Int = 32
 }

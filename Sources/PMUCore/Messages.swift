@@ -118,7 +118,9 @@ public enum Request: Sendable, Equatable {
     case close(key: AccessKey)
     case delete(name: String)
     /// Names sorted bytewise; the reply holds names strictly after `after`, at most `limit`.
-    case list(after: String, limit: UInt32)
+    /// `wantsCursor` (bit 31 of the limit field on the wire) asks for the reply's `next_after`
+    /// cursor, without which a page that examined only invisible names could not be stepped past.
+    case list(after: String, limit: UInt32, wantsCursor: Bool)
     case stat(name: String)
 
     public var opcode: Opcode {
@@ -149,7 +151,9 @@ public enum Response: Sendable, Equatable {
     case remoteGrant(RegionGrant, RemoteAccess)
     case data(ByteBuffer)
     case info(RegionInfo)
-    case list(entries: [RegionInfo], more: Bool)
+    /// `cursor`: the last name the server examined, to send as the next `after` (present when the
+    /// request asked for it).
+    case list(entries: [RegionInfo], more: Bool, cursor: String?)
     case error(PMUError)
 
     public var opcode: Opcode {

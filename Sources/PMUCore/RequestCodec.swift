@@ -35,9 +35,9 @@ extension Request: WireMessage {
             buffer.writeAccessKey(key)
         case .delete(let name), .stat(let name):
             buffer.writeWireString(name, maxBytes: Limits.maxNameBytes)
-        case .list(let after, let limit):
+        case .list(let after, let limit, let wantsCursor):
             buffer.writeWireString(after, maxBytes: Limits.maxNameBytes)
-            buffer.writeLE(limit)
+            buffer.writeLE((limit & ~Limits.listCursorFlag) | (wantsCursor ? Limits.listCursorFlag : 0))
         }
     }
 
@@ -94,7 +94,8 @@ extension Request: WireMessage {
             request = .stat(name: try body.readWireString("name", maxBytes: Limits.maxNameBytes))
         case .list:
             let after = try body.readWireString("after", maxBytes: Limits.maxNameBytes)
-            request = .list(after: after, limit: try body.readLE(UInt32.self, "limit"))
+            let raw = try body.readLE(UInt32.self, "limit")
+            request = .list(after: after, limit: raw & ~Limits.listCursorFlag, wantsCursor: raw & Limits.listCursorFlag != 0)
         default:
             throw PMUError(.malformedFrame, "opcode \(opcode) is a reply, not a request")
         }

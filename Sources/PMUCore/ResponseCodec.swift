@@ -20,10 +20,12 @@ extension Response: WireMessage {
             buffer.writeBuffer(&data)
         case .info(let info):
             buffer.writeRegionInfo(info)
-        case .list(let entries, let more):
+        case .list(let entries, let more, let cursor):
             buffer.writeLE(UInt8(more ? 1 : 0))
             buffer.writeLE(UInt32(entries.count))
             for entry in entries { buffer.writeRegionInfo(entry) }
+            // Only for requests that asked: an older client's decoder refuses trailing bytes.
+            if let cursor { buffer.writeWireString(cursor, maxBytes: Limits.maxNameBytes) }
         case .error(let error):
             buffer.writeLE(error.code.rawValue)
             buffer.writeWireString(error.message, maxBytes: Limits.maxMessageBytes, truncating: true)
@@ -62,7 +64,9 @@ extension Response: WireMessage {
             var entries: [RegionInfo] = []
             entries.reserveCapacity(count)
             for _ in 0..<count { entries.append(try body.readRegionInfo()) }
-            response = .list(entries: entries, more: more)
+            // An older server never sends the cursor; a newer one sends it when asked.
+            let cursor = body.readableBytes > 0 ? try body.readWireString("next_after", maxBytes: Limits.maxNameBytes) : nil
+            response = .list(entries: entries, more: more, cursor: cursor)
         case .error:
             let rawCode = try body.readLE(UInt16.self, "code")
             let message = try body.readWireString("message", maxBytes: Limits.maxMessageBytes)

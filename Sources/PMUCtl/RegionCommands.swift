@@ -49,10 +49,13 @@ struct RegionCommand: ParsableCommand {
 
     struct List: PMUCtlCommand {
         static let configuration = CommandConfiguration(abstract: "List the regions this client may see.")
+        @Option(help: "Only regions whose names sort (bytewise) after this one.") var after = ""
+        @Option(help: "At most this many regions (default: all).") var limit: Int?
         @OptionGroup var connection: ConnectionOptions
 
         func execute() async throws {
-            let regions = try await withClient(connection) { try await $0.list() }
+            if let limit, limit < 1 { throw PMUError(.invalidArgument, "--limit must be at least 1") }
+            let regions = try await withClient(connection) { try await $0.list(after: after, limit: limit) }
             if connection.json {
                 print(Output.json(regions.map(Output.dictionary)))
                 return

@@ -41,7 +41,7 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("max-region-size"), help: "Largest region a client may create (e.g. 64GiB).")
     var maxRegionSize = "1TiB"
 
-    @Option(name: .customLong("reserve-free"), help: "Free space a create must leave on the data directory's filesystem.")
+    @Option(name: .customLong("reserve-free"), help: "Free space a create must leave on the data directory's filesystem; half of it (at most 8 MiB) stays preallocated to the catalog, so metadata changes still work when the disk fills.")
     var reserveFree = "64MiB"
 
     @Flag(help: "Pre-fault each new region's pages at create (MADV_POPULATE_WRITE): create costs O(size) and fills page cache; first writes then skip the kernel's page zeroing. Regions over half of memory are not populated.")

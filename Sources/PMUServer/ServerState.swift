@@ -16,8 +16,10 @@ final class ServedRegion: Sendable {
 }
 
 /// State shared by every session: the store, the secrets, the protection table and the writer
-/// epochs. The table has its own lock, separate from the store's, so the data path (check key,
-/// copy bytes) never waits on a metadata fsync. Lock order where both are held: store, then table.
+/// fences. The table has its own lock, separate from the store's, so the data path (check key,
+/// copy bytes) never waits on a metadata fsync, and it is held for lookups only: a checkpoint
+/// WRITE's copy runs under its region's `RegionFence` (shared), not under the table lock.
+/// Lock order where several are held: store's catalog lock, then table, then a region's fence.
 final class ServerState: Sendable {
     let store: RegionStore
     let secrets: SecretsTable
@@ -26,11 +28,18 @@ final class ServerState: Sendable {
 
     struct Table: Sendable {
         var keys: ProtectionTable<ServedRegion>
-        /// Current writer epoch per region id; grants from older epochs are fenced.
-        var epochs: [UInt64: UInt64] = [:]
+        /// Per checkpoint region: its current writer epoch and the lock that fences older writers.
+        var fences: [UInt64: RegionFence] = [:]
         var connections = 0
         /// Verbs connections' memory registrations, told about every revocation and takeover.
         var registrars: [UInt64: any MemoryRegistrar] = [:]
+
+        mutating func fence(for regionId: UInt64) -> RegionFence {
+            if let fence = fences[regionId] { return fence }
+            let fence = RegionFence()
+            fences[regionId] = fence
+            return fence
+        }
     }
 
     init(store: RegionStore, secrets: SecretsTable, configuration: ServerConfiguration) {
@@ -65,13 +74,18 @@ final class ServerState: Sendable {
     }
 
     func grant(connection: UInt64, record: RegionRecord, rights: Rights, epoch: UInt64, region: ServedRegion) throws(PMUError) -> AccessKey {
-        try table.withTypedLock { table throws(PMUError) in
+        let (key, fence) = try table.withTypedLock { table throws(PMUError) -> (AccessKey, RegionFence?) in
             var generator = SystemRandomNumberGenerator()
-            if rights.contains(.write) { table.epochs[record.id] = max(table.epochs[record.id] ?? 0, epoch) }
-            return try table.keys.grant(
+            let fence = rights.contains(.write) && record.kind != .raw ? table.fence(for: record.id) : nil
+            let key = try table.keys.grant(
                 connection: connection, regionId: record.id, sizeBytes: record.sizeBytes, rights: rights, epoch: epoch,
                 region: region, using: &generator)
+            return (key, fence)
         }
+        // Outside the table lock: raising waits for copies in flight. (An OPEN read-write has
+        // already raised to this epoch in `raiseEpoch`; this matters for CREATE's first grant.)
+        fence?.raise(to: epoch)
+        return key
     }
 
     /// The check every data operation passes: key, connection, rights, bounds, and for checkpoint
@@ -94,22 +108,21 @@ final class ServerState: Sendable {
         }
     }
 
-    /// WRITE: check and copy. For checkpoint regions the copy happens under the table lock, so a
-    /// takeover (which raises the epoch under the same lock) cannot fall between a stale writer's
-    /// fence check and its bytes landing. Raw regions copy outside the lock.
+    /// WRITE: check, then copy. The table lock covers the key lookup only. For checkpoint regions
+    /// the epoch check and the copy run under the region's fence held shared, and a takeover
+    /// raises the epoch holding it exclusive, so a takeover cannot fall between a stale writer's
+    /// fence check and its bytes landing; writers of different regions never wait for each other.
     func write(key: AccessKey, connection: UInt64, offset: UInt64, data: ByteBuffer) throws(PMUError) {
         let length = UInt64(data.readableBytes)
-        let translation: ProtectionTable<ServedRegion>.Translation? = try table.withTypedLock { table throws(PMUError) in
+        let (translation, fence) = try table.withTypedLock { table throws(PMUError) -> (ProtectionTable<ServedRegion>.Translation, RegionFence?) in
             let translation = try table.keys.check(key: key, connection: connection, need: .write, offset: offset, length: length)
-            guard translation.region.kind != .raw else { return translation }
-            if let current = table.epochs[translation.regionId], translation.epoch < current {
-                throw PMUError(.fenced, "this handle's writer epoch \(translation.epoch) was superseded by epoch \(current): another primary opened the region for writing; this writer must stop")
-            }
-            data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) }
-            return nil
+            return (translation, translation.region.kind == .raw ? nil : table.fence(for: translation.regionId))
         }
-        if let translation {
-            data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) }
+        let copy = { data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) } }
+        if let fence {
+            try fence.whileCurrent(translation.epoch, copy)
+        } else {
+            copy()
         }
     }
 
@@ -117,11 +130,12 @@ final class ServerState: Sendable {
     /// One-sided writes bypass the epoch check `write` makes, so for checkpoint regions the
     /// older writers' memory registrations go too, before the caller sends the new GRANT.
     func raiseEpoch(regionId: UInt64, to epoch: UInt64, kind: RegionKind) {
-        let registrars = table.withLockedValue { table -> [any MemoryRegistrar] in
-            table.epochs[regionId] = max(table.epochs[regionId] ?? 0, epoch)
-            return Array(table.registrars.values)
-        }
         guard kind != .raw else { return }
+        let (fence, registrars) = table.withLockedValue { table -> (RegionFence, [any MemoryRegistrar]) in
+            (table.fence(for: regionId), Array(table.registrars.values))
+        }
+        // Exclusive: returns once no older-epoch copy is running; later ones see the new epoch.
+        fence.raise(to: epoch)
         for registrar in registrars { registrar.fence(regionId: regionId, below: epoch) }
     }
 
@@ -147,21 +161,24 @@ final class ServerState: Sendable {
     /// the same lock they change the table under, after the registration is visible to them: a
     /// change before this check fails it, a change after it finds the registration and removes it.
     func stillGranted(key: AccessKey, connection: UInt64, regionId: UInt64, epoch: UInt64, writable: Bool, kind: RegionKind) -> PMUError? {
-        table.withLockedValue { table in
-            guard table.keys.entry(for: key, connection: connection) != nil else {
-                return PMUError(.unknownRegion, "region \(regionId) was deleted while it was being opened")
-            }
-            if writable, kind != .raw, let newest = table.epochs[regionId], newest > epoch {
-                return PMUError(.fenced, "another writer took over the region (epoch \(newest)) while this open (epoch \(epoch)) was registering its memory")
-            }
-            return nil
+        let found = table.withLockedValue { table -> (granted: Bool, fence: RegionFence?) in
+            (table.keys.entry(for: key, connection: connection) != nil, table.fences[regionId])
         }
+        guard found.granted else {
+            return PMUError(.unknownRegion, "region \(regionId) was deleted while it was being opened")
+        }
+        // Read after the table lock is released: the fence's lock may wait for a copy in flight.
+        // A takeover raises the fence before it scans registrations, so this order still holds.
+        if writable, kind != .raw, let newest = found.fence?.currentEpoch, newest > epoch {
+            return PMUError(.fenced, "another writer took over the region (epoch \(newest)) while this open (epoch \(epoch)) was registering its memory")
+        }
+        return nil
     }
 
     func revokeAll(regionId: UInt64) {
         let registrars = table.withLockedValue { table -> [any MemoryRegistrar] in
             table.keys.revokeAll(regionId: regionId)
-            table.epochs[regionId] = nil
+            table.fences[regionId] = nil
             return Array(table.registrars.values)
         }
         for registrar in registrars { registrar.invalidate(regionId: regionId) }

@@ -237,31 +237,12 @@ final class Session: RequestHandler, @unchecked Sendable {
                 }
                 reply(id, .info(record.info(openHandles: state.handleCount(regionId: record.id))))
 
-            case .list(let after, let limit):
-                let cap = min(Int(limit == 0 ? UInt32(Limits.maxListEntries) : limit), Limits.maxListEntries)
-                var entries: [RegionInfo] = []
-                var cursor = after
-                var more = true
-                var replyBytes = 0
-                // Page through the store until `cap` visible regions are found or it runs out.
-                let budget = info.maxReplyBytes / 2
-                while entries.count < cap, replyBytes <= budget, more {
-                    let page = state.store.list(after: cursor, limit: cap)
-                    more = page.more
-                    for record in page.records {
-                        cursor = record.name
-                        guard AccessPolicy.mayView(clientId, owner: record.owner, readers: record.readers, writers: record.writers, isAdmin: isAdmin) else { continue }
-                        entries.append(record.info(openHandles: state.handleCount(regionId: record.id)))
-                        replyBytes += 64 + record.name.utf8.count + record.owner.utf8.count
-                            + (record.readers + record.writers).reduce(0) { $0 + 2 + $1.utf8.count }
-                        // Stay well inside the frame limit however long the access lists are.
-                        if entries.count == cap || replyBytes > budget {
-                            more = more || record.name != page.records.last?.name
-                            break
-                        }
-                    }
-                }
-                reply(id, .list(entries: entries, more: more))
+            case .list(let after, let limit, let wantsCursor):
+                let page = ListPage.build(
+                    after: after, limit: limit, maxReplyBytes: info.maxReplyBytes, store: state.store,
+                    visible: { AccessPolicy.mayView(clientId, owner: $0.owner, readers: $0.readers, writers: $0.writers, isAdmin: isAdmin) },
+                    openHandles: { state.handleCount(regionId: $0) })
+                reply(id, .list(entries: page.entries, more: page.more, cursor: wantsCursor ? page.cursor : nil))
 
             case .open(let name, let rights):
                 try NameRules.validateRegionName(name)

@@ -3,9 +3,20 @@ import Glibc
 #endif
 import PMUCore
 
+/// `fallocate(2)`: Glibc declares it only under _GNU_SOURCE, which Swift's Glibc module lacks.
+@_silgen_name("fallocate")
+private func sys_fallocate(_ fd: Int32, _ mode: Int32, _ offset: Int64, _ length: Int64) -> Int32
+/// FALLOC_FL_KEEP_SIZE from <linux/falloc.h>: allocate blocks past the end without growing the file.
+private let fallocKeepSize: Int32 = 0x01
+
 /// The catalog log on disk: append one record, fdatasync, and only then let it take effect.
 ///
-/// Not thread-safe; RegionStore serialises access under its lock.
+/// The file keeps `headroomBytes` of blocks allocated past its end (FALLOC_FL_KEEP_SIZE: the size,
+/// and so what recovery reads, is unchanged), so appends land in blocks it already owns and keep
+/// working on a full filesystem: an OPEN read-write (an epoch bump) or a DELETE must not fail with
+/// NO_SPACE just because the log's last block filled. The headroom is renewed when half is used.
+///
+/// Not thread-safe; RegionStore serialises access under its catalog lock.
 final class CatalogFile {
     private let path: String
     private let tempPath: String
@@ -16,12 +27,23 @@ final class CatalogFile {
     /// Set when a compaction's rename may not be durable: appending more would risk records that
     /// a restart could not find. Metadata changes then fail until the server restarts.
     private var broken: PMUError?
+    private let headroomBytes: Int
+    /// End of the blocks known to be allocated (file size plus preallocated headroom).
+    private var allocatedEnd = 0
+    /// Told when the headroom cannot be renewed (full disk); once per failure streak.
+    private let warn: @Sendable (String) -> Void
+    private var warned = false
 
     /// Opens the log for appending at `validBytes`, cutting off a torn tail first.
-    init(path: String, tempPath: String, directoryPath: String, validBytes: Int, records: Int) throws(PMUError) {
+    init(
+        path: String, tempPath: String, directoryPath: String, validBytes: Int, records: Int, headroomBytes: Int = 0,
+        warn: @escaping @Sendable (String) -> Void = { _ in }
+    ) throws(PMUError) {
         self.path = path
         self.tempPath = tempPath
         self.directoryPath = directoryPath
+        self.headroomBytes = headroomBytes
+        self.warn = warn
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw Sys.error(.ioError, "cannot open catalog", path) }
         if let size = Sys.fileSize(path), size != UInt64(validBytes) {
@@ -32,9 +54,26 @@ final class CatalogFile {
         guard lseek(fd, off_t(validBytes), SEEK_SET) >= 0 else { throw Sys.error(.ioError, "cannot seek catalog", path) }
         lengthBytes = validBytes
         recordsSinceCompaction = records
+        allocatedEnd = validBytes
+        renewHeadroom()
     }
 
     deinit { close(fd) }
+
+    /// Allocated but not yet written bytes past the log's end: part of `--reserve-free`.
+    var unusedHeadroomBytes: Int { max(0, allocatedEnd - lengthBytes) }
+
+    /// Best effort: on a full disk the log still has what is left of its headroom.
+    private func renewHeadroom() {
+        guard headroomBytes > 0, allocatedEnd - lengthBytes < headroomBytes / 2 else { return }
+        if sys_fallocate(fd, fallocKeepSize, Int64(lengthBytes), Int64(headroomBytes)) == 0 {
+            allocatedEnd = lengthBytes + headroomBytes
+            warned = false
+        } else if !warned {
+            warned = true
+            warn("cannot preallocate \(headroomBytes) bytes of catalog headroom (\(String(cString: strerror(errno)))); \(unusedHeadroomBytes) bytes are left for metadata changes")
+        }
+    }
 
     /// Appends and syncs. On failure the log is cut back to where it was, so a half-written record
     /// can never sit in front of a later good one (which recovery would call corruption).
@@ -50,7 +89,9 @@ final class CatalogFile {
             throw error
         }
         lengthBytes += record.count
+        allocatedEnd = max(allocatedEnd, lengthBytes)
         recordsSinceCompaction += 1
+        renewHeadroom()
     }
 
     /// Replaces the log with a snapshot of the live state: write catalog.new, fsync, rename over
@@ -89,7 +130,9 @@ final class CatalogFile {
         fd = newFD
         _ = lseek(fd, 0, SEEK_END)
         lengthBytes = total
+        allocatedEnd = total
         recordsSinceCompaction = records.count
+        renewHeadroom()
         // Until this fsync the rename may not be durable; either log is whole, so a crash loses nothing.
         do throws(PMUError) {
             try Sys.fsyncPath(directoryPath, directory: true)

@@ -12,13 +12,18 @@ public struct StoreConfiguration: Sendable {
     /// Linux allows 65530 mappings per process by default (vm.max_map_count).
     public var maxRegions: Int
     /// Free space a create must leave on the data directory's filesystem, so the catalog and other
-    /// regions' metadata can still be written when regions fill the disk.
+    /// regions' metadata can still be written when regions fill the disk. Part of it (half, at
+    /// most 8 MiB: `catalogHeadroomBytes`) is kept preallocated at the catalog's end, so metadata
+    /// changes still work when something else fills the disk.
     public var reserveFreeBytes: UInt64
     /// Pre-fault each new region's pages at create (`--populate`): create then costs O(size) and the
     /// region occupies page cache at once, but first writes run at memcpy speed instead of paying
     /// the kernel's zeroing of every new page-cache page (70% of the server's time in a profile of
     /// a 1 GiB first write), and the zeros written back convert the file's unwritten extents early.
     public var populateOnCreate: Bool
+
+    /// Blocks the catalog keeps allocated past its end (see `CatalogFile`).
+    public var catalogHeadroomBytes: Int { Int(min(reserveFreeBytes / 2, 8 << 20)) }
 
     public init(maxRegionBytes: UInt64 = 1 << 40, maxRegions: Int = 50_000, reserveFreeBytes: UInt64 = 64 << 20, populateOnCreate: Bool = false) {
         self.maxRegionBytes = maxRegionBytes
@@ -37,6 +42,8 @@ public struct RecoveryReport: Sendable, Equatable {
     public var removedOrphans: [String] = []
     public var quarantined: [String] = []
     public var compacted = false
+    /// Start-up compaction was due but could not write (a full disk, say): skipped, retried later.
+    public var compactionSkipped: String?
 
     public var repairedSomething: Bool {
         tornTailBytes > 0 || !removedIncompleteCreates.isEmpty || !removedOrphans.isEmpty || !quarantined.isEmpty
@@ -52,19 +59,35 @@ public struct RecoveryReport: Sendable, Equatable {
 /// - delete: append the delete record and fdatasync, then unlink. A crash before the unlink leaves
 ///   a file with no record, which recovery deletes.
 ///
-/// Thread-safe: metadata changes are serialised under one lock; region bytes are accessed through
-/// `MappedRegion` without it. Calls block (fsync, fallocate): run them off event loops.
+/// Thread-safe, with two locks, so that lookups never wait for a disk:
+/// - `catalogLock` serialises metadata changes: it is held across the catalog append and its
+///   fdatasync, and across compaction. Only the metadata pool takes it.
+/// - `lock` guards the in-memory state (catalog state, name index, mappings, creates and deletes in
+///   progress) and is held for lookups and in-memory updates only, never across I/O. STAT, LIST and
+///   OPEN's lookups on event loops take only this one.
+/// A change reads the state under `lock`, appends and syncs under `catalogLock` alone, then applies
+/// under `lock`: the catalog lock keeps changes in log order, so nothing changes the state's
+/// durable part in between. Order: `catalogLock`, then `lock`. Region bytes are accessed through
+/// `MappedRegion` without either. Mutating calls block (fsync, fallocate): run them off event loops.
 public final class RegionStore: @unchecked Sendable {
     public let directory: DataDirectory
     public let configuration: StoreConfiguration
-    public let recoveryReport: RecoveryReport
+    public private(set) var recoveryReport: RecoveryReport
     private let logger: Logger
+    private let catalogLock = NIOLock()
     private let lock = NIOLock()
     private var state: CatalogState
+    /// Names in LIST order, kept next to `state` under `lock`.
+    private var names: SortedNameIndex
     private let catalog: CatalogFile
     private var mappings: [UInt64: MappedRegion] = [:]
     /// Names whose create is in progress, so two concurrent creates of one name cannot both proceed.
     private var creating: Set<String> = []
+    /// Regions whose delete is being committed: no new mapping (so no new grant) for them.
+    private var deleting: Set<UInt64> = []
+    /// After a compaction failed: retry once the log has grown by this many more records.
+    private var compactionRetryAt: Int?
+    private static let compactionRetryRecords = 64
 
     public init(directory: DataDirectory, configuration: StoreConfiguration = .init(), logger: Logger) throws(PMUError) {
         self.directory = directory
@@ -96,7 +119,8 @@ public final class RegionStore: @unchecked Sendable {
         }
         catalog = try CatalogFile(
             path: directory.catalogPath, tempPath: directory.catalogTempPath, directoryPath: directory.path,
-            validBytes: scan.validBytes, records: scan.entries.count)
+            validBytes: scan.validBytes, records: scan.entries.count, headroomBytes: configuration.catalogHeadroomBytes,
+            warn: { [logger] message in logger.warning("\(message)") })
 
         // 2. Reconcile region files with the catalog.
         var removed = false
@@ -156,10 +180,23 @@ public final class RegionStore: @unchecked Sendable {
         }
 
         report.regions = state.regions.count
-        report.compacted = catalog.recordsSinceCompaction > 2 * state.regions.count + 64
+        let compactionDue = catalog.recordsSinceCompaction > 2 * state.regions.count + 64
         self.state = state
+        self.names = SortedNameIndex(state.regions.values.map { (name: $0.name, id: $0.id) })
         self.recoveryReport = report
-        if report.compacted { try compactLocked() }
+        if compactionDue {
+            // Intact data always starts: a compaction that cannot write (a full disk) only costs
+            // a longer log, so it is skipped and retried after later metadata changes.
+            do throws(PMUError) {
+                try compactLocked()
+                report.compacted = true
+            } catch {
+                report.compactionSkipped = error.message
+                compactionRetryAt = catalog.recordsSinceCompaction + Self.compactionRetryRecords
+                logger.warning("start-up catalog compaction skipped; starting with the uncompacted log and retrying later", metadata: ["error": "\(error)"])
+            }
+        }
+        recoveryReport = report
         logger.info("recovered data directory", metadata: [
             "dir": "\(directory.path)", "regions": "\(report.regions)", "catalogRecords": "\(report.catalogRecords)",
             "tornTailBytes": "\(report.tornTailBytes)", "removedIncomplete": "\(report.removedIncompleteCreates.count)",
@@ -177,12 +214,13 @@ public final class RegionStore: @unchecked Sendable {
         lock.withLock { state.regions[id] }
     }
 
-    /// Regions sorted by name (bytewise), strictly after `after`, at most `limit`.
+    /// Regions sorted by name (bytewise), strictly after `after`, at most `limit`, and whether
+    /// more follow. O(log n + limit) under the lock: a binary search in the name index and a copy.
     public func list(after: String, limit: Int) -> (records: [RegionRecord], more: Bool) {
-        let all = lock.withLock { Array(state.regions.values) }
-        let sorted = all.filter { Array($0.name.utf8).lexicographicallyPrecedes(Array(after.utf8)) == false && $0.name != after }
-            .sorted { Array($0.name.utf8).lexicographicallyPrecedes(Array($1.name.utf8)) }
-        return (Array(sorted.prefix(limit)), sorted.count > limit)
+        lock.withLock {
+            let page = names.page(after: after, limit: limit)
+            return (page.entries.compactMap { state.regions[$0.id] }, page.more)
+        }
     }
 
     /// Creates and commits a region. Blocks for the preallocation and two syncs.
@@ -209,9 +247,13 @@ public final class RegionStore: @unchecked Sendable {
         }
         defer { _ = lock.withLock { creating.remove(request.name) } }
 
+        // The catalog's preallocated headroom is already taken from the disk but counts as part of
+        // the reserve: together they are what metadata changes can still use.
+        let headroom = UInt64(catalogLock.withLock { catalog.unusedHeadroomBytes })
         let free = Sys.freeBytes(directory.regionsPath) ?? 0
-        guard free >= configuration.reserveFreeBytes, request.sizeBytes <= free - configuration.reserveFreeBytes else {
-            throw PMUError(.noSpace, "region of \(request.sizeBytes) bytes does not fit: \(free) bytes free on the data directory's filesystem, \(configuration.reserveFreeBytes) of them reserved")
+        let reserve = configuration.reserveFreeBytes > headroom ? configuration.reserveFreeBytes - headroom : 0
+        guard free >= reserve, request.sizeBytes <= free - reserve else {
+            throw PMUError(.noSpace, "region of \(request.sizeBytes) bytes does not fit: \(free) bytes free on the data directory's filesystem, \(reserve) of them reserved for metadata (--reserve-free \(configuration.reserveFreeBytes), of which \(headroom) already preallocated to the catalog)")
         }
         let temp = directory.tempRegionPath(id: id)
         let final = directory.regionPath(id: id)
@@ -232,12 +274,7 @@ public final class RegionStore: @unchecked Sendable {
             id: id, name: request.name, sizeBytes: request.sizeBytes, kind: request.kind,
             createdAtMilliseconds: Sys.nowMilliseconds(), owner: owner, readers: request.readers, writers: request.writers)
         do throws(PMUError) {
-            try lock.withTypedLock { () throws(PMUError) in
-                let sequence = state.lastSequence + 1
-                try catalog.append(CatalogFormat.encode(.put(record), sequence: sequence))
-                state.apply(.put(record), sequence: sequence)
-                compactIfNeededLocked()
-            }
+            try commit(.put(record))
         } catch {
             unlink(final)
             throw error
@@ -285,30 +322,37 @@ public final class RegionStore: @unchecked Sendable {
     }
 
     /// The region's mapping, created on first use and kept until the region is deleted.
+    /// The mmap itself runs outside the lock; of two racing first uses one mapping is kept.
     public func mapping(id: UInt64) throws(PMUError) -> MappedRegion {
-        try lock.withTypedLock { () throws(PMUError) -> MappedRegion in
-            if let mapped = mappings[id] { return mapped }
-            guard let record = state.regions[id] else {
+        let (existing, size) = try lock.withTypedLock { () throws(PMUError) -> (MappedRegion?, UInt64) in
+            if let mapped = mappings[id] { return (mapped, mapped.sizeBytes) }
+            guard let record = state.regions[id], !deleting.contains(id) else {
                 throw PMUError(.unknownRegion, "region id \(id) no longer exists")
             }
-            let mapped = try MappedRegion(id: id, path: directory.regionPath(id: id), sizeBytes: record.sizeBytes)
-            mappings[id] = mapped
-            return mapped
+            return (nil, record.sizeBytes)
+        }
+        if let existing { return existing }
+        let fresh = try MappedRegion(id: id, path: directory.regionPath(id: id), sizeBytes: size)
+        return try lock.withTypedLock { () throws(PMUError) -> MappedRegion in
+            if let mapped = mappings[id] { return mapped }
+            guard state.regions[id] != nil, !deleting.contains(id) else {
+                throw PMUError(.unknownRegion, "region id \(id) no longer exists")
+            }
+            mappings[id] = fresh
+            return fresh
         }
     }
 
     /// Changes a region's metadata durably (bumping its generation) and returns the new record.
     public func update(id: UInt64, _ change: (inout RegionRecord) throws(PMUError) -> Void) throws(PMUError) -> RegionRecord {
-        try lock.withTypedLock { () throws(PMUError) -> RegionRecord in
-            guard var record = state.regions[id] else {
+        try catalogLock.withTypedLock { () throws(PMUError) -> RegionRecord in
+            let current = lock.withLock { deleting.contains(id) ? nil : state.regions[id] }
+            guard var record = current else {
                 throw PMUError(.unknownRegion, "region id \(id) no longer exists")
             }
             try change(&record)
             record.generation += 1
-            let sequence = state.lastSequence + 1
-            try catalog.append(CatalogFormat.encode(.put(record), sequence: sequence))
-            state.apply(.put(record), sequence: sequence)
-            compactIfNeededLocked()
+            try commitLocked(.put(record))
             return record
         }
     }
@@ -316,17 +360,19 @@ public final class RegionStore: @unchecked Sendable {
     /// Deletes a region. `authorize` runs under the lock on the current record, so the check and
     /// the delete see the same region even if another client races to recreate the name.
     public func delete(named name: String, authorize: (RegionRecord) throws(PMUError) -> Void) throws(PMUError) -> RegionRecord {
-        let record = try lock.withTypedLock { () throws(PMUError) -> RegionRecord in
-            guard let record = state.region(named: name) else {
+        let record = try catalogLock.withTypedLock { () throws(PMUError) -> RegionRecord in
+            // Marked first: from here no new mapping, so no new grant, can be made for it.
+            let found = lock.withLock { () -> RegionRecord? in
+                guard let record = state.region(named: name), !deleting.contains(record.id) else { return nil }
+                deleting.insert(record.id)
+                return record
+            }
+            guard let record = found else {
                 throw PMUError(.unknownRegion, "no region named \(NameRules.quoted(name))")
             }
+            defer { _ = lock.withLock { deleting.remove(record.id) } }
             try authorize(record)
-            let sequence = state.lastSequence + 1
-            try catalog.append(CatalogFormat.encode(.delete(id: record.id), sequence: sequence))
-            state.apply(.delete(id: record.id), sequence: sequence)
-            // The mapping is released when the last in-flight operation holding it finishes.
-            mappings[record.id] = nil
-            compactIfNeededLocked()
+            try commitLocked(.delete(id: record.id))
             return record
         }
         // Committed: from here a crash leaves an orphan file that recovery removes.
@@ -339,26 +385,60 @@ public final class RegionStore: @unchecked Sendable {
         return record
     }
 
+    /// Appends `entry` durably, then applies it. Takes the catalog lock.
+    private func commit(_ entry: CatalogEntry) throws(PMUError) {
+        try catalogLock.withTypedLock { () throws(PMUError) in try commitLocked(entry) }
+    }
+
+    /// The caller holds `catalogLock`: no other change can take the next sequence meanwhile, and
+    /// lookups go on under `lock` while the fdatasync runs.
+    private func commitLocked(_ entry: CatalogEntry) throws(PMUError) {
+        let sequence = lock.withLock { state.lastSequence } + 1
+        try catalog.append(CatalogFormat.encode(entry, sequence: sequence))
+        lock.withLock {
+            if case .put(let record) = entry, let previous = state.regions[record.id], previous.name != record.name {
+                names.remove(previous.name)
+            }
+            if case .delete(let id) = entry, let previous = state.regions[id] {
+                names.remove(previous.name)
+                // The mapping is released when the last in-flight operation holding it finishes.
+                mappings[id] = nil
+            }
+            state.apply(entry, sequence: sequence)
+            if case .put(let record) = entry { names.insert(record.name, id: record.id) }
+        }
+        compactIfNeededLocked()
+    }
+
     /// Compaction never fails the operation that triggered it: that operation has already
-    /// committed. A failed compaction is logged and retried at the next trigger.
+    /// committed. A failed compaction (a full disk, say) is logged and retried after
+    /// `compactionRetryRecords` more records, so a disk that stays full is not rewritten per change.
     private func compactIfNeededLocked() {
-        guard catalog.recordsSinceCompaction > max(1024, 4 * state.regions.count) else { return }
+        let regions = lock.withLock { state.regions.count }
+        let records = catalog.recordsSinceCompaction
+        let due = compactionRetryAt.map { records >= $0 } ?? (records > max(1024, 4 * regions))
+        guard due else { return }
         do throws(PMUError) {
             try compactLocked()
+            compactionRetryAt = nil
         } catch {
+            compactionRetryAt = records + Self.compactionRetryRecords
             logger.error("catalog compaction failed; the log keeps growing until it succeeds", metadata: ["error": "\(error)"])
         }
     }
 
+    /// The caller holds `catalogLock` (or is `init`). The snapshot is a copy-on-write value taken
+    /// under `lock`; encoding and writing it run without `lock`.
     private func compactLocked() throws(PMUError) {
+        let snapshot = lock.withLock { state }
         var sequence: UInt64 = 0
-        let records = state.snapshotEntries().map { entry -> [UInt8] in
+        let records = snapshot.snapshotEntries().map { entry -> [UInt8] in
             sequence += 1
             return CatalogFormat.encode(entry, sequence: sequence)
         }
         try catalog.compact(to: records)
         // Sequences restart with the compacted log; the in-memory state must continue from them.
-        state = CatalogState(replaying: state.snapshotEntries().enumerated().map { (UInt64($0.offset + 1), $0.element) })
+        lock.withLock { state.restartSequences(at: sequence) }
         logger.debug("compacted catalog", metadata: ["records": "\(records.count)"])
     }
 }

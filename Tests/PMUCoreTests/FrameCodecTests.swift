@@ -25,7 +25,8 @@ let sampleRequests: [Request] = [
     .persist(key: sampleKey, offset: 0, length: 0),
     .close(key: sampleKey),
     .delete(name: "gone"),
-    .list(after: "", limit: 100),
+    .list(after: "", limit: 100, wantsCursor: false),
+    .list(after: "b", limit: 1024, wantsCursor: true),
     .stat(name: "s"),
 ]
 
@@ -40,8 +41,10 @@ let sampleResponses: [Response] = [
     .data(ByteBuffer(bytes: [1, 2, 3])),
     .data(ByteBuffer(bytes: Array(repeating: 9, count: 10_000))),
     .info(sampleInfo),
-    .list(entries: [sampleInfo, sampleInfo], more: true),
-    .list(entries: [], more: false),
+    .list(entries: [sampleInfo, sampleInfo], more: true, cursor: nil),
+    .list(entries: [], more: false, cursor: nil),
+    .list(entries: [sampleInfo], more: true, cursor: "zz"),
+    .list(entries: [], more: true, cursor: ""),
     .error(PMUError(.outOfBounds, "range is outside")),
 ]
 

@@ -29,7 +29,7 @@ import Testing
     @Test func unauthenticatedRequestsAreRefused() throws {
         let server = try startServer()
         let raw = try RawConnection(server.endpoint)
-        raw.send(Request.list(after: "", limit: 10), id: 7)
+        raw.send(Request.list(after: "", limit: 10, wantsCursor: false), id: 7)
         let (frames, closed) = raw.readUntilClosed()
         #expect(closed)
         #expect(frames.count == 1)
