@@ -8,4 +8,10 @@ scripts/install-deps.sh
 # The integration tests run the built pmu-server and pmuctl: build every product, then the tests.
 swift build
 swift build --build-tests
+# At most two test cases at once (Swift Testing's own default is twice the cores): the
+# integration tests wait for real processes and sockets synchronously (a server's ready file,
+# pmuctl's exit, raw sockets' replies), which holds a thread of the two-thread cooperative pool;
+# with more cases in flight a third one's client could be starved past the server's 10 s
+# authentication timeout (seen at load 10 on a 2-core machine).
+export SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=${SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH:-2}
 swift test --skip-build "$@"
