@@ -14,6 +14,8 @@ import PackageDescription
 //   PMUClient     async client library (regions, checkpoints as primary and backup)
 //   PMUStripe     no I/O: stripe geometry, piece headers, erasure code (ISA-L), survivability
 //   PMUCluster    checkpoints striped with parity and/or mirrored across several pmu-servers
+//   CUserfault    C shim: userfaultfd, UFFDIO_*, PAGEMAP_SCAN, memfd (what Swift cannot import)
+//   PMUSnapshot   live copy-on-write snapshots of an arena, streamed to a PMU region; restore
 //   PMUCtl        pmuctl's commands as a library
 //   pmu-server, pmuctl   thin executables
 //   Examples/     pmu-example-primary, pmu-example-backup (+ PMUExampleComputation)
@@ -25,6 +27,7 @@ let package = Package(
         .library(name: "PMUClient", targets: ["PMUClient"]),
         .library(name: "PMUCheckpoint", targets: ["PMUCheckpoint"]),
         .library(name: "PMUCluster", targets: ["PMUCluster"]),
+        .library(name: "PMUSnapshot", targets: ["PMUSnapshot"]),
         .executable(name: "pmu-server", targets: ["pmu-server"]),
         .executable(name: "pmuctl", targets: ["pmuctl"]),
         .executable(name: "pmu-example-primary", targets: ["pmu-example-primary"]),
@@ -127,10 +130,21 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
+        // Kernel interfaces for live snapshots that Swift cannot import (syscall, _IOWR ioctls) and
+        // that Debian 12's headers lack (WP_ASYNC, PAGEMAP_SCAN): defined locally in shim.c.
+        .target(name: "CUserfault"),
+        .target(
+            name: "PMUSnapshot",
+            dependencies: [
+                "CUserfault", "PMUCore", "PMUCheckpoint", "PMUClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "PMUCtl",
             dependencies: [
-                "PMUCore", "PMUClient", "PMUTransport", "PMUCheckpoint", "PMUCluster", "PMUStripe",
+                "PMUCore", "PMUClient", "PMUTransport", "PMUCheckpoint", "PMUCluster", "PMUStripe", "PMUSnapshot",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]

@@ -44,6 +44,8 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     case unrecoverable = 40
     /// A server of the cluster map could not be reached or used (the message names it).
     case serverUnavailable = 41
+    /// A live-snapshot call named a region that is not a snapshot target (or not formatted as one).
+    case notSnapshotRegion = 48
 
     /// A stable, grep-able name for logs and pmuctl's one-line errors.
     public var description: String {
@@ -82,6 +84,7 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .rdmaError: "RDMA_ERROR"
         case .unrecoverable: "UNRECOVERABLE"
         case .serverUnavailable: "SERVER_UNAVAILABLE"
+        case .notSnapshotRegion: "NOT_SNAPSHOT_REGION"
         }
     }
 }
