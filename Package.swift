@@ -198,7 +198,7 @@ let package = Package(
             name: "PMUIntegrationTests",
             dependencies: [
                 "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint", "PMUExampleComputation", "PMUTesting",
-                "PMUCluster", "PMUStripe",
+                "PMUCluster", "PMUStripe", "PMUSnapshot",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

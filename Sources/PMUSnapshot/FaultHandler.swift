@@ -5,7 +5,8 @@ import Foundation
 import Glibc
 #endif
 
-/// The thread that serves write faults: a plain Thread blocked in poll() on the userfaultfd, not a
+/// The thread that serves write faults: a plain Thread blocked in poll() on the userfaultfd (which
+/// is non-blocking: poll on a blocking one always reports POLLERR, userfaultfd(2)), not a
 /// Swift concurrency task (a writer's fault can wait for the transfer agent, and a blocked task
 /// would hold a thread of the cooperative pool that the agent itself may need).
 final class FaultHandler: @unchecked Sendable {

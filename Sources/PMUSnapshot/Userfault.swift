@@ -19,7 +19,7 @@ final class WriteProtector: @unchecked Sendable {
     /// Sets up the descriptor and registers the arena, or throws with the reason (the caller
     /// falls back to copy mode and says so).
     init(arena: SnapshotArena) throws(PMUError) {
-        let fd = cuf_userfaultfd(0, 0)
+        let fd = cuf_userfaultfd(1, 0)
         guard fd >= 0 else {
             let hint = -fd == EPERM ? " (unprivileged: vm.unprivileged_userfaultfd is 0 and the process lacks CAP_SYS_PTRACE)" :
                 -fd == ENOSYS ? " (the kernel has no userfaultfd)" : ""
@@ -36,7 +36,7 @@ final class WriteProtector: @unchecked Sendable {
             throw PMUError(.invalidArgument, "the kernel's userfaultfd cannot write-protect shared memory (no UFFD_FEATURE_WP_HUGETLBFS_SHMEM; Linux 5.19+ needed)")
         }
         // UFFDIO_API may be called once per descriptor: open the real one.
-        let real = cuf_userfaultfd(0, 0)
+        let real = cuf_userfaultfd(1, 0)
         guard real >= 0 else { throw PMUError(.invalidArgument, "userfaultfd() failed: \(Self.describe(real))") }
         let requested = wanted | (available & cuf_feature_wp_unpopulated())
         probe = cuf_api(real, requested, nil, nil)
