@@ -32,6 +32,8 @@ let package = Package(
         .executable(name: "pmuctl", targets: ["pmuctl"]),
         .executable(name: "pmu-example-primary", targets: ["pmu-example-primary"]),
         .executable(name: "pmu-example-backup", targets: ["pmu-example-backup"]),
+        .executable(name: "pmu-example-live", targets: ["pmu-example-live"]),
+        .executable(name: "pmu-example-standby", targets: ["pmu-example-standby"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -167,6 +169,22 @@ let package = Package(
             dependencies: ["PMUClient", "PMUExampleComputation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Examples/Backup"
         ),
+        // Examples/: a live program snapshotting a large grid while it runs, a standby resuming from it.
+        .target(
+            name: "PMUExampleLiveGrid",
+            dependencies: ["PMUClient", "PMUSnapshot", "PMUExampleComputation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/LiveGrid"
+        ),
+        .executableTarget(
+            name: "pmu-example-live",
+            dependencies: ["PMUClient", "PMUSnapshot", "PMUExampleComputation", "PMUExampleLiveGrid", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/Live"
+        ),
+        .executableTarget(
+            name: "pmu-example-standby",
+            dependencies: ["PMUClient", "PMUSnapshot", "PMUExampleComputation", "PMUExampleLiveGrid", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/Standby"
+        ),
         // Benchmarks/: PMU's side of each benchmark workload (scripts/bench.sh runs it with baselines).
         .executableTarget(
             name: "pmu-bench",
@@ -198,7 +216,7 @@ let package = Package(
             name: "PMUIntegrationTests",
             dependencies: [
                 "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint", "PMUExampleComputation", "PMUTesting",
-                "PMUCluster", "PMUStripe", "PMUSnapshot",
+                "PMUCluster", "PMUStripe", "PMUSnapshot", "PMUExampleLiveGrid",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

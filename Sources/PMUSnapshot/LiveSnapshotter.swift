@@ -58,6 +58,10 @@ public struct SnapshotTicket: Sendable {
     public let pagesToSend: Int
     public let pauseNanoseconds: UInt64
     let task: Task<SnapshotResult, any Error>
+    let done: NIOLockedValueBox<Bool>
+
+    /// True once the transfer has ended (`result()` then returns without waiting).
+    public var isFinished: Bool { done.withLockedValue { $0 } }
 
     /// Waits until the snapshot is complete and durable on the target. Throws what stopped the
     /// transfer (e.g. FENCED when another instance took the target over, CONNECTION_CLOSED); the
@@ -175,7 +179,9 @@ public final class LiveSnapshotter: @unchecked Sendable {
         let plan = target.beginPlan()
         let started = Self.nanoseconds()
         let startedMilliseconds = Self.wallMilliseconds()
+        let done = NIOLockedValueBox(false)
         let task = Task.detached { [self] () async throws -> SnapshotResult in
+            defer { done.withLockedValue { $0 = true } }
             do {
                 let result = try await transfer(plan: plan, pauseNanoseconds: pauseNanoseconds, started: started, startedMilliseconds: startedMilliseconds)
                 tracker.finish(succeeded: true)
@@ -186,7 +192,7 @@ public final class LiveSnapshotter: @unchecked Sendable {
             }
         }
         current.withLockedValue { $0 = (plan.sequence, task) }
-        return SnapshotTicket(sequence: plan.sequence, pagesToSend: pages, pauseNanoseconds: pauseNanoseconds, task: task)
+        return SnapshotTicket(sequence: plan.sequence, pagesToSend: pages, pauseNanoseconds: pauseNanoseconds, task: task, done: done)
     }
 
     /// Returns when no transfer is running (whether the last one succeeded or not).
