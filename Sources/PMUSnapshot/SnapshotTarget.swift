@@ -219,7 +219,13 @@ public final class SnapshotTarget: Sendable {
         return SnapshotVerification(header: header, pagesChecked: layout.pageCount, damagedPages: damaged.sorted())
     }
 
-    func image(sequence: UInt64?) async throws(PMUError) -> (SnapshotHeader, PageMap) {
+    /// Checks that the map of `sequence` is intact (cheap: no pages read).
+    public func verifyMap(sequence: UInt64) async throws(PMUError) {
+        _ = try await image(sequence: sequence)
+    }
+
+    /// The header and page map of a snapshot (the newest when nil).
+    public func image(sequence: UInt64?) async throws(PMUError) -> (SnapshotHeader, PageMap) {
         let all = try await headers()
         guard !all.isEmpty else { throw PMUError(.unknownSequence, "snapshot target '\(name)' holds no complete snapshot yet") }
         guard let sequence else {

@@ -217,4 +217,43 @@ func copyOf(_ arena: SnapshotArena) -> [UInt8] { Array(UnsafeRawBufferPointer(ar
         #expect(same, "seed \(seed): restored image is not snapshot 2's")
         await snapshotter.close()
     }
+
+    @Test func pmuctlSnapshotCommandsAndDamageDetection() async throws {
+        let server = try ServerProcess(dataDirectory: scratch.path + "/data")
+        let client = try await server.client()
+        let arena = try SnapshotArena(sizeBytes: 1 << 20)
+        let target = try await client.createSnapshotTarget("tgt", arenaBytes: 1 << 20)
+        let gate = WriterGate()
+        let snapshotter = try LiveSnapshotter(arena: arena, target: target, gate: gate)
+        for round in 1...3 {
+            gate.mutate { memset(arena.page(round * 7), Int32(round), arena.pageBytes) }
+            _ = try await snapshotter.snapshot().result()
+        }
+        await snapshotter.close()
+        func ctl(_ arguments: [String]) throws -> (status: Int32, text: String, stderr: String) {
+            let result = try run(binDirectory + "/pmuctl", ["snapshot"] + arguments + ["--server", server.endpoint.description, "--secret-file", server.dataDirectory + "/admin.secret"])
+            return (result.status, String(decoding: result.stdout, as: UTF8.self), result.stderr)
+        }
+        let list = try ctl(["list", "tgt", "--json"])
+        #expect(list.status == 0, "\(list.stderr)")
+        let entries = try #require(try JSONSerialization.jsonObject(with: Data(list.text.utf8)) as? [[String: Any]])
+        #expect(entries.map { $0["sequence"] as? Int } == [3, 2] && entries.map { $0["status"] as? String } == ["newest", "previous"], "\(list.text)")
+        #expect(entries.first?["pagesSent"] as? Int == 1, "round 3 wrote one page: \(list.text)")
+        let inspect = try ctl(["inspect", "tgt", "--sequence", "2", "--json"])
+        let details = try #require(try JSONSerialization.jsonObject(with: Data(inspect.text.utf8)) as? [String: Any], "\(inspect.stderr)")
+        #expect(details["pages"] as? Int == 256 && (details["snapshot"] as? [String: Any])?["sequence"] as? Int == 2)
+        #expect(details["requiredRegionBytes"] as? Int == 16384 + 2 * 4096 + 2 * (1 << 20))
+        #expect(try ctl(["verify", "tgt"]).status == 0)
+        #expect(try ctl(["inspect", "tgt", "--sequence", "9"]).stderr.contains("UNKNOWN_SEQUENCE"))
+        let raw = try ctl(["list", "nope"])
+        #expect(raw.status != 0 && raw.stderr.contains("UNKNOWN_REGION"))
+        // Damage one page of the newest image behind the library's back: verify and restore refuse it.
+        let (_, map) = try await target.image(sequence: nil)
+        let handle = try await client.openRegion("tgt", rights: .readWrite)
+        try await client.write(handle, at: target.layout.slotOffset(map.slots[21]), ByteBuffer(repeating: 0xEE, count: 100))
+        let verify = try ctl(["verify", "tgt", "--json"])
+        #expect(verify.status != 0 && verify.stderr.contains("DAMAGED") && verify.text.contains("21"), "\(verify.text) \(verify.stderr)")
+        #expect(await code { _ = try await target.restore(into: try SnapshotArena(sizeBytes: 1 << 20)) } == .damaged)
+        await client.disconnect()
+    }
 }
