@@ -188,7 +188,7 @@ let package = Package(
         // Benchmarks/: PMU's side of each benchmark workload (scripts/bench.sh runs it with baselines).
         .executableTarget(
             name: "pmu-bench",
-            dependencies: ["PMUClient", "PMUCluster", "PMUStripe", "CISAL", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["PMUClient", "PMUCluster", "PMUStripe", "PMUSnapshot", "CISAL", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "NIOCore", package: "swift-nio")],
             path: "Benchmarks/pmu-bench"
         ),
         .testTarget(
