@@ -34,6 +34,7 @@ struct SnapshotBench: ParsableCommand {
         let full = try await snapshotter.snapshot().result()
         result["full_pause_us"] = Double(full.pauseNanoseconds) / 1000
         result["full_transfer_ms"] = Double(full.transferNanoseconds) / 1e6
+        result["full_commit_ms"] = Double(full.commitNanoseconds) / 1e6
         result["full_gbps"] = Double(full.pageBytesSent + full.metadataBytesSent) / Double(full.transferNanoseconds)
         var generator = SystemRandomNumberGenerator()
         for percent in [1, 10] {
@@ -58,35 +59,15 @@ struct SnapshotBench: ParsableCommand {
 
         // One writer thread as fast as it can go; its rate in a window without a transfer, then
         // during a full background transfer (every page pending: first writes copy into the pool).
-        let writes = Atomic<Int>(0), stop = Atomic<Bool>(false)
-        let done = DispatchSemaphore(value: 0)
-        Thread {
-            var state: UInt64 = 0x1234_5678
-            let pages = UInt64(arena.pageCount)
-            while !stop.load(ordering: .relaxed) {
-                state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-                let page = Int((state >> 20) % pages)
-                gate.mutate { arena.page(page).storeBytes(of: state, toByteOffset: 16, as: UInt64.self) }
-                writes.add(1, ordering: .relaxed)
-            }
-            done.signal()
-        }.start()
-        try await Task.sleep(for: .milliseconds(200))
-        var before = writes.load(ordering: .relaxed)
-        var start = ContinuousClock.now
-        try await Task.sleep(for: .seconds(1))
-        let idleRate = Double(writes.load(ordering: .relaxed) - before) / (microseconds(since: start) / 1e6)
-        let ticket = try await snapshotter.snapshot(full: true)
-        before = writes.load(ordering: .relaxed)
-        start = ContinuousClock.now
-        let during = try await ticket.result()
-        let busyRate = Double(writes.load(ordering: .relaxed) - before) / (microseconds(since: start) / 1e6)
-        stop.store(true, ordering: .relaxed)
-        done.wait()
+        // Uniform over the whole arena (every write likely a page not yet written: the worst case,
+        // one fault per write) and over a hot set of 1% of the pages.
+        for (label, hotPages) in [("uniform", arena.pageCount), ("hot1", max(1, arena.pageCount / 100))] {
+            let (idle, busy, window) = try await writerRates(snapshotter, hotPages: hotPages)
+            result["writer_rate_idle_\(label)"] = idle
+            result["writer_rate_during_transfer_\(label)"] = busy
+            result["rate_window_ms_\(label)"] = window
+        }
         let statistics = snapshotter.statistics
-        result["writer_rate_idle"] = idleRate
-        result["writer_rate_during_transfer"] = busyRate
-        result["rate_window_ms"] = Double(during.transferNanoseconds) / 1e6
         result["pool_high_water_pages"] = statistics.poolHighWaterPages
         result["pool_full_waits"] = statistics.poolFullWaits
         await snapshotter.close()
@@ -96,4 +77,36 @@ struct SnapshotBench: ParsableCommand {
     }
 
     func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+
+    /// Writes per second of one writer over `hotPages` pages: for a second without a transfer,
+    /// then during a full snapshot's transfer. Returns (idle, during, transfer window ms).
+    func writerRates(_ snapshotter: LiveSnapshotter, hotPages: Int) async throws -> (Double, Double, Double) {
+        let arena = snapshotter.arena, gate = snapshotter.gate!
+        let writes = Atomic<Int>(0), stop = Atomic<Bool>(false)
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            var state: UInt64 = 0x1234_5678
+            let pages = UInt64(hotPages), stride = max(1, arena.pageCount / hotPages)
+            while !stop.load(ordering: .relaxed) {
+                state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                let page = Int((state >> 20) % pages) * stride
+                gate.mutate { arena.page(page).storeBytes(of: state, toByteOffset: 16, as: UInt64.self) }
+                writes.add(1, ordering: .relaxed)
+            }
+            done.signal()
+        }.start()
+        try await Task.sleep(for: .milliseconds(200))
+        var before = writes.load(ordering: .relaxed)
+        var start = ContinuousClock.now
+        try await Task.sleep(for: .seconds(1))
+        let idle = Double(writes.load(ordering: .relaxed) - before) / (microseconds(since: start) / 1e6)
+        let ticket = try await snapshotter.snapshot(full: true)
+        before = writes.load(ordering: .relaxed)
+        start = ContinuousClock.now
+        let during = try await ticket.result()
+        let busy = Double(writes.load(ordering: .relaxed) - before) / (microseconds(since: start) / 1e6)
+        stop.store(true, ordering: .relaxed)
+        done.wait()
+        return (idle, busy, Double(during.transferNanoseconds) / 1e6)
+    }
 }

@@ -124,9 +124,7 @@ public struct SnapshotLayout: Sendable, Equatable {
 
     /// nil for a slot never written or not a valid header (torn, damaged): the caller uses the other.
     public func decodeHeader(_ bytes: ByteBuffer) -> SnapshotHeader? {
-        let view = Array(bytes.readableBytesView.prefix(Self.headerEncodedBytes))
-        guard view.count == Self.headerEncodedBytes, Array(view[0..<8]) == Self.headerMagic else { return nil }
-        guard CRC32C.checksum(view[0..<(Self.headerEncodedBytes - 4)]) == Self.le32(view, Self.headerEncodedBytes - 4) else { return nil }
+        guard let view = Self.checkedRecord(bytes, magic: Self.headerMagic, length: Self.headerEncodedBytes) else { return nil }
         let fields = (0..<8).map { Self.le64(view, 8 + 8 * $0) }
         guard fields[0] > 0, fields[2] == arenaBytes, fields[3] <= pageCount else { return nil }
         return SnapshotHeader(sequence: fields[0], epoch: fields[1], pagesSent: fields[3], bytesSent: fields[4],
@@ -154,9 +152,7 @@ public struct SnapshotLayout: Sendable, Equatable {
     }
 
     public func decodeHeartbeat(_ bytes: ByteBuffer) -> Heartbeat? {
-        let view = Array(bytes.readableBytesView.prefix(Self.heartbeatEncodedBytes))
-        guard view.count == Self.heartbeatEncodedBytes, Array(view[0..<8]) == Self.heartbeatMagic else { return nil }
-        guard CRC32C.checksum(view[0..<(Self.heartbeatEncodedBytes - 4)]) == Self.le32(view, Self.heartbeatEncodedBytes - 4) else { return nil }
+        guard let view = Self.checkedRecord(bytes, magic: Self.heartbeatMagic, length: Self.heartbeatEncodedBytes) else { return nil }
         let fields = (0..<5).map { Self.le64(view, 8 + 8 * $0) }
         return Heartbeat(epoch: fields[0], counter: fields[1], milliseconds: fields[2], handedOverSequence: fields[3], note: fields[4])
     }
@@ -205,6 +201,14 @@ public struct SnapshotLayout: Sendable, Equatable {
     }
 
     // MARK: Little-endian helpers for checked byte arrays
+
+    /// The record's bytes if it has `length` bytes, starts with `magic` and ends with the CRC of the rest.
+    static func checkedRecord(_ bytes: ByteBuffer, magic: [UInt8], length: Int) -> [UInt8]? {
+        let view = Array(bytes.readableBytesView.prefix(length))
+        guard view.count == length, Array(view[0..<magic.count]) == magic,
+              CRC32C.checksum(view[0..<(length - 4)]) == le32(view, length - 4) else { return nil }
+        return view
+    }
 
     static func le32(_ bytes: [UInt8], _ at: Int) -> UInt32 {
         (0..<4).reduce(UInt32(0)) { $0 | UInt32(bytes[at + $1]) << (8 * $1) }
