@@ -147,6 +147,11 @@ public final class LiveSnapshotter: @unchecked Sendable {
     /// The next snapshot must send every page (no committed image matches the arena).
     private var fullNext: Bool
 
+    /// A transfer task holds the snapshotter, so this runs only when none is in flight.
+    deinit {
+        if !closed.withLockedValue({ $0 }) { handler?.stop() }
+    }
+
     public var statistics: SnapshotStatistics { tracker.snapshotStatistics }
 
     /// Waits for the previous snapshot's transfer, pauses the writers through the gate, fixes the
