@@ -95,7 +95,7 @@ func number(after prefix: String, in line: String) -> UInt64? {
     let scratch = Scratch()
 
     func connectionArguments(_ server: ServerProcess) -> [String] {
-        ["--server", server.endpoint.description, "--secret-file", server.dataDirectory + "/admin.secret"]
+        ["--server", server.endpoint.description, "--secret-file", server.dataDirectory + "/admin.secret", "--transport", testTransport.rawValue]
     }
 
     @Test func liveKilledMidTransferStandbyResumesFromThePreviousSnapshot() throws {
