@@ -209,6 +209,10 @@ let package = Package(
             dependencies: ["PMUCore", "PMUStripe", "PMUTesting", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
+            name: "PMUSnapshotTests",
+            dependencies: ["PMUCore", "PMUSnapshot", "PMUTesting", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
             name: "PMUStoreTests",
             dependencies: ["PMUCore", "PMUStore", .product(name: "Logging", package: "swift-log")]
         ),

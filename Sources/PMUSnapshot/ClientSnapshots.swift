@@ -23,6 +23,18 @@ extension PMUClient {
         guard info.kind == .snapshot else {
             throw PMUError(.notSnapshotRegion, "region '\(name)' is of kind \(info.kind), not snapshot; create snapshot targets with createSnapshotTarget or `pmuctl region create --kind snapshot`")
         }
+        if writable {
+            // Check the geometry through a read-only handle first: a mismatched open must fail
+            // without taking the writer role, which would fence the live program's writes.
+            let probe = try await openRegion(name, rights: .read)
+            do {
+                _ = try await SnapshotTarget.checkGeometry(io: RemoteRegion(client: self, handle: probe), name: name, formatFor: arenaBytes)
+            } catch {
+                try? await close(probe)
+                throw error
+            }
+            try await close(probe)
+        }
         let handle = try await openRegion(name, rights: writable ? .readWrite : .read)
         return try await SnapshotTarget.open(io: RemoteRegion(client: self, handle: handle), name: name, epoch: handle.epoch,
                                              formatFor: writable ? arenaBytes : nil, nowMilliseconds: LiveSnapshotter.wallMilliseconds())

@@ -43,6 +43,21 @@ public final class SnapshotTarget: Sendable {
         io: any RegionIO, name: String = "", epoch: UInt64 = 0, formatFor arenaBytes: UInt64? = nil,
         pageBytes: UInt64 = UInt64(SnapshotArena.systemPageBytes), nowMilliseconds: UInt64 = 0
     ) async throws(PMUError) -> SnapshotTarget {
+        if let layout = try await checkGeometry(io: io, name: name, formatFor: arenaBytes, pageBytes: pageBytes) {
+            let committed = try await loadNewest(io: io, layout: layout)
+            return SnapshotTarget(io: io, layout: layout, epoch: epoch, name: name, committed: committed)
+        }
+        let layout = try SnapshotLayout(pageBytes: pageBytes, arenaBytes: arenaBytes!)
+        try await io.writeDurably(at: SnapshotLayout.superblockOffset, layout.encodeSuperblock(createdMilliseconds: nowMilliseconds))
+        return SnapshotTarget(io: io, layout: layout, epoch: epoch, name: name, committed: nil)
+    }
+
+    /// Reads and checks the superblock without writing anything: the target's geometry, or nil
+    /// when it is unformatted and large enough to be formatted for `formatFor`. Throws when it holds
+    /// something else, another arena size, or is too small.
+    public static func checkGeometry(
+        io: any RegionIO, name: String, formatFor arenaBytes: UInt64?, pageBytes: UInt64 = UInt64(SnapshotArena.systemPageBytes)
+    ) async throws(PMUError) -> SnapshotLayout? {
         guard io.sizeBytes >= SnapshotLayout.metadataBytes else {
             throw PMUError(.invalidSize, "region '\(name)' has \(io.sizeBytes) bytes, less than the \(SnapshotLayout.metadataBytes) bytes of a snapshot target's metadata")
         }
@@ -51,8 +66,7 @@ public final class SnapshotTarget: Sendable {
             if let arenaBytes, arenaBytes != layout.arenaBytes || pageBytes != layout.pageBytes {
                 throw PMUError(.invalidArgument, "snapshot target '\(name)' is formatted for an arena of \(layout.arenaBytes) bytes in \(layout.pageBytes)-byte pages, not \(arenaBytes) in \(pageBytes)-byte pages")
             }
-            let committed = try await loadNewest(io: io, layout: layout)
-            return SnapshotTarget(io: io, layout: layout, epoch: epoch, name: name, committed: committed)
+            return layout
         }
         guard let arenaBytes else {
             throw PMUError(.notSnapshotRegion, "region '\(name)' has never been formatted as a snapshot target (no superblock)")
@@ -61,8 +75,7 @@ public final class SnapshotTarget: Sendable {
         guard layout.requiredRegionBytes <= io.sizeBytes else {
             throw PMUError(.invalidSize, "region '\(name)' has \(io.sizeBytes) bytes; a snapshot target for an arena of \(arenaBytes) bytes needs \(layout.requiredRegionBytes) (2 x arena + 8 bytes a page x 2 + 16 KiB)")
         }
-        try await io.writeDurably(at: SnapshotLayout.superblockOffset, layout.encodeSuperblock(createdMilliseconds: nowMilliseconds))
-        return SnapshotTarget(io: io, layout: layout, epoch: epoch, name: name, committed: nil)
+        return nil
     }
 
     // MARK: Reading headers and maps

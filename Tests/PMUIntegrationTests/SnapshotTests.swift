@@ -182,6 +182,7 @@ func copyOf(_ arena: SnapshotArena) -> [UInt8] { Array(UnsafeRawBufferPointer(ar
         _ = try await snapshotter.snapshot().result()
         await snapshotter.close()
         #expect(await code { _ = try await client.openSnapshotTarget("good", writable: true, formatFor: 2 << 20) } == .invalidArgument)
+        #expect(try await client.stat("good").writerEpoch == target.epoch, "a refused open must not take the writer role")
         let other = try SnapshotArena(sizeBytes: 2 << 20)
         #expect(await code { _ = try LiveSnapshotter(arena: other, target: target, gate: nil) } == .invalidArgument)
         #expect(await code { _ = try await target.restore(into: other) } == .invalidArgument)
@@ -258,7 +259,10 @@ func copyOf(_ arena: SnapshotArena) -> [UInt8] { Array(UnsafeRawBufferPointer(ar
         try await client.write(handle, at: target.layout.slotOffset(map.slots[21]), ByteBuffer(repeating: 0xEE, count: 100))
         let verify = try ctl(["verify", "tgt", "--json"])
         #expect(verify.status != 0 && verify.stderr.contains("DAMAGED") && verify.text.contains("21"), "\(verify.text) \(verify.stderr)")
-        #expect(await code { _ = try await target.restore(into: try SnapshotArena(sizeBytes: 1 << 20)) } == .damaged)
+        // A fresh reader: over verbs the read-write open above revoked the older handles' keys.
+        let reader = try await server.client()
+        #expect(await code { _ = try await reader.openSnapshotTarget("tgt", writable: false).restore(into: try SnapshotArena(sizeBytes: 1 << 20)) } == .damaged)
+        await reader.disconnect()
         await client.disconnect()
     }
 }
