@@ -116,7 +116,7 @@ func number(after prefix: String, in line: String) -> UInt64? {
 
     @Test func plannedHandOverLosesNoStep() throws {
         let server = try ServerProcess(dataDirectory: scratch.path + "/data")
-        let live = try LineProcess(binDirectory + "/pmu-example-live", ["--arena-mib", "8", "--every-ms", "100", "--run-ms", "1500", "--hand-over",
+        let live = try LineProcess(binDirectory + "/pmu-example-live", ["--arena-mib", "8", "--every-ms", "100", "--run-ms", "1500", "--hand-over", "--updates-per-second", "2000",
                                                                        "--target", "grid"] + connectionArguments(server))
         // The failure detector's limit is far away: only the hand-over record can trigger the takeover.
         let standby = try LineProcess(binDirectory + "/pmu-example-standby", ["--failure-after-ms", "60000", "--run-ms", "300", "--target", "grid"] + connectionArguments(server))

@@ -26,7 +26,7 @@ final class ArenaWriters: @unchecked Sendable {
     static func writtenPages(_ arena: SnapshotArena) -> Int { arena.pageCount * 3 / 4 }
 
     /// `pauseMicroseconds` between writes keeps the dirty set of an incremental snapshot partial.
-    init(arena: SnapshotArena, gate: WriterGate, threads count: Int, seed: UInt64, maxWritesEach: Int = 5_000_000, pauseMicroseconds: UInt32 = 20) {
+    init(arena: SnapshotArena, gate: WriterGate, threads count: Int, seed: UInt64, maxWritesEach: Int = 5_000_000, pauseMicroseconds: UInt32 = 100) {
         self.arena = arena
         self.gate = gate
         self.count = count
