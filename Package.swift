@@ -14,6 +14,8 @@ import PackageDescription
 //   PMUClient     async client library (regions, checkpoints as primary and backup)
 //   PMUStripe     no I/O: stripe geometry, piece headers, erasure code (ISA-L), survivability
 //   PMUCluster    checkpoints striped with parity and/or mirrored across several pmu-servers
+//   CUserfault    C shim: userfaultfd, UFFDIO_*, PAGEMAP_SCAN, memfd (what Swift cannot import)
+//   PMUSnapshot   live copy-on-write snapshots of an arena, streamed to a PMU region; restore
 //   PMUCtl        pmuctl's commands as a library
 //   PMUFuzzing    fuzz targets over every decoder of stored bytes + their seed corpus (pmu-fuzz runs them)
 //   pmu-server, pmuctl   thin executables
@@ -26,10 +28,13 @@ let package = Package(
         .library(name: "PMUClient", targets: ["PMUClient"]),
         .library(name: "PMUCheckpoint", targets: ["PMUCheckpoint"]),
         .library(name: "PMUCluster", targets: ["PMUCluster"]),
+        .library(name: "PMUSnapshot", targets: ["PMUSnapshot"]),
         .executable(name: "pmu-server", targets: ["pmu-server"]),
         .executable(name: "pmuctl", targets: ["pmuctl"]),
         .executable(name: "pmu-example-primary", targets: ["pmu-example-primary"]),
         .executable(name: "pmu-example-backup", targets: ["pmu-example-backup"]),
+        .executable(name: "pmu-example-live", targets: ["pmu-example-live"]),
+        .executable(name: "pmu-example-standby", targets: ["pmu-example-standby"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -128,10 +133,21 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
+        // Kernel interfaces for live snapshots that Swift cannot import (syscall, _IOWR ioctls) and
+        // that Debian 12's headers lack (WP_ASYNC, PAGEMAP_SCAN): defined locally in shim.c.
+        .target(name: "CUserfault"),
+        .target(
+            name: "PMUSnapshot",
+            dependencies: [
+                "CUserfault", "PMUCore", "PMUCheckpoint", "PMUClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
         .target(
             name: "PMUCtl",
             dependencies: [
-                "PMUCore", "PMUClient", "PMUTransport", "PMUCheckpoint", "PMUCluster", "PMUStripe",
+                "PMUCore", "PMUClient", "PMUTransport", "PMUCheckpoint", "PMUCluster", "PMUStripe", "PMUSnapshot",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
@@ -161,10 +177,26 @@ let package = Package(
             dependencies: ["PMUCore", "PMUCheckpoint", "PMUStripe", "PMUTesting", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .executableTarget(name: "pmu-fuzz", dependencies: ["PMUFuzzing"]),
+        // Examples/: a live program snapshotting a large grid while it runs, a standby resuming from it.
+        .target(
+            name: "PMUExampleLiveGrid",
+            dependencies: ["PMUClient", "PMUSnapshot", "PMUExampleComputation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/LiveGrid"
+        ),
+        .executableTarget(
+            name: "pmu-example-live",
+            dependencies: ["PMUClient", "PMUSnapshot", "PMUExampleComputation", "PMUExampleLiveGrid", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/Live"
+        ),
+        .executableTarget(
+            name: "pmu-example-standby",
+            dependencies: ["PMUClient", "PMUSnapshot", "PMUExampleComputation", "PMUExampleLiveGrid", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Examples/Standby"
+        ),
         // Benchmarks/: PMU's side of each benchmark workload (scripts/bench.sh runs it with baselines).
         .executableTarget(
             name: "pmu-bench",
-            dependencies: ["PMUClient", "PMUCluster", "PMUStripe", "CISAL", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["PMUClient", "PMUCluster", "PMUStripe", "PMUSnapshot", "CISAL", .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "NIOCore", package: "swift-nio")],
             path: "Benchmarks/pmu-bench"
         ),
         .testTarget(
@@ -185,6 +217,10 @@ let package = Package(
             dependencies: ["PMUCore", "PMUStripe", "PMUTesting", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
+            name: "PMUSnapshotTests",
+            dependencies: ["PMUCore", "PMUSnapshot", "PMUTesting", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
             name: "PMUStoreTests",
             dependencies: ["PMUCore", "PMUStore", .product(name: "Logging", package: "swift-log")]
         ),
@@ -192,7 +228,7 @@ let package = Package(
             name: "PMUIntegrationTests",
             dependencies: [
                 "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint", "PMUExampleComputation", "PMUTesting",
-                "PMUCluster", "PMUStripe",
+                "PMUCluster", "PMUStripe", "PMUSnapshot", "PMUExampleLiveGrid",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),

@@ -62,6 +62,19 @@ for k, m in ((4, 1), (4, 2)):
     add(label, "read GB/s", s_["read_gbps"], single["read_gbps"], "same checkpoint, one server", None, None, "higher")
     add(label, "degraded read GB/s (1 server out)", s_["degraded_read_gbps"], single["read_gbps"], "same checkpoint, one server", None, None, "higher")
     add(label, "bytes on the wire per payload byte", s_["wire_amplification"], None, "", None, "(k+m)/k")
+for mib in ((64, 256) if quick else (64, 1024)):
+    sn, rf = js(f"pmu-snapshot-{mib}.json"), js(f"redis-fork-{mib}.json")
+    fork = sorted(rf["fork_usec"])[len(rf["fork_usec"]) // 2]
+    label = f"live snapshot, {mib} MiB arena ({sn['mode']})"
+    add(label, "pause us, first (full)", sn["full_pause_us"], None, "", fork, "<= 1x Redis fork")
+    add(label, "pause us, incremental 1% dirty", sn["incr1_pause_us"], None, "", fork, "<= 0.2x Redis fork")
+    add(label, "pause us, incremental 10% dirty", sn["incr10_pause_us"], None, "", fork, "<= 0.2x Redis fork")
+    for p in (1, 10):
+        add(label, f"bytes sent, {p}% dirty", sn[f"incr{p}_bytes_sent"], sn[f"incr{p}_dirty_bytes"], "dirty bytes", None, None)
+    add(label, "full transfer GB/s (durable)", sn["full_gbps"], stream["gbps"], "raw TCP stream", None, None, "higher")
+    for kind, name in (("hot1", "hot set 1% of pages"), ("uniform", "uniform over the arena")):
+        add(label, f"writer writes/s during transfer, {name}", sn[f"writer_rate_during_transfer_{kind}"],
+            sn[f"writer_rate_idle_{kind}"], "same writer, no transfer", None, ">= 0.8x limit" if kind == "hot1" else None, "higher")
 reg, rss = js("pmu-regions.json"), js("pmu-rss.json")
 add(f"{reg['count']} regions", "create us/op", reg["create_us"])
 add(f"{reg['count']} regions", "open+close us/op", reg["open_close_us"])

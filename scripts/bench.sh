@@ -100,6 +100,32 @@ for layout in "5 4 1" "6 4 2"; do
     "$bin/pmu-bench" striped --map "$work/map-$1.json" --k "$2" --m "$3" --total "$bulk" --exclude c1 > "$r/pmu-striped-$2-$3.json"
 done
 
+# Issue 11: live snapshots of 64 MiB and 1 GiB arenas (256 MiB with --quick), against Redis BGSAVE's
+# fork of a dataset of the same size (INFO stats latest_fork_usec, the median of 3 saves). The
+# snapshot bench runs against the --populate server, like the bulk rows that name it.
+fork_port=$(free_port); mkdir -p "$work/fork"
+redis-server --port "$fork_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work/fork" --enable-debug-command yes --daemonize no >/dev/null &
+pids+=($!)
+sleep 0.5
+redis_fork() {  # bytes -> {"bytes": N, "fork_usec": [three saves]}
+    redis-cli -p "$fork_port" flushall >/dev/null
+    redis-cli -p "$fork_port" debug populate $(($1 / 4096)) key 4096 >/dev/null
+    local forks=()
+    for _ in 1 2 3; do
+        redis-cli -p "$fork_port" bgsave >/dev/null
+        sleep 0.2
+        while redis-cli -p "$fork_port" info persistence | grep -q 'rdb_bgsave_in_progress:1'; do sleep 0.1; done
+        forks+=("$(redis-cli -p "$fork_port" info stats | tr -d '\r' | awk -F: '/^latest_fork_usec/ {print $2}')")
+    done
+    (IFS=,; echo "{\"bytes\": $1, \"fork_usec\": [${forks[*]}]}")
+    redis-cli -p "$fork_port" flushall >/dev/null
+}
+if [[ $quick -eq 1 ]]; then snapshot_mib="64 256"; else snapshot_mib="64 1024"; fi
+for mib in $snapshot_mib; do
+    redis_fork $((mib << 20)) > "$r/redis-fork-$mib.json"
+    "$bin/pmu-bench" snapshot --arena-mib "$mib" --server "$(cat "$work/ready-populate")" --secret-file "$work/pmu-populate/admin.secret" > "$r/pmu-snapshot-$mib.json"
+done
+
 rss_before=$(rss_kib)
 bench regions --count "$regions" > "$r/pmu-regions.json"
 rss_after=$(rss_kib)

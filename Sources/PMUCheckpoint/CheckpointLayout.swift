@@ -27,7 +27,7 @@ public enum CheckpointMode: UInt8, Sendable, CustomStringConvertible {
         switch kind {
         case .checkpointOverwrite: self = .overwrite
         case .checkpointAppend: self = .append
-        case .raw: return nil
+        case .raw, .snapshot: return nil
         }
     }
 }

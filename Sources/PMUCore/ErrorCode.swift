@@ -50,6 +50,8 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     case timedOut = 42
     /// The calling task was cancelled while its request was pending; the connection stays usable.
     case cancelled = 43
+    /// A live-snapshot call named a region that is not a snapshot target (or not formatted as one).
+    case notSnapshotRegion = 48
 
     /// A stable, grep-able name for logs and pmuctl's one-line errors.
     public var description: String {
@@ -90,6 +92,7 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .serverUnavailable: "SERVER_UNAVAILABLE"
         case .timedOut: "TIMED_OUT"
         case .cancelled: "CANCELLED"
+        case .notSnapshotRegion: "NOT_SNAPSHOT_REGION"
         }
     }
 }

@@ -6,12 +6,15 @@ public enum RegionKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case raw = 0
     case checkpointOverwrite = 1
     case checkpointAppend = 2
+    /// A live-snapshot target (PMUSnapshot, docs/DATA_FILES.md): fenced by writer epoch like checkpoints.
+    case snapshot = 3
 
     public var description: String {
         switch self {
         case .raw: "raw"
         case .checkpointOverwrite: "checkpoint-overwrite"
         case .checkpointAppend: "checkpoint-append"
+        case .snapshot: "snapshot"
         }
     }
 }

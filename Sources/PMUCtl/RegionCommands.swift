@@ -12,7 +12,7 @@ struct RegionCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Create a region (preallocated on the server).")
         @Argument(help: "Region name (1-255 bytes of UTF-8; no '/', '\\', '..', leading or trailing space, control, invisible or non-ASCII space characters).") var name: String
         @Option(help: "Size, e.g. 4096, 4KiB, 64MiB, 1GiB.") var size: String
-        @Option(help: "raw, checkpoint-overwrite or checkpoint-append.") var kind = "raw"
+        @Option(help: "raw, checkpoint-overwrite, checkpoint-append or snapshot.") var kind = "raw"
         @Option(name: .customLong("max-checkpoints"), help: "checkpoint-append: most checkpoints kept at once.") var maxCheckpoints: UInt32 = 1024
         @Option(name: .customLong("keep-newest"), help: "checkpoint-append: keep the newest N, reusing older space as a ring (0: keep all, refuse when full).") var keepNewest: UInt32 = 0
         @Option(name: .customLong("reader"), help: "Client id that may open it for reading ('*': anyone). Repeatable.") var readers: [String] = []
@@ -22,7 +22,7 @@ struct RegionCommand: ParsableCommand {
         func validate() throws {
             _ = try ByteSize.parse(size)
             guard RegionKind.allCases.contains(where: { $0.description == kind }) else {
-                throw ValidationError("unknown --kind \(kind); use raw, checkpoint-overwrite or checkpoint-append")
+                throw ValidationError("unknown --kind \(kind); use raw, checkpoint-overwrite, checkpoint-append or snapshot")
             }
         }
 
