@@ -71,7 +71,7 @@ public struct AdmissionTable: Sendable {
         }
         let held = connectionsOf[clientId] ?? 0
         guard held < limits.maxConnectionsPerClient else {
-            throw PMUError(.tooManyClients, "client '\(clientId)' already holds \(held) connections, the per-client limit (--max-connections-per-client); close one first")
+            throw PMUError(.tooManyClients, "client '\(clientId)' already holds the \(held) connection(s) allowed per client id (--max-connections-per-client); close one first")
         }
         challenged.remove(at: index)
         clientOf[connection] = clientId

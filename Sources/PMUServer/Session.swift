@@ -38,8 +38,9 @@ final class Session: RequestHandler, @unchecked Sendable {
     private let metadataPool: NIOThreadPool
     private var logger: Logger
     private var phase: Phase = .awaitingHello
-    /// Last request received or reply drained; the idle timeout counts from it.
-    private var lastActivity = NIODeadline.now()
+    /// Last request received, reply sent or replies drained; the idle timeout counts from it.
+    /// On the loop's clock (`EventLoop.now`), which tests can advance.
+    private var lastActivity: NIODeadline
     private var queue: [Frame<Request>] = []
     private var busy = false { didSet { updateReading() } }
     /// PERSISTs this connection has on the pool; reading pauses at the cap (bounded queue).
@@ -53,6 +54,7 @@ final class Session: RequestHandler, @unchecked Sendable {
         self.pool = pool
         self.metadataPool = metadataPool
         self.logger = logger
+        self.lastActivity = info.eventLoop.now
         self.logger[metadataKey: "connection"] = "\(info.id)"
         self.logger[metadataKey: "peer"] = "\(info.remoteAddress)"
         if let memory = info.memory { state.attach(memory, connection: info.id) }
@@ -98,7 +100,7 @@ final class Session: RequestHandler, @unchecked Sendable {
 
     func handle(_ frame: Frame<Request>) {
         guard case .closed = phase else {
-            lastActivity = .now()
+            lastActivity = info.eventLoop.now
             queue.append(frame)
             drain()
             return
@@ -119,7 +121,7 @@ final class Session: RequestHandler, @unchecked Sendable {
     }
 
     func repliesDrained() {
-        lastActivity = .now()
+        lastActivity = info.eventLoop.now
         drain()
     }
 
@@ -157,7 +159,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                 if case .remoteGrant(let grant, _) = response { try? self.state.close(key: grant.key, connection: self.info.id) }
             }
             self.reply(requestId, response)
-            self.lastActivity = .now()
+            self.lastActivity = self.info.eventLoop.now
             self.busy = false
             self.drain()
         }
@@ -165,7 +167,7 @@ final class Session: RequestHandler, @unchecked Sendable {
 
     private func reply(_ requestId: UInt64, _ response: Response) {
         if case .closed = phase { return }
-        lastActivity = .now()
+        lastActivity = info.eventLoop.now
         info.replies.send(response, requestId: requestId)
     }
 
@@ -224,7 +226,7 @@ final class Session: RequestHandler, @unchecked Sendable {
     private func scheduleIdleCheck(in delay: TimeAmount) {
         info.eventLoop.scheduleTask(in: delay) { [weak self] in
             guard let self, case .authenticated = self.phase, let timeout = self.state.configuration.idleTimeout else { return }
-            let idle = NIODeadline.now() - self.lastActivity
+            let idle = self.info.eventLoop.now - self.lastActivity
             if idle < timeout || self.busy || self.persistsInFlight > 0 {
                 self.scheduleIdleCheck(in: idle < timeout ? timeout - idle : timeout)
                 return

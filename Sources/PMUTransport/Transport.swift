@@ -54,6 +54,17 @@ public struct ConnectionInfo: Sendable {
     /// Largest reply frame the connection carries (verbs: its reply slot); LIST pages stay
     /// within half of it and set `more`.
     public var maxReplyBytes: Int = Limits.maxFrameBytes
+
+    /// Public for in-process transports (the session tests).
+    public init(id: UInt64, remoteAddress: String, eventLoop: any EventLoop, replies: any ReplySink,
+                memory: (any MemoryRegistrar)? = nil, maxReplyBytes: Int = Limits.maxFrameBytes) {
+        self.id = id
+        self.remoteAddress = remoteAddress
+        self.eventLoop = eventLoop
+        self.replies = replies
+        self.memory = memory
+        self.maxReplyBytes = maxReplyBytes
+    }
 }
 
 /// Region memory a grant exposes to one-sided access. `owner` keeps the mapping alive while the

@@ -105,15 +105,8 @@ import Glibc
         var refused = 0
         for attempt in 0..<100 {
             let raw = try RawConnection(server.endpoint)
-            var header = ByteBuffer()
             // A maximum-size WRITE announced, its first 4 KiB sent, the rest never.
-            header.writeInteger(UInt32(Limits.maxFrameBytes - 4), endianness: .little)
-            header.writeInteger(Limits.protocolVersion)
-            header.writeInteger(Opcode.write.rawValue)
-            header.writeInteger(UInt16(0))
-            header.writeInteger(UInt64(attempt + 1), endianness: .little)
-            header.writeBytes([UInt8](repeating: 0, count: 4096))
-            raw.send(Array(header.readableBytesView))
+            raw.send(maximumWriteHeader(requestId: UInt64(attempt + 1)) + [UInt8](repeating: 0, count: 4096))
             let (frames, closed) = raw.readUntilClosed()
             if closed, case .error(let error)? = frames.first?.message, error.code == .frameTooLarge,
                error.message.contains("before authentication"), frames.first?.requestId == UInt64(attempt + 1) {
@@ -131,13 +124,7 @@ import Glibc
                 guard let raw = try? RawConnection(endpoint) else { return }
                 var timeout = timeval(tv_sec: 5, tv_usec: 0)
                 setsockopt(raw.fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-                var header = ByteBuffer()
-                header.writeInteger(UInt32(Limits.maxFrameBytes - 4), endianness: .little)
-                header.writeInteger(Limits.protocolVersion)
-                header.writeInteger(Opcode.write.rawValue)
-                header.writeInteger(UInt16(0))
-                header.writeInteger(UInt64(1), endianness: .little)
-                raw.send(Array(header.readableBytesView))
+                raw.send(maximumWriteHeader(requestId: 1))
                 let chunk = [UInt8](repeating: 0xAB, count: 64 * 1024)
                 var sent = 16
                 while sent < Limits.maxFrameBytes - 1 {
@@ -295,6 +282,17 @@ import Glibc
         try await Task.sleep(for: window)
         return try #require(ProcessProbe.cpuSeconds(pid)) - start
     }
+}
+
+/// The 16-byte header of a WRITE frame of the maximum size (8 MiB + 4 KiB), body not included.
+func maximumWriteHeader(requestId: UInt64) -> [UInt8] {
+    var header = ByteBuffer()
+    header.writeInteger(UInt32(Limits.maxFrameBytes - 4), endianness: .little)
+    header.writeInteger(Limits.protocolVersion)
+    header.writeInteger(Opcode.write.rawValue)
+    header.writeInteger(UInt16(0))
+    header.writeInteger(requestId, endianness: .little)
+    return Array(header.readableBytesView)
 }
 
 /// The result of work run apart: nil until it ends, then nil-or-error text.
