@@ -58,7 +58,8 @@ final class Session: RequestHandler, @unchecked Sendable {
         self.logger[metadataKey: "connection"] = "\(info.id)"
         self.logger[metadataKey: "peer"] = "\(info.remoteAddress)"
         if let memory = info.memory { state.attach(memory, connection: info.id) }
-        // A connection holds a client slot: one that does not authenticate in time gives it back.
+        // A connection holds a place among those authenticating: one that does not authenticate
+        // in time gives it back.
         let deadline = state.configuration.authenticationTimeout
         info.eventLoop.scheduleTask(in: deadline) { [weak self] in
             guard let self else { return }

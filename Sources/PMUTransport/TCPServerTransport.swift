@@ -36,10 +36,7 @@ public final class TCPServerTransport: ServerTransport, @unchecked Sendable {
             // without a pause the loop retries at 100% CPU. Pause accepting and say so.
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let warnings = AcceptWarnings(logger: logger)
-                    try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler(shouldForwardIOErrorCaught: false) { error in
-                        warnings.backoff(error)
-                    })
+                    try channel.pipeline.syncOperations.addHandler(AcceptPause(logger: logger))
                 }
             }
             .childChannelOption(.writeBufferWaterMark, value: .init(low: maxUnsentReplyBytes / 2, high: maxUnsentReplyBytes))
@@ -91,38 +88,46 @@ public final class TCPServerTransport: ServerTransport, @unchecked Sendable {
     }
 }
 
-/// How long accepting pauses after `accept` failed, and the log line saying so: 1 s for a
-/// shortage of descriptors or memory (retrying sooner only burns CPU until connections close),
-/// none for errors that concern one connection only. Every connection that arrives meanwhile
-/// makes NIO try once more (edge-triggered readiness), so the warning is limited to one per pause.
+/// Pauses accepting for 1 s when `accept` fails for want of descriptors or memory (retrying
+/// sooner only burns CPU until connections close), with one warning per pause; other accept
+/// errors concern one connection and pass on.
+///
+/// Not NIO's `AcceptBackoffHandler`, which it replaced: that handler applies its pause at the
+/// channel's next `read()`, and NIO makes none while the read whose first accept failed is still
+/// pending. The listening socket is level-triggered and stays readable, so the event loop
+/// retried accept about 40,000 times a second (measured by HostileClientTests' failure count).
+/// Switching `autoRead` off unregisters the socket at once; switching it back on re-arms it.
 /// Confined to the listening channel's event loop.
-final class AcceptWarnings: @unchecked Sendable {
+final class AcceptPause: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Channel
+    static let pause = TimeAmount.seconds(1)
     private let logger: Logger
-    private var lastWarning: NIODeadline?
-    private var suppressed = 0
+    private var paused = false
+    private var failedSinceWarning = 0
 
     init(logger: Logger) { self.logger = logger }
 
-    func backoff(_ error: IOError) -> TimeAmount? {
-        switch error.errnoCode {
-        case EMFILE, ENFILE, ENOBUFS, ENOMEM:
-            let pause = TimeAmount.seconds(1)
-            let now = NIODeadline.now()
-            if let last = lastWarning, now - last < pause {
-                suppressed += 1
-                return pause
-            }
-            logger.warning("accept failed; pausing accepts for 1 s", metadata: [
-                "error": "\(error)",
-                "failedSinceLastWarning": "\(suppressed)",
-                "hint": "\(error.errnoCode == EMFILE ? "out of file descriptors (EMFILE): raise the open-file limit (ulimit -n, LimitNOFILE=) or lower --max-clients" : "system resources exhausted")",
-            ])
-            lastWarning = now
-            suppressed = 0
-            return pause
-        default:
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard let error = error as? IOError, [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(error.errnoCode) else {
             logger.debug("accept failed", metadata: ["error": "\(error)"])
-            return nil
+            return
+        }
+        guard !paused else {
+            failedSinceWarning += 1
+            return
+        }
+        paused = true
+        logger.warning("accept failed; pausing accepts for 1 s", metadata: [
+            "error": "\(error)",
+            "failedSinceLastWarning": "\(failedSinceWarning)",
+            "hint": "\(error.errnoCode == EMFILE ? "out of file descriptors (EMFILE): raise the open-file limit (ulimit -n, LimitNOFILE=) or lower --max-clients" : "system resources exhausted")",
+        ])
+        failedSinceWarning = 0
+        let channel = context.channel
+        channel.setOption(.autoRead, value: false).whenFailure { _ in }
+        channel.eventLoop.scheduleTask(in: Self.pause) {
+            self.paused = false
+            channel.setOption(.autoRead, value: true).whenFailure { _ in }
         }
     }
 }
@@ -197,6 +202,9 @@ struct ChannelReplySink: ReplySink {
             channel.close(mode: .output, promise: nil)
             channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
         }
+        // A peer that does not read (replies over their bound) would keep the write pending, and
+        // the connection with its slot, forever: close regardless after a while.
+        channel.eventLoop.scheduleTask(in: .seconds(10)) { channel.close(promise: nil) }
     }
 
     func close() {
