@@ -40,23 +40,28 @@ enum ProcessProbe {
 }
 
 extension RawConnection {
-    /// Reads `count` replies from the stream, keeping the bytes that follow each one; returns
-    /// what arrived before the server closed or a 10 s receive timeout passed.
-    func readFrames(_ count: Int) -> [Frame<Response>] {
+    /// Reads up to `count` replies from the stream, handing each to `each` and dropping it (8 MiB
+    /// DATA replies are not kept); returns how many arrived before the server closed or a 10 s
+    /// receive timeout passed. Receives straight into one reused buffer.
+    func readFrames(_ count: Int, _ each: (Int, Frame<Response>) -> Void) -> Int {
         var pending = ByteBuffer()
-        var frames: [Frame<Response>] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 20)
-        while frames.count < count {
-            while frames.count < count, let frame = try? FrameCodec.decode(Response.self, from: &pending) {
-                frames.append(frame)
+        pending.reserveCapacity(Limits.maxFrameBytes + (1 << 20))
+        var received = 0
+        while received < count {
+            while received < count, let frame = try? FrameCodec.decode(Response.self, from: &pending) {
+                each(received, frame)
+                received += 1
             }
-            if frames.count == count { break }
+            if received == count { break }
             pending.discardReadBytes()
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
-            if n <= 0 { break }
-            pending.writeBytes(chunk[0..<n])
+            var result = 0
+            pending.writeWithUnsafeMutableBytes(minimumWritableBytes: 1 << 20) { space in
+                result = recv(fd, space.baseAddress!, space.count, 0)
+                return max(0, result)
+            }
+            if result <= 0 { break }
         }
-        return frames
+        return received
     }
 }
 
