@@ -9,3 +9,7 @@ scripts/install-deps.sh
 swift build
 swift build --build-tests
 swift test --skip-build "$@"
+# The hostile-client load tests, alone (see Tests/PMUIntegrationTests/HostileClientTests.swift).
+if [[ $# -eq 0 ]]; then
+    PMU_HOSTILE_TESTS=1 swift test --skip-build --filter HostileClientTests
+fi

@@ -12,8 +12,12 @@ import Glibc
 /// handshake-sized frames before authentication, fair admission, and running out of descriptors.
 /// Attackers speak raw TCP; server memory, CPU and descriptors come from /proc. Every load loop is
 /// bounded in count and time, and a legitimate client's request is timed during each attack.
-/// Serialized: each attack loads the machine, and the others' figures would measure that.
-@Suite(.serialized, .enabled(if: testTransport == .tcp, "raw TCP attackers")) struct HostileClientTests {
+/// Serialized, and run on their own (PMU_HOSTILE_TESTS=1; scripts/test.sh does, after the other
+/// suites): each attack loads the machine, and beside the other suites, whose clients must
+/// authenticate within their servers' 10 s, handshakes missed that deadline in a full parallel run.
+let hostileTestsEnabled = testTransport == .tcp && ProcessInfo.processInfo.environment["PMU_HOSTILE_TESTS"] == "1"
+@Suite(.serialized, .enabled(if: hostileTestsEnabled, "load tests: PMU_HOSTILE_TESTS=1, TCP only (scripts/test.sh runs them alone)"))
+struct HostileClientTests {
     let scratch = Scratch()
 
     /// Started on a thread of its own: ServerProcess waits for the server by polling, which on
