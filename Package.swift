@@ -224,6 +224,18 @@ let package = Package(
             name: "PMUStoreTests",
             dependencies: ["PMUCore", "PMUStore", .product(name: "Logging", package: "swift-log")]
         ),
+        // The session's limits over an in-process transport (embedded event loop, recording sink).
+        .testTarget(
+            name: "PMUServerTests",
+            dependencies: [
+                "PMUServer", "PMUCore", "PMUStore", "PMUTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .testTarget(
             name: "PMUIntegrationTests",
             dependencies: [

@@ -15,3 +15,7 @@ swift build --build-tests
 # authentication timeout (seen at load 10 on a 2-core machine).
 export SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=${SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH:-2}
 swift test --skip-build "$@"
+# The hostile-client load tests, alone (see Tests/PMUIntegrationTests/HostileClientTests.swift).
+if [[ $# -eq 0 ]]; then
+    PMU_HOSTILE_TESTS=1 swift test --skip-build --filter HostileClientTests
+fi

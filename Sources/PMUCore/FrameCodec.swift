@@ -66,8 +66,10 @@ public enum FrameCodec {
     ///
     /// Returns nil when more bytes are needed. Throws as soon as the header shows the frame is bad
     /// (too large, wrong version) without waiting for its body: a peer cannot make us buffer it.
+    /// `tooLargeHint` ends the FRAME_TOO_LARGE message: what the sender should do instead.
     public static func decode<M: WireMessage>(
-        _: M.Type, from buffer: inout ByteBuffer, maxFrameBytes: Int = Limits.maxFrameBytes
+        _: M.Type, from buffer: inout ByteBuffer, maxFrameBytes: Int = Limits.maxFrameBytes,
+        tooLargeHint: String = "split large writes (the client library does)"
     ) throws(FrameDecodingError) -> Frame<M>? {
         guard let length = buffer.getInteger(at: buffer.readerIndex, endianness: .little, as: UInt32.self) else {
             return nil
@@ -78,7 +80,7 @@ public enum FrameCodec {
         guard Int(length) + 4 <= maxFrameBytes else {
             let id = buffer.getInteger(at: buffer.readerIndex + 8, endianness: .little, as: UInt64.self)
             throw FrameDecodingError(
-                error: PMUError(.frameTooLarge, "frame of \(Int(length) + 4) bytes exceeds the limit of \(maxFrameBytes) bytes; split large writes (the client library does)"),
+                error: PMUError(.frameTooLarge, "frame of \(Int(length) + 4) bytes exceeds the limit of \(maxFrameBytes) bytes; \(tooLargeHint)"),
                 requestId: id)
         }
         if buffer.readableBytes >= 5, let version = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self), version != Limits.protocolVersion {
@@ -111,17 +113,51 @@ public enum FrameCodec {
     }
 }
 
+/// The largest frame a connection's decoder accepts right now, shared by the decoder and whoever
+/// changes it. A server connection starts at `Limits.maxHandshakeFrameBytes` and its session
+/// raises it to `Limits.maxFrameBytes` once AUTHENTICATE succeeds, so a peer without credentials
+/// is refused from a frame's header alone and can never make the server buffer more than a
+/// handshake. Unchecked Sendable: confined to the connection's event loop.
+public final class FrameSizeLimit: @unchecked Sendable {
+    public var maxFrameBytes: Int
+    /// Ends the FRAME_TOO_LARGE message: what the sender should do instead.
+    public var tooLargeHint: String
+
+    public init(maxFrameBytes: Int, tooLargeHint: String) {
+        self.maxFrameBytes = maxFrameBytes
+        self.tooLargeHint = tooLargeHint
+    }
+
+    /// Before authentication: handshake frames only.
+    public static func handshake() -> FrameSizeLimit {
+        FrameSizeLimit(
+            maxFrameBytes: Limits.maxHandshakeFrameBytes,
+            tooLargeHint: "before authentication only handshake frames (HELLO, AUTHENTICATE) are accepted; authenticate first")
+    }
+
+    /// After authentication (and on the client): the protocol maximum.
+    public func allowFullFrames() {
+        maxFrameBytes = Limits.maxFrameBytes
+        tooLargeHint = "split large writes (the client library does)"
+    }
+}
+
 /// SwiftNIO decoder for frames of one direction. Server: `FrameDecoder<Request>`; client: `<Response>`.
 public struct FrameDecoder<M: WireMessage>: ByteToMessageDecoder {
     public typealias InboundOut = Frame<M>
-    public let maxFrameBytes: Int
+    /// Read before every frame, so a change applies from the next frame on.
+    public let limit: FrameSizeLimit
 
     public init(maxFrameBytes: Int = Limits.maxFrameBytes) {
-        self.maxFrameBytes = maxFrameBytes
+        self.limit = FrameSizeLimit(maxFrameBytes: maxFrameBytes, tooLargeHint: "split large writes (the client library does)")
+    }
+
+    public init(limit: FrameSizeLimit) {
+        self.limit = limit
     }
 
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let frame = try FrameCodec.decode(M.self, from: &buffer, maxFrameBytes: maxFrameBytes) else {
+        guard let frame = try FrameCodec.decode(M.self, from: &buffer, maxFrameBytes: limit.maxFrameBytes, tooLargeHint: limit.tooLargeHint) else {
             return .needMoreData
         }
         context.fireChannelRead(Self.wrapInboundOut(frame))

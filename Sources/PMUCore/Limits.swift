@@ -8,6 +8,11 @@ public enum Limits {
     /// side buffer unbounded input; large transfers are split by the client library.
     public static let maxFrameBytes: Int = 8 * 1024 * 1024 + 4096
 
+    /// Largest frame a server accepts before the connection has authenticated: HELLO (at most
+    /// 16 + 1 + 2 + 64 + 32 = 115 bytes) and AUTHENTICATE (48 bytes) fit with room to spare.
+    /// Refused from the header, so an unauthenticated peer can never make the server buffer more.
+    public static let maxHandshakeFrameBytes: Int = 512
+
     /// Largest data payload of one WRITE request or READ response. Leaves room for the headers.
     public static let maxIOBytes: Int = 8 * 1024 * 1024
 

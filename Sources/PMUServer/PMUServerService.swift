@@ -22,7 +22,7 @@ public final class PMUServerService: Service, Sendable {
     }
 
     public func run() async throws {
-        let configuration = self.configuration
+        var configuration = self.configuration
         let logger = self.logger
         // Order matters: lock the directory before touching anything in it, recover before listening.
         let directory = try DataDirectory(path: configuration.dataDirectory)
@@ -31,14 +31,17 @@ public final class PMUServerService: Service, Sendable {
         }
         let secrets = try SecretsFile.load(path: configuration.resolvedSecretsPath)
         let store = try RegionStore(directory: directory, configuration: configuration.store, logger: logger)
-        let state = ServerState(store: store, secrets: secrets, configuration: configuration)
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let pool = NIOThreadPool(numberOfThreads: configuration.blockingThreads)
         pool.start()
         let metadataPool = NIOThreadPool(numberOfThreads: 2)
         metadataPool.start()
-        var transport: any ServerTransport = TCPServerTransport(endpoint: configuration.listen, group: group, logger: logger)
+        // With the event loops' descriptors open, so they are counted.
+        DescriptorLimit.fit(&configuration, logger: logger)
+        let state = ServerState(store: store, secrets: secrets, configuration: configuration)
+        var transport: any ServerTransport = TCPServerTransport(
+            endpoint: configuration.listen, group: group, logger: logger, maxUnsentReplyBytes: configuration.maxUnsentReplyBytes)
         var useRDMA = false
         do {
             let makeHandler: @Sendable (ConnectionInfo) -> any RequestHandler = { info in
@@ -67,6 +70,7 @@ public final class PMUServerService: Service, Sendable {
             logger.info("pmu-server listening", metadata: [
                 "address": "\(bound)", "transport": "\(useRDMA ? "rdma" : "tcp")", "dataDir": "\(configuration.dataDirectory)",
                 "regions": "\(store.regionCount)", "clients": "\(secrets.clientIds.joined(separator: ","))",
+                "maxClients": "\(configuration.maxClients)", "maxAuthenticating": "\(configuration.maxAuthenticating)",
             ])
             if let readyFile = configuration.readyFile {
                 try writeReadyFile(readyFile, address: bound)

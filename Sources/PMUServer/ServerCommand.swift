@@ -29,8 +29,20 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("admin"), help: "Client id allowed to open, list and delete every region (repeatable).")
     var admins: [String] = ["admin"]
 
-    @Option(name: .customLong("max-clients"), help: "Connections served at once.")
+    @Option(name: .customLong("max-clients"), help: "Authenticated connections served at once (lowered at start if the open-file limit cannot hold them).")
     var maxClients = 1024
+
+    @Option(name: .customLong("max-authenticating"), help: "Connections still authenticating, a budget separate from --max-clients; when full, the one waiting longest is closed to make room.")
+    var maxAuthenticating = 64
+
+    @Option(name: .customLong("max-connections-per-client"), help: "Authenticated connections one client id may hold.")
+    var maxConnectionsPerClient = 256
+
+    @Option(name: .customLong("idle-timeout"), help: "Seconds an authenticated connection may go without a request before it is closed (0: never).")
+    var idleTimeoutSeconds = 3600
+
+    @Option(name: .customLong("max-unsent-replies"), help: "Reply bytes a TCP connection may have waiting to be written to its socket; over it, its requests wait until the client reads (at least 64KiB).")
+    var maxUnsentReplies = "16MiB"
 
     @Option(name: .customLong("max-handles"), help: "Open region handles per connection.")
     var maxHandles = 4096
@@ -70,7 +82,10 @@ public struct ServerCommand: ParsableCommand {
         _ = try ByteSize.parse(reserveFree)
         _ = try TransportChoice(parsing: transport)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
-        guard maxClients > 0, maxHandles > 0, maxRegions > 0, authTimeoutSeconds > 0, (1...1024).contains(persistThreads) else { throw ValidationError("limits must be positive") }
+        guard maxClients > 0, maxHandles > 0, maxRegions > 0, authTimeoutSeconds > 0, (1...1024).contains(persistThreads),
+              maxAuthenticating > 0, maxConnectionsPerClient > 0, idleTimeoutSeconds >= 0 else { throw ValidationError("limits must be positive") }
+        let unsent = try ByteSize.parse(maxUnsentReplies)
+        guard unsent >= 64 * 1024, unsent <= 1 << 40 else { throw ValidationError("--max-unsent-replies must be between 64KiB and 1TiB") }
         for admin in admins { try NameRules.validateClientId(admin) }
     }
 
@@ -81,6 +96,10 @@ public struct ServerCommand: ParsableCommand {
         configuration.secretsPath = secrets
         configuration.adminClients = Set(admins)
         configuration.maxClients = maxClients
+        configuration.maxAuthenticating = maxAuthenticating
+        configuration.maxConnectionsPerClient = maxConnectionsPerClient
+        configuration.idleTimeout = idleTimeoutSeconds == 0 ? nil : .seconds(Int64(idleTimeoutSeconds))
+        configuration.maxUnsentReplyBytes = Int(try ByteSize.parse(maxUnsentReplies))
         configuration.maxHandlesPerConnection = maxHandles
         configuration.store = StoreConfiguration(
             maxRegionBytes: try ByteSize.parse(maxRegionSize), maxRegions: maxRegions, reserveFreeBytes: try ByteSize.parse(reserveFree),

@@ -1,4 +1,5 @@
 import NIOCore
+import PMUCore
 import PMUStore
 import PMUTransport
 
@@ -10,8 +11,20 @@ public struct ServerConfiguration: Sendable {
     public var secretsPath: String?
     /// Clients that may open, list and delete every region.
     public var adminClients: Set<String> = ["admin"]
-    /// Connections served at once; one more is refused with TOO_MANY_CLIENTS.
+    /// Authenticated connections served at once; one more is refused with TOO_MANY_CLIENTS at
+    /// AUTHENTICATE. Lowered at start when the open-file limit cannot hold it (DescriptorBudget).
     public var maxClients: Int = 1024
+    /// Connections accepted and not yet authenticated, a budget of their own; when it is full the
+    /// one authenticating longest is closed to make room (AdmissionTable).
+    public var maxAuthenticating: Int = 64
+    /// Authenticated connections of one client id, so one client cannot hold every slot.
+    public var maxConnectionsPerClient: Int = 256
+    /// An authenticated connection with no request (and no reply drained) for this long is
+    /// closed; nil: never.
+    public var idleTimeout: TimeAmount? = .seconds(3600)
+    /// TCP: a connection's replies not yet written to its socket. Over it, the connection's
+    /// requests wait (none executes) until the replies drain below half of it.
+    public var maxUnsentReplyBytes: Int = 16 * 1024 * 1024
     public var maxHandlesPerConnection: Int = 4096
     public var store = StoreConfiguration()
     /// Threads that run PERSIST's msync off the event loops (`--persist-threads`). Concurrent syncs
@@ -29,4 +42,8 @@ public struct ServerConfiguration: Sendable {
     public init() {}
 
     public var resolvedSecretsPath: String { secretsPath ?? dataDirectory + "/secrets" }
+
+    var admissionLimits: AdmissionTable.Limits {
+        AdmissionTable.Limits(maxClients: maxClients, maxAuthenticating: maxAuthenticating, maxConnectionsPerClient: maxConnectionsPerClient)
+    }
 }

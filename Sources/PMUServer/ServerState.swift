@@ -25,12 +25,14 @@ final class ServerState: Sendable {
     let secrets: SecretsTable
     let configuration: ServerConfiguration
     private let table: NIOLockedValueBox<Table>
+    /// Who holds a connection slot, with how to close each connection it may displace. Its own
+    /// lock: admission never waits for the data path's table.
+    private let admission: NIOLockedValueBox<(table: AdmissionTable, displace: [UInt64: @Sendable () -> Void])>
 
     struct Table: Sendable {
         var keys: ProtectionTable<ServedRegion>
         /// Per checkpoint region: its current writer epoch and the lock that fences older writers.
         var fences: [UInt64: RegionFence] = [:]
-        var connections = 0
         /// Verbs connections' memory registrations, told about every revocation and takeover.
         var registrars: [UInt64: any MemoryRegistrar] = [:]
 
@@ -47,16 +49,32 @@ final class ServerState: Sendable {
         self.secrets = secrets
         self.configuration = configuration
         self.table = NIOLockedValueBox(Table(keys: ProtectionTable(maxHandlesPerConnection: configuration.maxHandlesPerConnection)))
+        self.admission = NIOLockedValueBox((AdmissionTable(limits: configuration.admissionLimits), [:]))
     }
 
     func isAdmin(_ clientId: String) -> Bool { configuration.adminClients.contains(clientId) }
 
-    /// Admits a connection if under the limit.
-    func admitConnection() -> Bool {
-        table.withLockedValue { table in
-            guard table.connections < configuration.maxClients else { return false }
-            table.connections += 1
-            return true
+    /// A new connection, let in to authenticate. `displace` closes it should a newer one need its
+    /// place; the one displaced now, if any, is closed here (outside the lock).
+    func arrive(connection: UInt64, displace: @escaping @Sendable () -> Void) {
+        let victim = admission.withLockedValue { admission -> (@Sendable () -> Void)? in
+            admission.displace[connection] = displace
+            guard let displaced = admission.table.arrive(connection) else { return nil }
+            return admission.displace.removeValue(forKey: displaced)
+        }
+        victim?()
+    }
+
+    /// HELLO arrived: the connection is displaced only after the silent ones.
+    func helloReceived(connection: UInt64) {
+        admission.withLockedValue { $0.table.helloReceived(connection) }
+    }
+
+    /// AUTHENTICATE succeeded: take a client slot (TOO_MANY_CLIENTS if none is left for it).
+    func authenticated(connection: UInt64, clientId: String) throws(PMUError) {
+        try admission.withTypedLock { admission throws(PMUError) in
+            try admission.table.authenticate(connection, clientId: clientId)
+            admission.displace[connection] = nil
         }
     }
 
@@ -65,11 +83,14 @@ final class ServerState: Sendable {
         table.withLockedValue { $0.registrars[connection] = registrar }
     }
 
-    func connectionClosed(_ connection: UInt64, admitted: Bool) {
+    func connectionClosed(_ connection: UInt64) {
         table.withLockedValue { table in
             table.registrars[connection] = nil
             table.keys.revokeAll(connection: connection)
-            if admitted { table.connections -= 1 }
+        }
+        admission.withLockedValue { admission in
+            admission.table.leave(connection)
+            admission.displace[connection] = nil
         }
     }
 

@@ -14,6 +14,12 @@ import PMUTransport
 /// effects. PERSIST runs on the pool without holding up later requests: it covers every write
 /// that arrived before it, and a later write landing in the same pages is harmless.
 ///
+/// Limits (WIRE_PROTOCOL.md sections 4 and 7): while the connection's unsent replies are over
+/// their bound (`ReplySink.hasReplyRoom`) no request executes, queued or new; before
+/// authentication only handshake-sized frames are decoded; admission goes through the server's
+/// `AdmissionTable` (authenticating budget, client slots, per-client cap); an authenticated
+/// connection without requests for `--idle-timeout` is closed.
+///
 /// Unchecked Sendable: confined to its event loop; work on the pool hops back before touching it.
 final class Session: RequestHandler, @unchecked Sendable {
     private enum Phase {
@@ -31,8 +37,10 @@ final class Session: RequestHandler, @unchecked Sendable {
     /// never delay a takeover's fencing open.
     private let metadataPool: NIOThreadPool
     private var logger: Logger
-    private let admitted: Bool
     private var phase: Phase = .awaitingHello
+    /// Last request received, reply sent or replies drained; the idle timeout counts from it.
+    /// On the loop's clock (`EventLoop.now`), which tests can advance.
+    private var lastActivity: NIODeadline
     private var queue: [Frame<Request>] = []
     private var busy = false { didSet { updateReading() } }
     /// PERSISTs this connection has on the pool; reading pauses at the cap (bounded queue).
@@ -46,11 +54,12 @@ final class Session: RequestHandler, @unchecked Sendable {
         self.pool = pool
         self.metadataPool = metadataPool
         self.logger = logger
+        self.lastActivity = info.eventLoop.now
         self.logger[metadataKey: "connection"] = "\(info.id)"
         self.logger[metadataKey: "peer"] = "\(info.remoteAddress)"
-        self.admitted = state.admitConnection()
         if let memory = info.memory { state.attach(memory, connection: info.id) }
-        // A connection holds a client slot: one that does not authenticate in time gives it back.
+        // A connection holds a place among those authenticating: one that does not authenticate
+        // in time gives it back.
         let deadline = state.configuration.authenticationTimeout
         info.eventLoop.scheduleTask(in: deadline) { [weak self] in
             guard let self else { return }
@@ -62,12 +71,29 @@ final class Session: RequestHandler, @unchecked Sendable {
                 break
             }
         }
-        if !admitted {
+        // Admitted to authenticate; when that budget is full the connection that has waited
+        // longest makes room (closed on its own loop).
+        let eventLoop = info.eventLoop
+        state.arrive(connection: info.id) { [weak self] in
+            eventLoop.execute { self?.displaced() }
+        }
+    }
+
+    /// Closed to make room for a newer connection while this one was still authenticating.
+    private func displaced() {
+        switch phase {
+        case .awaitingHello, .challenged:
+            logger.notice("connection displaced: too many connections authenticating", metadata: ["maxAuthenticating": "\(state.configuration.maxAuthenticating)"])
             phase = .closed
-            logger.warning("refused connection: client limit reached", metadata: ["maxClients": "\(state.configuration.maxClients)"])
-            info.replies.sendAndClose(
-                .error(PMUError(.tooManyClients, "server is serving \(state.configuration.maxClients) clients, its limit (--max-clients); try again later")),
+            queue.removeAll()
+            info.replies.sendAndCloseNow(
+                .error(PMUError(.tooManyClients, "closed to make room: more than \(state.configuration.maxAuthenticating) connections were authenticating (--max-authenticating); authenticate promptly and try again")),
                 requestId: 0)
+        case .closed:
+            // Already refused and in its grace period: give the descriptor back now.
+            info.replies.close()
+        case .authenticated:
+            break
         }
     }
 
@@ -75,6 +101,7 @@ final class Session: RequestHandler, @unchecked Sendable {
 
     func handle(_ frame: Frame<Request>) {
         guard case .closed = phase else {
+            lastActivity = info.eventLoop.now
             queue.append(frame)
             drain()
             return
@@ -90,14 +117,21 @@ final class Session: RequestHandler, @unchecked Sendable {
     func connectionClosed() {
         phase = .closed
         queue.removeAll()
-        state.connectionClosed(info.id, admitted: admitted)
+        state.connectionClosed(info.id)
         logger.debug("connection closed")
+    }
+
+    func repliesDrained() {
+        lastActivity = info.eventLoop.now
+        drain()
     }
 
     // MARK: Ordering
 
+    /// Runs queued requests in order until one goes to the pool, the queue is empty, or the
+    /// connection's unsent replies pass their bound (then `repliesDrained` resumes).
     private func drain() {
-        while !busy, !queue.isEmpty {
+        while !busy, info.replies.hasReplyRoom, !queue.isEmpty {
             let frame = queue.removeFirst()
             if case .closed = phase { queue.removeAll(); return }
             dispatch(frame)
@@ -126,6 +160,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                 if case .remoteGrant(let grant, _) = response { try? self.state.close(key: grant.key, connection: self.info.id) }
             }
             self.reply(requestId, response)
+            self.lastActivity = self.info.eventLoop.now
             self.busy = false
             self.drain()
         }
@@ -133,6 +168,7 @@ final class Session: RequestHandler, @unchecked Sendable {
 
     private func reply(_ requestId: UInt64, _ response: Response) {
         if case .closed = phase { return }
+        lastActivity = info.eventLoop.now
         info.replies.send(response, requestId: requestId)
     }
 
@@ -152,6 +188,7 @@ final class Session: RequestHandler, @unchecked Sendable {
             } catch {
                 return refuse(id, error)
             }
+            state.helloReceived(connection: info.id)
             let serverNonce = Authentication.randomNonce()
             // An unknown client gets a challenge like any other and fails at AUTHENTICATE with the
             // same error as a wrong secret, so ids cannot be probed.
@@ -167,12 +204,36 @@ final class Session: RequestHandler, @unchecked Sendable {
                 logger.warning("authentication failed", metadata: ["client": "\(clientId)"])
                 return refuse(id, PMUError(.authenticationFailed, "authentication failed for client '\(clientId)': unknown client id or wrong secret"))
             }
+            do throws(PMUError) {
+                try state.authenticated(connection: info.id, clientId: clientId)
+            } catch {
+                logger.warning("refused authenticated client", metadata: ["client": "\(clientId)", "error": "\(error)"])
+                return refuse(id, error)
+            }
             phase = .authenticated(clientId: clientId)
+            info.replies.allowFullFrames()
             logger[metadataKey: "client"] = "\(clientId)"
             logger.info("client authenticated")
+            if let idle = state.configuration.idleTimeout { scheduleIdleCheck(in: idle) }
             reply(id, .authenticated(serverProof: Authentication.serverProof(secret: secret, clientId: clientId, clientNonce: clientNonce, serverNonce: serverNonce)))
         case .authenticated(let clientId):
             execute(frame.message, id: id, clientId: clientId)
+        }
+    }
+
+    /// Closes an authenticated connection that has neither sent a request nor drained a reply for
+    /// `--idle-timeout`, giving its client slot back (TCP keepalive only catches vanished peers).
+    /// Work it has on the pools counts as activity.
+    private func scheduleIdleCheck(in delay: TimeAmount) {
+        info.eventLoop.scheduleTask(in: delay) { [weak self] in
+            guard let self, case .authenticated = self.phase, let timeout = self.state.configuration.idleTimeout else { return }
+            let idle = self.info.eventLoop.now - self.lastActivity
+            if idle < timeout || self.busy || self.persistsInFlight > 0 {
+                self.scheduleIdleCheck(in: idle < timeout ? timeout - idle : timeout)
+                return
+            }
+            self.logger.notice("idle timeout; closing connection", metadata: ["idleTimeout": "\(timeout)"])
+            self.refuse(0, PMUError(.connectionClosed, "closed after \(timeout.nanoseconds / 1_000_000_000) s without requests (--idle-timeout); reconnect to continue"))
         }
     }
 

@@ -2,8 +2,10 @@ import NIOCore
 import PMUCore
 
 // The one transport protocol PMU speaks, in two halves. The server's sessions and the client
-// library are written against these; TCP (SwiftNIO) implements them now, RDMA verbs later, where
-// WRITE and READ data moves by one-sided operations and only control messages travel as frames.
+// library are written against these. Two implementations: TCP (SwiftNIO: TCPServerTransport,
+// TCPClientTransport), where every message is a frame on the stream, and RDMA verbs
+// (RDMAServerTransport, RDMAClientTransport), where control messages travel as frames in
+// SEND/RECV slots and WRITE and READ data moves by one-sided operations on registered memory.
 
 /// Where a server session sends replies. Thread-safe: replies to slow operations (persist, create)
 /// come from worker threads.
@@ -16,6 +18,28 @@ public protocol ReplySink: Sendable {
     /// must not queue unbounded input). Call on the connection's event loop.
     func pauseReading()
     func resumeReading()
+    /// False while the connection's unsent replies are over its bound: the session then executes
+    /// none of its requests until `RequestHandler.repliesDrained` (requests already decoded wait
+    /// in its queue). Read on the connection's event loop.
+    var hasReplyRoom: Bool { get }
+    /// AUTHENTICATE succeeded: accept frames up to the protocol maximum from now on (before it,
+    /// only handshake-sized ones). Call on the connection's event loop.
+    func allowFullFrames()
+    /// Like `sendAndClose`, but closes as soon as the reply is written, without the grace period
+    /// that protects a pipelining client's view of the error: for connections displaced to make
+    /// room, whose descriptors must be given back at once.
+    func sendAndCloseNow(_ response: Response, requestId: UInt64)
+}
+
+extension ReplySink {
+    /// Verbs: replies go out through a fixed set of pre-registered send slots (credits + 8 of
+    /// 64 KiB) and a client with more than its credits outstanding is disconnected, so unsent
+    /// replies are bounded by construction.
+    public var hasReplyRoom: Bool { true }
+    /// Verbs: every request lands in a pre-posted 16 KiB receive slot whatever the session's
+    /// state, so a frame limit would bound no memory.
+    public func allowFullFrames() {}
+    public func sendAndCloseNow(_ response: Response, requestId: UInt64) { sendAndClose(response, requestId: requestId) }
 }
 
 /// What a transport knows about an accepted connection.
@@ -30,6 +54,17 @@ public struct ConnectionInfo: Sendable {
     /// Largest reply frame the connection carries (verbs: its reply slot); LIST pages stay
     /// within half of it and set `more`.
     public var maxReplyBytes: Int = Limits.maxFrameBytes
+
+    /// Public for in-process transports (the session tests).
+    public init(id: UInt64, remoteAddress: String, eventLoop: any EventLoop, replies: any ReplySink,
+                memory: (any MemoryRegistrar)? = nil, maxReplyBytes: Int = Limits.maxFrameBytes) {
+        self.id = id
+        self.remoteAddress = remoteAddress
+        self.eventLoop = eventLoop
+        self.replies = replies
+        self.memory = memory
+        self.maxReplyBytes = maxReplyBytes
+    }
 }
 
 /// Region memory a grant exposes to one-sided access. `owner` keeps the mapping alive while the
@@ -77,6 +112,9 @@ public protocol RequestHandler: AnyObject {
     /// A frame that could not be decoded. The transport closes the connection after the reply.
     func malformedFrame(_ error: PMUError, requestId: UInt64?)
     func connectionClosed()
+    /// The connection's unsent replies fell back under half its bound: requests held back by
+    /// `ReplySink.hasReplyRoom` may run again.
+    func repliesDrained()
 }
 
 public protocol ServerTransport: Sendable {

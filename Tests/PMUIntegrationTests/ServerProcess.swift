@@ -53,15 +53,18 @@ final class ServerProcess: @unchecked Sendable {
     let secretsPath: String?
     let logPath: String
     let extraArguments: [String]
+    /// A command the server runs under, e.g. `prlimit --nofile=256:256 --` (empty: none).
+    let launcher: [String]
     private(set) var process: Process
     private(set) var endpoint = Endpoint(host: "127.0.0.1", port: 0)
 
     /// Starts a server. `secretsPath` nil means the embedded default (DATA_DIR/secrets, admin only).
-    init(dataDirectory: String, secretsPath: String? = nil, extraArguments: [String] = []) throws {
+    init(dataDirectory: String, secretsPath: String? = nil, extraArguments: [String] = [], launcher: [String] = []) throws {
         self.dataDirectory = dataDirectory
         self.secretsPath = secretsPath
         self.logPath = dataDirectory + ".log"
         self.extraArguments = extraArguments
+        self.launcher = launcher
         process = Process()
         try start()
     }
@@ -78,7 +81,7 @@ final class ServerProcess: @unchecked Sendable {
     /// (Re)starts the process and waits until it accepts connections.
     func start() throws {
         try? FileManager.default.removeItem(atPath: readyFile)
-        process = try Self.launch(arguments: arguments(), logPath: logPath)
+        process = try Self.launch(arguments: arguments(), logPath: logPath, launcher: launcher)
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
             if let text = try? String(contentsOfFile: readyFile, encoding: .utf8), text.hasSuffix("\n") {
@@ -94,10 +97,16 @@ final class ServerProcess: @unchecked Sendable {
         throw PMUError(.internalError, "pmu-server was not ready within 60 s:\n\(log)")
     }
 
-    static func launch(arguments: [String], logPath: String) throws -> Process {
+    static func launch(arguments: [String], logPath: String, launcher: [String] = []) throws -> Process {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: binDirectory + "/pmu-server")
-        process.arguments = arguments
+        if let command = launcher.first {
+            // The launcher execs the server (prlimit does), so the pid stays the server's.
+            process.executableURL = URL(fileURLWithPath: command)
+            process.arguments = Array(launcher.dropFirst()) + [binDirectory + "/pmu-server"] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: binDirectory + "/pmu-server")
+            process.arguments = arguments
+        }
         FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)!
         log.seekToEndOfFile()
