@@ -6,6 +6,7 @@ import PackageDescription
 //   PMUCore       no I/O: wire codec, region/catalog formats, protection table, errors, auth math
 //   PMUCheckpoint checkpoint layout, writer, reader, verifier over a RegionIO protocol (no transport)
 //   PMUTesting    test doubles: SimulatedRegion (crashes, torn and lost writes), seeded generator
+//   PMULog        one append-only checksummed log: pure record format + file-backed segments
 //   PMUStore      region files (fallocate + mmap), the metadata catalog, persistence, recovery
 //   CVerbs        rdma-core (libibverbs, librdmacm) + shims for its macros and inline functions
 //   PMUVerbs      Swift wrappers, one file per verbs object, each releasing its resource on deinit
@@ -71,6 +72,15 @@ let package = Package(
                 "PMUCore", "PMUCheckpoint",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]
+        ),
+        // One append-only, checksummed log: the partner's mirror log (and the server journal).
+        .target(
+            name: "PMULog",
+            dependencies: [
+                "PMUCore",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
         .target(
@@ -175,6 +185,10 @@ let package = Package(
         .testTarget(
             name: "PMUStripeTests",
             dependencies: ["PMUCore", "PMUStripe", "PMUTesting", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
+            name: "PMULogTests",
+            dependencies: ["PMUCore", "PMULog", "PMUTesting"]
         ),
         .testTarget(
             name: "PMUStoreTests",
