@@ -11,6 +11,7 @@ import PackageDescription
 //   CVerbs        rdma-core (libibverbs, librdmacm) + shims for its macros and inline functions
 //   PMUVerbs      Swift wrappers, one file per verbs object, each releasing its resource on deinit
 //   PMUTransport  one transport protocol; TCP (SwiftNIO) and RDMA verbs implementations
+//   PMUPair       write mirroring between two servers: mirror channel, mirror logs, takeover
 //   PMUServer     the server as a Service: sessions, verbs, authentication
 //   PMUClient     async client library (regions, checkpoints as primary and backup)
 //   PMUStripe     no I/O: stripe geometry, piece headers, erasure code (ISA-L), survivability
@@ -102,10 +103,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Server to server: the mirror channel (owner), mirror logs (partner), takeover.
+        .target(
+            name: "PMUPair",
+            dependencies: [
+                "PMUCore", "PMULog", "PMUStore", "PMUClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .target(
             name: "PMUServer",
             dependencies: [
-                "PMUCore", "PMUStore", "PMUTransport", "PMUVerbs",
+                "PMUCore", "PMUStore", "PMUTransport", "PMUVerbs", "PMUPair", "PMULog",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -197,7 +208,7 @@ let package = Package(
         .testTarget(
             name: "PMUIntegrationTests",
             dependencies: [
-                "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint", "PMUExampleComputation", "PMUTesting",
+                "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint", "PMUExampleComputation", "PMUTesting", "PMULog",
                 "PMUCluster", "PMUStripe",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]

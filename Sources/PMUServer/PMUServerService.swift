@@ -31,13 +31,16 @@ public final class PMUServerService: Service, Sendable {
         }
         let secrets = try SecretsFile.load(path: configuration.resolvedSecretsPath)
         let store = try RegionStore(directory: directory, configuration: configuration.store, logger: logger)
-        let state = ServerState(store: store, secrets: secrets, configuration: configuration)
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let pool = NIOThreadPool(numberOfThreads: configuration.blockingThreads)
         pool.start()
         let metadataPool = NIOThreadPool(numberOfThreads: 2)
         metadataPool.start()
+        let pair: PairController? = configuration.pair.partner != nil || configuration.pair.receives
+            ? try PairController(configuration: configuration, runtime: .init(group: group, pool: pool, metadataPool: metadataPool, secrets: secrets), logger: logger)
+            : nil
+        let state = ServerState(store: store, secrets: secrets, configuration: configuration, pair: pair)
         var transport: any ServerTransport = TCPServerTransport(endpoint: configuration.listen, group: group, logger: logger)
         var useRDMA = false
         do {
@@ -68,6 +71,9 @@ public final class PMUServerService: Service, Sendable {
                 "address": "\(bound)", "transport": "\(useRDMA ? "rdma" : "tcp")", "dataDir": "\(configuration.dataDirectory)",
                 "regions": "\(store.regionCount)", "clients": "\(secrets.clientIds.joined(separator: ","))",
             ])
+            // Paired: reach the partner once listening (so a server given itself as partner finds
+            // out) and before the ready file, so a wrong partner fails the start.
+            try await pair?.start()
             if let readyFile = configuration.readyFile {
                 try writeReadyFile(readyFile, address: bound)
             }
@@ -76,6 +82,7 @@ public final class PMUServerService: Service, Sendable {
             // Second signal or group cancellation: fall through to the same orderly stop.
         } catch {
             await transport.stop()
+            await pair?.stop()
             try? await pool.shutdownGracefully()
             try? await metadataPool.shutdownGracefully()
             try? await group.shutdownGracefully()
@@ -83,6 +90,7 @@ public final class PMUServerService: Service, Sendable {
         }
         logger.info("pmu-server shutting down")
         await transport.stop()
+        await pair?.stop()
         try? await pool.shutdownGracefully()
         try? await metadataPool.shutdownGracefully()
         try? await group.shutdownGracefully()

@@ -25,6 +25,8 @@ public struct ServerConfiguration: Sendable {
     public var readyFile: String?
     /// `--transport`: tcp, rdma (verbs) or auto (rdma when a device with an active port exists).
     public var transport: TransportChoice = .tcp
+    /// Write mirroring to a partner and takeover (`--partner`, `--mirror-client`, ...).
+    public var pair = PairSettings()
 
     public init() {}
 

@@ -22,6 +22,8 @@ final class ServerState: Sendable {
     let store: RegionStore
     let secrets: SecretsTable
     let configuration: ServerConfiguration
+    /// Write mirroring and takeover (nil when the server runs unpaired).
+    let pair: PairController?
     private let table: NIOLockedValueBox<Table>
 
     struct Table: Sendable {
@@ -33,10 +35,11 @@ final class ServerState: Sendable {
         var registrars: [UInt64: any MemoryRegistrar] = [:]
     }
 
-    init(store: RegionStore, secrets: SecretsTable, configuration: ServerConfiguration) {
+    init(store: RegionStore, secrets: SecretsTable, configuration: ServerConfiguration, pair: PairController? = nil) {
         self.store = store
         self.secrets = secrets
         self.configuration = configuration
+        self.pair = pair
         self.table = NIOLockedValueBox(Table(keys: ProtectionTable(maxHandlesPerConnection: configuration.maxHandlesPerConnection)))
     }
 
@@ -96,21 +99,21 @@ final class ServerState: Sendable {
 
     /// WRITE: check and copy. For checkpoint regions the copy happens under the table lock, so a
     /// takeover (which raises the epoch under the same lock) cannot fall between a stale writer's
-    /// fence check and its bytes landing. Raw regions copy outside the lock.
-    func write(key: AccessKey, connection: UInt64, offset: UInt64, data: ByteBuffer) throws(PMUError) {
+    /// fence check and its bytes landing. Raw regions copy outside the lock. `copy`, when given,
+    /// does the copy instead (the pair's mirror wraps it to order and mirror the write).
+    func write(key: AccessKey, connection: UInt64, offset: UInt64, data: ByteBuffer, copy: ((ProtectionTable<ServedRegion>.Translation) -> Void)? = nil) throws(PMUError) {
         let length = UInt64(data.readableBytes)
+        let apply = copy ?? { translation in data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) } }
         let translation: ProtectionTable<ServedRegion>.Translation? = try table.withTypedLock { table throws(PMUError) in
             let translation = try table.keys.check(key: key, connection: connection, need: .write, offset: offset, length: length)
             guard translation.region.kind != .raw else { return translation }
             if let current = table.epochs[translation.regionId], translation.epoch < current {
                 throw PMUError(.fenced, "this handle's writer epoch \(translation.epoch) was superseded by epoch \(current): another primary opened the region for writing; this writer must stop")
             }
-            data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) }
+            apply(translation)
             return nil
         }
-        if let translation {
-            data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) }
-        }
+        if let translation { apply(translation) }
     }
 
     /// Records a region's new writer epoch as soon as it is durable, before anything else can fail.

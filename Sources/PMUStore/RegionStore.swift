@@ -19,6 +19,9 @@ public struct StoreConfiguration: Sendable {
     /// the kernel's zeroing of every new page-cache page (70% of the server's time in a profile of
     /// a 1 GiB first write), and the zeros written back convert the file's unwritten extents early.
     public var populateOnCreate: Bool
+    /// Test mode only (`--test-volatile-until-persist`): region bytes stay in process memory
+    /// until PERSIST writes them to the file (see `MappedRegion.volatileUntilPersist`).
+    public var volatileUntilPersist = false
 
     public init(maxRegionBytes: UInt64 = 1 << 40, maxRegions: Int = 50_000, reserveFreeBytes: UInt64 = 64 << 20, populateOnCreate: Bool = false) {
         self.maxRegionBytes = maxRegionBytes
@@ -291,7 +294,7 @@ public final class RegionStore: @unchecked Sendable {
             guard let record = state.regions[id] else {
                 throw PMUError(.unknownRegion, "region id \(id) no longer exists")
             }
-            let mapped = try MappedRegion(id: id, path: directory.regionPath(id: id), sizeBytes: record.sizeBytes)
+            let mapped = try MappedRegion(id: id, path: directory.regionPath(id: id), sizeBytes: record.sizeBytes, volatileUntilPersist: configuration.volatileUntilPersist)
             mappings[id] = mapped
             return mapped
         }

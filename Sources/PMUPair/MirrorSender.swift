@@ -1,0 +1,296 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import PMUClient
+import PMUCore
+
+/// How an owner reaches its partner.
+public struct PartnerConfiguration: Sendable {
+    public var endpoint: Endpoint
+    public var clientId: String
+    public var secret: [UInt8]
+    /// Bytes of mirrored writes not yet covered by a PERSIST that the owner lets pile up; a write
+    /// beyond it is refused LOG_FULL before it touches the region (backpressure). Keep it well
+    /// under the partner's log bound (records add 56 bytes of header, and only whole segments are
+    /// reclaimed).
+    public var maxUnpersistedBytes: UInt64
+
+    public init(endpoint: Endpoint, clientId: String, secret: [UInt8], maxUnpersistedBytes: UInt64 = 96 << 20) {
+        self.endpoint = endpoint
+        self.clientId = clientId
+        self.secret = secret
+        self.maxUnpersistedBytes = maxUnpersistedBytes
+    }
+}
+
+/// The owner's half of write mirroring: every WRITE to the portion is applied to the region and
+/// appended to the partner's mirror log, and acknowledged when both are done. PERSIST reports
+/// which writes are durable here, and the partner trims its log up to the oldest that is not.
+///
+/// Ordering: a region's lock is held while a write is applied and given its sequence, so writes
+/// to overlapping bytes get sequences in the order they landed; the partner replays by sequence.
+/// The sequence is taken after the copy, so a PERSIST whose mark covers a sequence was issued
+/// after that write's bytes were in the mapping, and its msync covers them.
+public final class MirrorSender: @unchecked Sendable {
+    public let configuration: PartnerConfiguration
+    public let portion: String
+    private let instance: [UInt8]
+    private let logger: Logger
+    private let lock = NIOLock()
+    private var client: PMUClient?
+    private var failure: PMUError? = PMUError(.serverUnavailable, "not connected to the partner yet")
+    private var reconnecting = false
+    private var stopped = false
+    private var nextSequence: UInt64 = 1
+    /// Mirrored writes not yet covered by a PERSIST, per region, in sequence order.
+    private var unpersisted: [UInt64: [(sequence: UInt64, offset: UInt64, length: UInt64)]] = [:]
+    private var unpersistedBytes: UInt64 = 0
+    private var trimmedThrough: UInt64 = 0
+    private var lastTrimMilliseconds: UInt64 = 0
+    private var regionLocks: [UInt64: NIOLock] = [:]
+    private var acknowledged: UInt64 = 0
+    private var refused: UInt64 = 0
+
+    public init(configuration: PartnerConfiguration, portion: String, instance: [UInt8], logger: Logger) {
+        self.configuration = configuration
+        self.portion = portion
+        self.instance = instance
+        self.logger = logger
+    }
+
+    /// Connects and opens the mirror. Errors that retrying cannot fix (wrong credentials, a
+    /// partner that is this server, a portion the partner took over or mirrors from another
+    /// server) are thrown, for the server to refuse to start; an unreachable partner is retried
+    /// in the background, writes being refused until it answers.
+    public func start() async throws(PMUError) {
+        do throws(PMUError) {
+            try await connect()
+        } catch where Self.isPermanent(error) {
+            throw error
+        } catch {
+            logger.warning("partner not reachable; mirrored writes are refused until it is", metadata: ["partner": "\(configuration.endpoint)", "error": "\(error)"])
+            scheduleReconnect()
+        }
+    }
+
+    public func stop() async {
+        let client = lock.withLock { () -> PMUClient? in
+            stopped = true
+            defer { self.client = nil }
+            return self.client
+        }
+        await client?.disconnect()
+    }
+
+    static func isPermanent(_ error: PMUError) -> Bool {
+        [.authenticationFailed, .invalidArgument, .fenced, .regionExists, .accessDenied].contains(error.code)
+    }
+
+    private func connect() async throws(PMUError) {
+        var clientConfiguration = ClientConfiguration(endpoint: configuration.endpoint, clientId: configuration.clientId, secret: configuration.secret)
+        clientConfiguration.connectTimeout = .seconds(5)
+        clientConfiguration.requestTimeout = .seconds(10)
+        let client: PMUClient
+        do throws(PMUError) {
+            client = try await PMUClient.connect(clientConfiguration)
+        } catch where error.code == .authenticationFailed {
+            throw PMUError(.authenticationFailed, "partner \(configuration.endpoint) refused --partner-client '\(configuration.clientId)': \(error.message). Both servers' secrets files must hold that id with the secret in --partner-secret-file")
+        }
+        let highest: UInt64
+        do throws(PMUError) {
+            highest = try await client.mirrorOpen(portion: portion, instance: instance)
+        } catch {
+            await client.disconnect()
+            throw error
+        }
+        lock.withLock {
+            // Never reuse a sequence the partner's log may still hold.
+            nextSequence = max(nextSequence, highest &+ 1)
+            self.client = client
+            failure = nil
+        }
+        logger.info("mirroring to partner", metadata: ["partner": "\(configuration.endpoint)", "portion": "\(portion)", "nextSequence": "\(nextSequence)"])
+    }
+
+    private func scheduleReconnect() {
+        let go = lock.withLock { () -> Bool in
+            guard !reconnecting, !stopped else { return false }
+            reconnecting = true
+            return true
+        }
+        guard go else { return }
+        Task {
+            // Once a second until it answers or the server stops: bounded in rate, not in count,
+            // because the pair is meant to heal whenever the partner returns.
+            while !lock.withLock({ stopped }) {
+                try? await Task.sleep(for: .seconds(1))
+                do throws(PMUError) {
+                    try await connect()
+                    break
+                } catch {
+                    lock.withLock { failure = error }
+                    if Self.isPermanent(error) {
+                        logger.error("partner refuses this server's mirror; writes stay refused", metadata: ["error": "\(error)"])
+                        break
+                    }
+                }
+            }
+            lock.withLock { reconnecting = false }
+        }
+    }
+
+    private func channelFailed(_ failed: PMUClient, _ error: PMUError) {
+        let dropped = lock.withLock { () -> Bool in
+            guard client === failed else { return false }
+            client = nil
+            failure = error
+            return true
+        }
+        if dropped {
+            logger.warning("mirror channel to partner failed; mirrored writes are refused until it reconnects", metadata: ["error": "\(error)"])
+            Task { await failed.disconnect() }
+            scheduleReconnect()
+        }
+    }
+
+    /// Applies the write (`apply` copies it into the region) and mirrors it; the future succeeds
+    /// once the partner has it in its log. Refused before `apply` runs when the partner is not
+    /// connected or too much is unpersisted.
+    public func write(regionId: UInt64, epoch: UInt64, offset: UInt64, data: ByteBuffer, eventLoop: any EventLoop, apply: () -> Void) -> EventLoopFuture<Void> {
+        let length = UInt64(data.readableBytes)
+        let regionLock = lock.withLock { () -> NIOLock in
+            if let existing = regionLocks[regionId] { return existing }
+            let created = NIOLock()
+            regionLocks[regionId] = created
+            return created
+        }
+        let admitted: Result<(UInt64, PMUClient), PMUError> = regionLock.withLock {
+            let check: PMUError? = lock.withLock {
+                guard client != nil else {
+                    return PMUError(.serverUnavailable, "write not applied: this server mirrors its writes to partner \(configuration.endpoint), which is not reachable (\(failure?.message ?? "unknown")); retry later")
+                }
+                guard unpersistedBytes + length <= configuration.maxUnpersistedBytes else {
+                    return PMUError(.logFull, "write not applied: \(unpersistedBytes) bytes of mirrored writes are not persisted yet, the limit (--partner-max-unpersisted); PERSIST what you wrote, then retry")
+                }
+                return nil
+            }
+            if let check { return .failure(check) }
+            apply()
+            return lock.withLock {
+                guard let client else { return .failure(PMUError(.serverUnavailable, "write applied but not acknowledged: the mirror channel to \(configuration.endpoint) failed meanwhile")) }
+                let sequence = nextSequence
+                nextSequence += 1
+                unpersisted[regionId, default: []].append((sequence, offset, length))
+                unpersistedBytes += length
+                return .success((sequence, client))
+            }
+        }
+        switch admitted {
+        case .failure(let error):
+            lock.withLock { refused += 1 }
+            return eventLoop.makeFailedFuture(error)
+        case .success(let (sequence, client)):
+            let promise = eventLoop.makePromise(of: Void.self)
+            let append = MirrorAppend(sequence: sequence, regionId: regionId, epoch: epoch, offset: offset, data: data)
+            Task {
+                do throws(PMUError) {
+                    try await client.mirrorAppend(append)
+                    self.lock.withLock { self.acknowledged += 1 }
+                    promise.succeed(())
+                } catch {
+                    if error.code != .logFull { self.channelFailed(client, error) }
+                    promise.fail(PMUError(error.code, "write applied on this server but not acknowledged: the partner did not take it (\(error.message))"))
+                }
+            }
+            return promise.futureResult
+        }
+    }
+
+    /// Taken when a PERSIST arrives, before its msync: the writes it covers are the ones with a
+    /// sequence up to this mark.
+    public func persistMark() -> UInt64 {
+        lock.withLock { nextSequence - 1 }
+    }
+
+    /// A PERSIST of [offset, offset+length) of `regionId` returned: the writes inside it, up to
+    /// `mark`, are durable here. If the oldest unpersisted write moved, the partner is told to trim.
+    public func persisted(regionId: UInt64, offset: UInt64, length: UInt64, mark: UInt64) {
+        let end = offset.addingReportingOverflow(length).overflow ? UInt64.max : offset + length
+        let trim = lock.withLock { () -> (UInt64, PMUClient)? in
+            if var writes = unpersisted[regionId] {
+                writes.removeAll { write in
+                    let covered = write.sequence <= mark && write.offset >= offset && write.offset + write.length <= end
+                    if covered { unpersistedBytes -= write.length }
+                    return covered
+                }
+                unpersisted[regionId] = writes.isEmpty ? nil : writes
+            }
+            return trimPointLocked()
+        }
+        if let (through, client) = trim { sendTrim(through, client) }
+    }
+
+    /// The region is gone: its writes need no replay.
+    public func forget(regionId: UInt64) {
+        let trim = lock.withLock { () -> (UInt64, PMUClient)? in
+            for write in unpersisted[regionId] ?? [] { unpersistedBytes -= write.length }
+            unpersisted[regionId] = nil
+            regionLocks[regionId] = nil
+            return trimPointLocked()
+        }
+        if let (through, client) = trim { sendTrim(through, client) }
+    }
+
+    private func trimPointLocked() -> (UInt64, PMUClient)? {
+        let oldest = unpersisted.values.compactMap { $0.first?.sequence }.min()
+        let through = (oldest ?? nextSequence) - 1
+        guard through > trimmedThrough, let client else { return nil }
+        trimmedThrough = through
+        return (through, client)
+    }
+
+    private func sendTrim(_ through: UInt64, _ client: PMUClient) {
+        Task {
+            do throws(PMUError) {
+                try await client.mirrorTrim(through: through)
+                lock.withLock { lastTrimMilliseconds = PairClock.nowMilliseconds() }
+            } catch {
+                // A lost trim only keeps records longer; the next PERSIST sends a newer one.
+                logger.notice("partner did not take a trim", metadata: ["through": "\(through)", "error": "\(error)"])
+            }
+        }
+    }
+
+    public struct Status: Sendable, Codable, Equatable {
+        public var partner: String
+        public var connected: Bool
+        public var lastError: String?
+        public var nextSequence: UInt64
+        public var unpersistedWrites: Int
+        public var unpersistedBytes: UInt64
+        public var trimmedThrough: UInt64
+        public var lastTrimMilliseconds: UInt64
+        public var acknowledgedWrites: UInt64
+        public var refusedWrites: UInt64
+    }
+
+    public var status: Status {
+        lock.withLock {
+            Status(
+                partner: "\(configuration.endpoint)", connected: client != nil, lastError: failure.map { "\($0)" }, nextSequence: nextSequence,
+                unpersistedWrites: unpersisted.values.reduce(0) { $0 + $1.count }, unpersistedBytes: unpersistedBytes,
+                trimmedThrough: trimmedThrough, lastTrimMilliseconds: lastTrimMilliseconds, acknowledgedWrites: acknowledged, refusedWrites: refused)
+        }
+    }
+}
+
+enum PairClock {
+    static func nowMilliseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
+    }
+}
