@@ -17,13 +17,33 @@ public struct PartnerConfiguration: Sendable {
     /// under the partner's log bound (records add 56 bytes of header, and only whole segments are
     /// reclaimed).
     public var maxUnpersistedBytes: UInt64
+    /// What a WRITE does while the partner cannot be reached (`--partner-down`).
+    public var partnerDown: PartnerDownPolicy
 
-    public init(endpoint: Endpoint, clientId: String, secret: [UInt8], maxUnpersistedBytes: UInt64 = 96 << 20) {
+    public init(endpoint: Endpoint, clientId: String, secret: [UInt8], maxUnpersistedBytes: UInt64 = 96 << 20, partnerDown: PartnerDownPolicy = .durable) {
         self.endpoint = endpoint
         self.clientId = clientId
         self.secret = secret
         self.maxUnpersistedBytes = maxUnpersistedBytes
+        self.partnerDown = partnerDown
     }
+}
+
+/// Degraded mode: the promise "an acknowledged write survives the loss of one machine" is kept
+/// either way; `durable` keeps serving at local-flush speed, `refuse` stops writes instead.
+public enum PartnerDownPolicy: String, Sendable, CaseIterable {
+    /// Each write is made durable here (msync of its range) before it is acknowledged.
+    case durable
+    /// Writes are refused SERVER_UNAVAILABLE until the partner is back.
+    case refuse
+}
+
+/// How a write the sender admitted is to be acknowledged.
+public enum WriteOutcome: Sendable, Equatable {
+    /// In the partner's log: acknowledge now.
+    case mirrored
+    /// Applied here, but the partner is down (degraded mode): make the range durable here first.
+    case localOnly
 }
 
 /// The owner's half of write mirroring: every WRITE to the portion is applied to the region and
@@ -53,12 +73,20 @@ public final class MirrorSender: @unchecked Sendable {
     private var regionLocks: [UInt64: NIOLock] = [:]
     private var acknowledged: UInt64 = 0
     private var refused: UInt64 = 0
+    private var degradedWrites: UInt64 = 0
+    private var degradedSinceMilliseconds: UInt64? = nil
+    /// The partner took this portion over: this server is a stale owner and accepts no write.
+    private var superseded: PMUError? = nil
 
-    public init(configuration: PartnerConfiguration, portion: String, instance: [UInt8], logger: Logger) {
+    /// Makes whole regions durable here (msync), nil meaning every region: the resync.
+    private let persistRegions: @Sendable ([UInt64]?) throws(PMUError) -> Void
+
+    public init(configuration: PartnerConfiguration, portion: String, instance: [UInt8], logger: Logger, persistRegions: @escaping @Sendable ([UInt64]?) throws(PMUError) -> Void) {
         self.configuration = configuration
         self.portion = portion
         self.instance = instance
         self.logger = logger
+        self.persistRegions = persistRegions
     }
 
     /// Connects and opens the mirror. Errors that retrying cannot fix (wrong credentials, a
@@ -106,13 +134,51 @@ public final class MirrorSender: @unchecked Sendable {
             await client.disconnect()
             throw error
         }
+        do throws(PMUError) {
+            try await resync(client, highest: highest)
+        } catch {
+            await client.disconnect()
+            throw error
+        }
         lock.withLock {
-            // Never reuse a sequence the partner's log may still hold.
-            nextSequence = max(nextSequence, highest &+ 1)
             self.client = client
             failure = nil
+            degradedSinceMilliseconds = nil
         }
         logger.info("mirroring to partner", metadata: ["partner": "\(configuration.endpoint)", "portion": "\(portion)", "nextSequence": "\(nextSequence)"])
+    }
+
+    /// Before mirroring (again): what the partner's log holds must not be able to overwrite a
+    /// newer write at a takeover. Writes acknowledged while the partner was down went only to
+    /// this server's file, so a log record older than them for the same bytes would clobber them
+    /// at replay. Persist every region with mirrored-but-unpersisted writes, then trim the
+    /// partner's log through every sequence used so far: it then holds nothing older than what
+    /// comes next. (Writes made while this runs take new sequences and are mirrored.)
+    private func resync(_ client: PMUClient, highest: UInt64) async throws(PMUError) {
+        let (regions, through, wasDegraded) = lock.withLock { () -> ([UInt64], UInt64, Bool) in
+            // Never reuse a sequence the partner's log may still hold.
+            nextSequence = max(nextSequence, highest &+ 1)
+            return (Array(unpersisted.keys), nextSequence - 1, degradedWrites > 0 || !unpersisted.isEmpty)
+        }
+        if highest > 0 && !wasDegraded && trimmedThrough == 0 {
+            // A fresh start of this owner finds records of its previous run in the partner's log.
+            // They are not replayed here (rejoin is not built): after an owner's machine was lost,
+            // take over from the partner instead of restarting the owner.
+            logger.warning("the partner's mirror log holds untrimmed records of this portion's previous run; they are trimmed now, not replayed (after a machine loss, use pmuctl pair takeover on the partner rather than restarting the owner)", metadata: ["highest": "\(highest)"])
+        }
+        guard wasDegraded || highest > 0 else { return }
+        // A fresh start does not know which of its regions' pages are durable: all of them.
+        try persistRegions(wasDegraded ? regions : nil)
+        lock.withLock {
+            for region in regions {
+                for write in unpersisted[region] ?? [] where write.sequence <= through { unpersistedBytes -= write.length }
+                unpersisted[region]?.removeAll { $0.sequence <= through }
+                if unpersisted[region]?.isEmpty == true { unpersisted[region] = nil }
+            }
+            trimmedThrough = max(trimmedThrough, through)
+        }
+        try await client.mirrorTrim(through: through)
+        logger.notice("resynced with partner: persisted regions with unmirrored writes and trimmed the partner's log", metadata: ["regions": "\(regions.count)", "through": "\(through)"])
     }
 
     private func scheduleReconnect() {
@@ -131,7 +197,10 @@ public final class MirrorSender: @unchecked Sendable {
                     try await connect()
                     break
                 } catch {
-                    lock.withLock { failure = error }
+                    lock.withLock {
+                        failure = error
+                        if error.code == .fenced { superseded = error }
+                    }
                     if Self.isPermanent(error) {
                         logger.error("partner refuses this server's mirror; writes stay refused", metadata: ["error": "\(error)"])
                         break
@@ -144,6 +213,7 @@ public final class MirrorSender: @unchecked Sendable {
 
     private func channelFailed(_ failed: PMUClient, _ error: PMUError) {
         let dropped = lock.withLock { () -> Bool in
+            if error.code == .fenced { superseded = error }
             guard client === failed else { return false }
             client = nil
             failure = error
@@ -156,10 +226,11 @@ public final class MirrorSender: @unchecked Sendable {
         }
     }
 
-    /// Applies the write (`apply` copies it into the region) and mirrors it; the future succeeds
-    /// once the partner has it in its log. Refused before `apply` runs when the partner is not
-    /// connected or too much is unpersisted.
-    public func write(regionId: UInt64, epoch: UInt64, offset: UInt64, data: ByteBuffer, eventLoop: any EventLoop, apply: () -> Void) -> EventLoopFuture<Void> {
+    /// Applies the write (`apply` copies it into the region) and mirrors it; the future tells how
+    /// to acknowledge it (`.mirrored`: the partner has it; `.localOnly`: degraded, persist it here
+    /// first). Refused before `apply` runs when this owner was superseded, the partner is down and
+    /// the policy is `refuse`, or too much is unpersisted.
+    public func write(regionId: UInt64, epoch: UInt64, offset: UInt64, data: ByteBuffer, eventLoop: any EventLoop, apply: () -> Void) -> EventLoopFuture<WriteOutcome> {
         let length = UInt64(data.readableBytes)
         let regionLock = lock.withLock { () -> NIOLock in
             if let existing = regionLocks[regionId] { return existing }
@@ -167,10 +238,13 @@ public final class MirrorSender: @unchecked Sendable {
             regionLocks[regionId] = created
             return created
         }
-        let admitted: Result<(UInt64, PMUClient), PMUError> = regionLock.withLock {
+        let admitted: Result<(UInt64, PMUClient?), PMUError> = regionLock.withLock {
             let check: PMUError? = lock.withLock {
-                guard client != nil else {
-                    return PMUError(.serverUnavailable, "write not applied: this server mirrors its writes to partner \(configuration.endpoint), which is not reachable (\(failure?.message ?? "unknown")); retry later")
+                if let superseded {
+                    return PMUError(.fenced, "write refused: the partner took over this server's portion (\(superseded.message)); this server is a stale owner")
+                }
+                guard client != nil || configuration.partnerDown == .durable else {
+                    return PMUError(.serverUnavailable, "write not applied: this server mirrors its writes to partner \(configuration.endpoint), which is not reachable (\(failure?.message ?? "unknown")), and --partner-down is refuse; retry later")
                 }
                 guard unpersistedBytes + length <= configuration.maxUnpersistedBytes else {
                     return PMUError(.logFull, "write not applied: \(unpersistedBytes) bytes of mirrored writes are not persisted yet, the limit (--partner-max-unpersisted); PERSIST what you wrote, then retry")
@@ -180,9 +254,14 @@ public final class MirrorSender: @unchecked Sendable {
             if let check { return .failure(check) }
             apply()
             return lock.withLock {
-                guard let client else { return .failure(PMUError(.serverUnavailable, "write applied but not acknowledged: the mirror channel to \(configuration.endpoint) failed meanwhile")) }
                 let sequence = nextSequence
                 nextSequence += 1
+                guard let client else {
+                    // Degraded: made durable here by the caller; nothing for the partner to replay.
+                    degradedWrites += 1
+                    if degradedSinceMilliseconds == nil { degradedSinceMilliseconds = PairClock.nowMilliseconds() }
+                    return .success((sequence, nil))
+                }
                 unpersisted[regionId, default: []].append((sequence, offset, length))
                 unpersistedBytes += length
                 return .success((sequence, client))
@@ -192,17 +271,29 @@ public final class MirrorSender: @unchecked Sendable {
         case .failure(let error):
             lock.withLock { refused += 1 }
             return eventLoop.makeFailedFuture(error)
-        case .success(let (sequence, client)):
-            let promise = eventLoop.makePromise(of: Void.self)
+        case .success((_, nil)):
+            return eventLoop.makeSucceededFuture(.localOnly)
+        case .success(let (sequence, client?)):
+            let promise = eventLoop.makePromise(of: WriteOutcome.self)
             let append = MirrorAppend(sequence: sequence, regionId: regionId, epoch: epoch, offset: offset, data: data)
+            let policy = configuration.partnerDown
             Task {
                 do throws(PMUError) {
                     try await client.mirrorAppend(append)
                     self.lock.withLock { self.acknowledged += 1 }
-                    promise.succeed(())
+                    promise.succeed(.mirrored)
                 } catch {
                     if error.code != .logFull { self.channelFailed(client, error) }
-                    promise.fail(PMUError(error.code, "write applied on this server but not acknowledged: the partner did not take it (\(error.message))"))
+                    if policy == .durable, ![.logFull, .fenced].contains(error.code) {
+                        // The partner went away with this write in flight: degraded for it too.
+                        self.lock.withLock {
+                            self.degradedWrites += 1
+                            if self.degradedSinceMilliseconds == nil { self.degradedSinceMilliseconds = PairClock.nowMilliseconds() }
+                        }
+                        promise.succeed(.localOnly)
+                    } else {
+                        promise.fail(PMUError(error.code, "write applied on this server but not acknowledged: the partner did not take it (\(error.message))"))
+                    }
                 }
             }
             return promise.futureResult
@@ -275,6 +366,11 @@ public final class MirrorSender: @unchecked Sendable {
         public var lastTrimMilliseconds: UInt64
         public var acknowledgedWrites: UInt64
         public var refusedWrites: UInt64
+        public var partnerDownPolicy: String
+        /// Writes acknowledged after a local msync because the partner was down.
+        public var degradedWrites: UInt64
+        public var degradedSinceMilliseconds: UInt64?
+        public var superseded: String?
     }
 
     public var status: Status {
@@ -282,7 +378,9 @@ public final class MirrorSender: @unchecked Sendable {
             Status(
                 partner: "\(configuration.endpoint)", connected: client != nil, lastError: failure.map { "\($0)" }, nextSequence: nextSequence,
                 unpersistedWrites: unpersisted.values.reduce(0) { $0 + $1.count }, unpersistedBytes: unpersistedBytes,
-                trimmedThrough: trimmedThrough, lastTrimMilliseconds: lastTrimMilliseconds, acknowledgedWrites: acknowledged, refusedWrites: refused)
+                trimmedThrough: trimmedThrough, lastTrimMilliseconds: lastTrimMilliseconds, acknowledgedWrites: acknowledged, refusedWrites: refused,
+                partnerDownPolicy: configuration.partnerDown.rawValue, degradedWrites: degradedWrites,
+                degradedSinceMilliseconds: degradedSinceMilliseconds, superseded: superseded.map { "\($0)" })
         }
     }
 }

@@ -38,7 +38,7 @@ public final class PMUServerService: Service, Sendable {
         let metadataPool = NIOThreadPool(numberOfThreads: 2)
         metadataPool.start()
         let pair: PairController? = configuration.pair.partner != nil || configuration.pair.receives
-            ? try PairController(configuration: configuration, runtime: .init(group: group, pool: pool, metadataPool: metadataPool, secrets: secrets), logger: logger)
+            ? try PairController(configuration: configuration, runtime: .init(group: group, pool: pool, metadataPool: metadataPool, secrets: secrets, store: store), logger: logger)
             : nil
         let state = ServerState(store: store, secrets: secrets, configuration: configuration, pair: pair)
         var transport: any ServerTransport = TCPServerTransport(endpoint: configuration.listen, group: group, logger: logger)

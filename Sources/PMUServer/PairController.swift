@@ -32,6 +32,7 @@ final class PairController: Sendable {
         var pool: NIOThreadPool
         var metadataPool: NIOThreadPool
         var secrets: SecretsTable
+        var store: RegionStore
     }
     private let runtime: Runtime
 
@@ -44,7 +45,16 @@ final class PairController: Sendable {
         let portion = try PortionIdentity.load(dataDirectory: configuration.dataDirectory, create: true)
         self.portion = portion
         let instance = PortionIdentity.randomInstance()
-        sender = settings.partner.map { MirrorSender(configuration: $0, portion: portion, instance: instance, logger: logger) }
+        let store = runtime.store
+        sender = settings.partner.map {
+            MirrorSender(configuration: $0, portion: portion, instance: instance, logger: logger) { (regions: [UInt64]?) throws(PMUError) in
+                let ids = regions ?? store.list(after: "", limit: Int.max).records.map(\.id)
+                for id in ids {
+                    guard let mapping = try? store.mapping(id: id) else { continue } // deleted meanwhile
+                    try mapping.persist(offset: 0, length: mapping.sizeBytes)
+                }
+            }
+        }
         receiver = try settings.receives
             ? MirrorReceiver(dataDirectory: configuration.dataDirectory, ownPortion: portion, instance: instance, logConfiguration: settings.mirrorLog, logger: logger)
             : nil
@@ -119,6 +129,7 @@ final class PairController: Sendable {
         portionConfiguration.dataDirectory = directory
         portionConfiguration.listen = listen
         portionConfiguration.pair = PairSettings()
+        portionConfiguration.durableWrites = true
         let state = ServerState(store: store, secrets: runtime.secrets, configuration: portionConfiguration)
         let transport = TCPServerTransport(endpoint: listen, group: runtime.group, logger: logger)
         let runtime = self.runtime

@@ -76,6 +76,9 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("partner-max-unpersisted"), help: "Mirrored bytes not yet covered by a PERSIST before WRITEs are refused LOG_FULL.")
     var partnerMaxUnpersisted = "96MiB"
 
+    @Option(name: .customLong("partner-down"), help: "While the partner is unreachable: durable (each write is msync'd here before it is acknowledged) or refuse (writes fail SERVER_UNAVAILABLE).")
+    var partnerDown = "durable"
+
     @Option(name: .customLong("mirror-client"), help: "Client id allowed to mirror its portion into this server (default: --partner-client).")
     var mirrorClient: String?
 
@@ -115,6 +118,10 @@ public struct ServerCommand: ParsableCommand {
             guard partnerClient != nil, partnerSecretFile != nil else {
                 throw ValidationError("--partner needs --partner-client and --partner-secret-file (the partner authenticates this server like any client)")
             }
+            guard transport == "tcp" else {
+                // One-sided RDMA writes bypass the server's CPU: they cannot be mirrored write by write (issue 12 item 6, not built).
+                throw ValidationError("--partner needs --transport tcp: writes over RDMA verbs are one-sided and cannot be mirrored yet")
+            }
             guard try Endpoint(parsing: partner) != (try Endpoint(parsing: listen)) else {
                 throw ValidationError("--partner \(partner) is this server's own --listen address; a partner must be another server")
             }
@@ -125,6 +132,7 @@ public struct ServerCommand: ParsableCommand {
         if let takeoverListen { _ = try Endpoint(parsing: takeoverListen) }
         _ = try ByteSize.parse(mirrorLogMax)
         _ = try ByteSize.parse(partnerMaxUnpersisted)
+        guard PartnerDownPolicy(rawValue: partnerDown) != nil else { throw ValidationError("--partner-down must be durable or refuse") }
         guard LogSyncPolicy(rawValue: mirrorSync) != nil else { throw ValidationError("--mirror-sync must be fdatasync or page-cache") }
     }
 
@@ -148,7 +156,8 @@ public struct ServerCommand: ParsableCommand {
         if let partner, let partnerClient, let partnerSecretFile {
             let secret = try SecretsTable.parseClientSecret(try SecretsFile.readText(partnerSecretFile, what: "--partner-secret-file"), source: partnerSecretFile)
             pair.partner = PartnerConfiguration(
-                endpoint: try Endpoint(parsing: partner), clientId: partnerClient, secret: secret, maxUnpersistedBytes: try ByteSize.parse(partnerMaxUnpersisted))
+                endpoint: try Endpoint(parsing: partner), clientId: partnerClient, secret: secret, maxUnpersistedBytes: try ByteSize.parse(partnerMaxUnpersisted),
+                partnerDown: PartnerDownPolicy(rawValue: partnerDown) ?? .durable)
         }
         pair.mirrorClient = mirrorClient ?? partnerClient
         pair.mirrorLog.maxBytes = try ByteSize.parse(mirrorLogMax)

@@ -27,6 +27,9 @@ public struct ServerConfiguration: Sendable {
     public var transport: TransportChoice = .tcp
     /// Write mirroring to a partner and takeover (`--partner`, `--mirror-client`, ...).
     public var pair = PairSettings()
+    /// Every WRITE is made durable (msync of its range) before it is acknowledged: how a server
+    /// serves a taken-over portion, whose partner is gone, keeping the one-machine-loss promise.
+    public var durableWrites = false
 
     public init() {}
 

@@ -1,26 +1,55 @@
 import NIOCore
 import PMUCore
 import PMUPair
+import PMUStore
 
 /// The session's pair verbs, kept out of Session.swift: mirrored WRITEs on the owner, the
 /// MIRROR_* messages on the partner, and pair administration.
 extension Session {
     /// WRITE on a mirrored server: copied into the region and mirrored in one step (ordered by
-    /// the region), answered when the partner has it. A refused mirror answers with its error.
+    /// the region), answered when the partner has it, or in degraded mode once it is durable here.
     func writeMirrored(_ sender: MirrorSender, key: AccessKey, offset: UInt64, data: ByteBuffer, id: UInt64) throws(PMUError) {
         let eventLoop = info.eventLoop
-        var pending: EventLoopFuture<Void>?
+        var pending: EventLoopFuture<WriteOutcome>?
+        var target: MappedRegion?
         try state.write(key: key, connection: info.id, offset: offset, data: data) { translation in
+            target = translation.region.mapping
             pending = sender.write(regionId: translation.regionId, epoch: translation.epoch, offset: offset, data: data, eventLoop: eventLoop) {
                 data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) }
             }
         }
-        guard let pending else { return reply(id, .ok) } // a zero-byte write the table let through
+        guard let pending, let target else { return reply(id, .ok) }
+        let length = UInt64(data.readableBytes)
         pending.whenComplete { [self] result in
             switch result {
-            case .success: self.reply(id, .ok)
+            case .success(.mirrored): self.reply(id, .ok)
+            case .success(.localOnly): self.persistThenReply(target, offset: offset, length: length, id: id)
             case .failure(let error): self.reply(id, .error((error as? PMUError) ?? PMUError(.internalError, "\(error)")))
             }
+        }
+    }
+
+    /// WRITE where durability comes from this server alone (a taken-over portion).
+    func writeDurably(key: AccessKey, offset: UInt64, data: ByteBuffer, id: UInt64) throws(PMUError) {
+        var target: MappedRegion?
+        try state.write(key: key, connection: info.id, offset: offset, data: data) { translation in
+            target = translation.region.mapping
+            data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) }
+        }
+        guard let target else { return reply(id, .ok) }
+        persistThenReply(target, offset: offset, length: UInt64(data.readableBytes), id: id)
+    }
+
+    private func persistThenReply(_ mapping: MappedRegion, offset: UInt64, length: UInt64, id: UInt64) {
+        pool.runIfActive(eventLoop: info.eventLoop) { () -> Response in
+            do throws(PMUError) {
+                try mapping.persist(offset: offset, length: length)
+                return .ok
+            } catch {
+                return .error(PMUError(error.code, "write applied but not made durable, so not acknowledged: \(error.message)"))
+            }
+        }.whenComplete { [self] result in
+            self.reply(id, (try? result.get()) ?? .error(PMUError(.shuttingDown, "server is shutting down")))
         }
     }
 

@@ -26,7 +26,7 @@ final class Session: RequestHandler, @unchecked Sendable {
     let info: ConnectionInfo
     let state: ServerState
     /// msync for PERSIST.
-    private let pool: NIOThreadPool
+    let pool: NIOThreadPool
     /// Catalog work (create, delete, open for write): its own threads, so a flood of PERSISTs can
     /// never delay a takeover's fencing open.
     private let metadataPool: NIOThreadPool
@@ -194,6 +194,11 @@ final class Session: RequestHandler, @unchecked Sendable {
                 throw PMUError(.protocolViolation, "this connection is already authenticated")
 
             case .write(let key, let offset, let data):
+                if state.configuration.durableWrites {
+                    // A taken-over portion has no partner: durable before acknowledged.
+                    try writeDurably(key: key, offset: offset, data: data, id: id)
+                    break
+                }
                 if let sender = state.pair?.sender {
                     // Acknowledged once in this server's mapping and in the partner's log.
                     try writeMirrored(sender, key: key, offset: offset, data: data, id: id)

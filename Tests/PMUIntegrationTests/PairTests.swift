@@ -35,7 +35,7 @@ final class TestPair: @unchecked Sendable {
 
     /// `fence`: the partner's fence command. The default succeeds only once the owner's pid
     /// (in its LOCK file) is gone: a takeover while the owner runs is refused.
-    init(ownerArguments: [String] = [], partnerArguments: [String] = [], fence: String = #"pid=$(cat "$PMU_PORTION_DIR/LOCK"); ! kill -0 "$pid" 2>/dev/null"#) throws {
+    init(ownerArguments: [String] = [], partnerArguments: [String] = [], fixedPartnerPort: Bool = false, fence: String = #"pid=$(cat "$PMU_PORTION_DIR/LOCK"); ! kill -0 "$pid" 2>/dev/null"#) throws {
         secretsPath = scratch.path + "/secrets"
         pairSecretPath = scratch.path + "/pair.secret"
         var secrets = testSecrets
@@ -45,7 +45,7 @@ final class TestPair: @unchecked Sendable {
         partner = try ServerProcess(
             dataDirectory: partnerDirectory, secretsPath: secretsPath,
             extraArguments: ["--mirror-client", "pair", "--partner-portion", ownerDirectory, "--fence-command", fence,
-                             "--takeover-listen", "127.0.0.1:\(takeoverPort)"] + partnerArguments)
+                             "--takeover-listen", "127.0.0.1:\(takeoverPort)"] + (fixedPartnerPort ? ["--listen", "127.0.0.1:\(freePort())"] : []) + partnerArguments)
         owner = try ServerProcess(dataDirectory: ownerDirectory, secretsPath: secretsPath, extraArguments: Self.pairArguments(partner.endpoint, pairSecretPath) + ownerArguments)
     }
 
@@ -60,6 +60,18 @@ final class TestPair: @unchecked Sendable {
         defer { Task { await client.disconnect() } }
         let json = try await client.pairStatus()
         return try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+    }
+
+    /// The owner's mirror channel, polled until `predicate` holds (bounded).
+    func waitForOwner(_ predicate: ([String: Any]) -> Bool) async throws -> [String: Any] {
+        var last: [String: Any] = [:]
+        for _ in 0..<200 {
+            last = try await status(owner)["mirroringTo"] as? [String: Any] ?? [:]
+            if predicate(last) { return last }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        Issue.record("owner's mirror channel never reached the expected state; last: \(last)")
+        return last
     }
 
     /// The partner's view of the owner's mirror log, polled until `predicate` holds (bounded).

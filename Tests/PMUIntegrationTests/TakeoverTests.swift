@@ -144,6 +144,68 @@ import Testing
         }
     }
 
+    /// Partner down: the owner goes on degraded (each write durable here before its ack); the
+    /// partner returns and the owner resyncs (persists, trims the log, so no older record can
+    /// clobber a degraded write at replay); then the owner's machine is lost. Nothing is lost.
+    @Test func degradedWhilePartnerDownThenResyncThenOwnerLost() async throws {
+        setenv("PMU_ALLOW_TEST_MODES", "1", 1)
+        let pair = try TestPair(ownerArguments: ["--test-volatile-until-persist"], fixedPartnerPort: true)
+        let client = try await pair.owner.client()
+        let handle = try await client.createRegion("degraded", sizeBytes: 1 << 20)
+        try await client.write(handle, at: 0, pattern(1)) // mirrored, in the partner's log only
+        pair.partner.kill9()
+        try await client.write(handle, at: 0, pattern(2)) // degraded: same bytes, durable here
+        try await client.write(handle, at: 8192, pattern(3))
+        let down = try await pair.waitForOwner { $0["connected"] as? Bool == false }
+        #expect((down["degradedWrites"] as? Int ?? 0) >= 2, "\(down)")
+        #expect(down["degradedSinceMilliseconds"] != nil)
+        // Durable before acknowledged: the degraded writes are in the owner's file already.
+        let file = pair.ownerDirectory + "/regions/" + String(format: "%016llx", handle.grant.regionId) + ".region"
+        let onDisk = try [UInt8](Data(contentsOf: URL(fileURLWithPath: file)))
+        #expect(firstDifference(onDisk, pattern(2), 0..<4096) == nil)
+
+        try pair.partner.start() // same port: the owner reconnects and resyncs
+        _ = try await pair.waitForOwner { $0["connected"] as? Bool == true }
+        try await client.write(handle, at: 4096, pattern(4)) // mirrored again
+        pair.owner.kill9()
+        await client.disconnect()
+
+        let takeover = try pmuctl(pair, pair.partner.endpoint, ["pair", "takeover", "--json"])
+        #expect(takeover.status == 0, "\(takeover.stderr)")
+        var survivor = pair.owner.configuration()
+        survivor.endpoint = pair.takeoverEndpoint
+        let after = try await PMUClient.connect(survivor)
+        let taken = try await after.openRegion("degraded")
+        let bytes = Array(try await after.read(taken, at: 0, length: 3 * 4096).readableBytesView)
+        #expect(firstDifference(bytes, pattern(2), 0..<4096) == nil, "the degraded write was overwritten by an older mirrored one at replay")
+        #expect(firstDifference(Array(bytes[4096...]), pattern(4), 0..<4096) == nil, "the write mirrored after the resync is missing")
+        #expect(firstDifference(Array(bytes[8192...]), pattern(3), 0..<4096) == nil, "a degraded write is missing")
+        // The taken-over portion has no partner: its writes are durable before they are acknowledged.
+        let writable = try await after.openRegion("degraded", rights: .readWrite)
+        try await after.write(writable, at: 12288, pattern(5))
+        await after.disconnect()
+        let portionFile = try [UInt8](Data(contentsOf: URL(fileURLWithPath: file)))
+        #expect(firstDifference(Array(portionFile[12288...]), pattern(5), 0..<4096) == nil)
+    }
+
+    /// `--partner-down refuse`: no degraded mode; writes fail clearly while the partner is away.
+    @Test func partnerDownRefusePolicyRefusesWrites() async throws {
+        let pair = try TestPair(ownerArguments: ["--partner-down", "refuse"])
+        let client = try await pair.owner.client()
+        let handle = try await client.createRegion("r", sizeBytes: 1 << 20)
+        pair.partner.kill9()
+        // The write in flight when the channel breaks, and every one after it, is refused.
+        for index in 0..<3 {
+            do {
+                try await client.write(handle, at: UInt64(index) * 4096, pattern(index))
+                Issue.record("a write was acknowledged with the partner down and --partner-down refuse")
+            } catch {
+                #expect(error.code == .serverUnavailable || error.code == .connectionClosed, "\(error)")
+            }
+        }
+        await client.disconnect()
+    }
+
     /// The fence command must succeed: with the owner alive it fails, nothing is served, and the
     /// owner's mirror is superseded (its writes are refused, never acknowledged unmirrored).
     @Test func takeoverIsRefusedWhileTheFenceFails() async throws {
