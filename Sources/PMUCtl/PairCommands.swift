@@ -14,12 +14,7 @@ struct PairCommand: ParsableCommand {
         @OptionGroup var connection: ConnectionOptions
 
         func execute() async throws {
-            let json = try await withClient(connection) { client in try await client.pairStatus() }
-            if connection.json {
-                print(json)
-                return
-            }
-            PairCommand.printSummary(json)
+            try await PairCommand.run(connection, { try await $0.pairStatus() }, summary: PairCommand.printSummary)
         }
     }
 
@@ -30,14 +25,17 @@ struct PairCommand: ParsableCommand {
         @OptionGroup var connection: ConnectionOptions
 
         func execute() async throws {
-            let json = try await withClient(connection) { client in try await client.pairTakeover() }
-            if connection.json {
-                print(json)
-                return
+            try await PairCommand.run(connection, { try await $0.pairTakeover() }) { json in
+                let report = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any] ?? [:]
+                print("took over portion \(report["portion"] ?? "?"): replayed \(report["replayedRecords"] ?? 0) writes (\(report["replayedBytes"] ?? 0) bytes) in \(report["milliseconds"] ?? 0) ms; serving at \(report["serving"] ?? "?")")
             }
-            let report = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any] ?? [:]
-            print("took over portion \(report["portion"] ?? "?"): replayed \(report["replayedRecords"] ?? 0) writes (\(report["replayedBytes"] ?? 0) bytes) in \(report["milliseconds"] ?? 0) ms; serving at \(report["serving"] ?? "?")")
         }
+    }
+
+    /// The server answers JSON: printed as is with --json, else summarised.
+    static func run(_ connection: ConnectionOptions, _ call: (PMUClient) async throws -> String, summary: (String) -> Void) async throws {
+        let json = try await withClient(connection, call)
+        if connection.json { print(json) } else { summary(json) }
     }
 
     static func printSummary(_ json: String) {

@@ -102,6 +102,8 @@ public final class AppendLog: @unchecked Sendable {
     private var nextSequence: UInt64
     private var trimmedThrough: UInt64
     private var active: Int32 = -1
+    /// Set by `seal`: every later append throws it.
+    private var sealed: PMUError? = nil
 
     private struct Segment {
         var firstSequence: UInt64
@@ -191,6 +193,7 @@ public final class AppendLog: @unchecked Sendable {
     @discardableResult
     public func append(_ entries: [LogEntry]) throws(PMUError) -> UInt64 {
         try lock.withTypedLock { () throws(PMUError) -> UInt64 in
+            if let sealed { throw sealed }
             for entry in entries where entry.payload.count > configuration.maxPayloadBytes {
                 throw PMUError(.requestTooLarge, "log record payload of \(entry.payload.count) bytes exceeds the log's limit of \(configuration.maxPayloadBytes)")
             }
@@ -263,6 +266,13 @@ public final class AppendLog: @unchecked Sendable {
         }
         active = fd
         segments.append(Segment(firstSequence: nextSequence, usedBytes: 0, sizeBytes: configuration.segmentBytes, records: 0, maxOrigin: 0, liveRecords: 0, path: file))
+    }
+
+    /// Refuses every later append with `error`. Waits for an append in progress (it holds the
+    /// lock), so once this returns the log's contents are final: a takeover seals the log before
+    /// it replays it, and no acknowledged record can land behind the replay.
+    public func seal(_ error: PMUError) {
+        lock.withLock { sealed = error }
     }
 
     /// Records with origin at most `origin` are no longer needed (their writes are durable where

@@ -143,6 +143,9 @@ public final class MirrorReceiver: @unchecked Sendable {
                 close(dir)
             }
             if let connection = attached.removeValue(forKey: portion) { byConnection[connection] = nil }
+            // An append past its connection check may be writing now: sealing waits for it, and
+            // refuses the rest, so the replay that follows sees every record ever acknowledged.
+            log.seal(PMUError(.fenced, "portion \(portion) is being taken over by this server; its old owner's writes are refused"))
             return log
         }
     }

@@ -147,6 +147,17 @@ func segmentFiles(_ dir: String) -> [String] {
         #expect(throws: PMUError.self) { try AppendLog(path: temp.log, configuration: small) }
     }
 
+    @Test func sealedLogRefusesAppendsButReplaysAndTrims() throws {
+        let temp = LogTempDir()
+        let log = try AppendLog(path: temp.log, configuration: small)
+        try log.append([entry(1), entry(2)])
+        log.seal(PMUError(.fenced, "taken over"))
+        #expect(throws: PMUError(.fenced, "taken over")) { try log.append([entry(3)]) }
+        #expect(try replayed(log).map(\.origin) == [1, 2])
+        try log.trim(through: 2)
+        #expect(log.status.segments == 0)
+    }
+
     @Test func configurationIsChecked() {
         #expect(throws: PMUError.self) { try AppendLog(path: "/tmp/unused", configuration: AppendLogConfiguration(segmentBytes: 100, maxPayloadBytes: 1000)) }
         #expect(throws: PMUError.self) { try AppendLog(path: "/tmp/unused", configuration: AppendLogConfiguration(segmentBytes: 4096, maxBytes: 100, maxPayloadBytes: 100)) }
