@@ -179,6 +179,52 @@ func pattern(_ seed: Int, _ count: Int = 4096) -> [UInt8] {
         }
     }
 
+    /// A second server presenting the same portion (a copied data directory) while the first
+    /// mirrors it is refused at start: nothing is mirrored (or later served) twice.
+    @Test func twoServersClaimingOnePortionAreRefused() throws {
+        let pair = try TestPair()
+        let clone = pair.scratch.path + "/clone"
+        try FileManager.default.createDirectory(atPath: clone, withIntermediateDirectories: false)
+        try FileManager.default.copyItem(atPath: pair.ownerDirectory + "/portion-id", toPath: clone + "/portion-id")
+        do {
+            _ = try ServerProcess(dataDirectory: clone, secretsPath: pair.secretsPath, extraArguments: TestPair.pairArguments(pair.partner.endpoint, pair.pairSecretPath))
+            Issue.record("a second server claiming a mirrored portion started")
+        } catch {
+            #expect("\(error)".contains("two servers claim the same portion"), "\(error)")
+        }
+    }
+
+    /// MIRROR messages are for the pair's mirror client only, and only after MIRROR_OPEN.
+    @Test func mirrorMessagesAreRefusedToOthersAndBeforeOpen() async throws {
+        let pair = try TestPair()
+        let admin = try await pair.partner.client()
+        let append = MirrorAppend(sequence: 1, regionId: 1, epoch: 0, offset: 0, data: ByteBuffer(bytes: [1, 2, 3]))
+        do {
+            try await admin.mirrorAppend(append)
+            Issue.record("an admin that is not the mirror client appended to a mirror log")
+        } catch {
+            #expect(error.code == .accessDenied, "\(error)")
+        }
+        await admin.disconnect()
+        var configuration = pair.partner.configuration("admin")
+        configuration.clientId = "pair"
+        configuration.secret = Array(pairSecret.utf8)
+        let mirror = try await PMUClient.connect(configuration)
+        do {
+            try await mirror.mirrorAppend(append)
+            Issue.record("MIRROR_APPEND before MIRROR_OPEN was accepted")
+        } catch {
+            #expect(error.code == .fenced, "\(error)")
+        }
+        do {
+            _ = try await mirror.mirrorOpen(portion: "not-a-portion", instance: Array(repeating: 0, count: 16))
+            Issue.record("MIRROR_OPEN of a malformed portion id was accepted")
+        } catch {
+            #expect(error.code == .invalidArgument, "\(error)")
+        }
+        await mirror.disconnect()
+    }
+
     @Test func partnerThatIsItselfFailsTheStart() throws {
         let scratch = Scratch()
         var secrets = testSecrets
