@@ -28,18 +28,19 @@ printf 'admin:bench-admin-secret-0123456789\npair:bench-pair-secret-0123456789\n
 printf 'bench-admin-secret-0123456789\n' > "$work/admin.secret"
 printf 'bench-pair-secret-0123456789\n' > "$work/pair.secret"
 
-start() {  # name, extra args...: starts pmu-server, prints its address
+start() {  # name, extra args...: starts pmu-server (not in a subshell: pids and the trap stay ours)
     local name=$1; shift
     "$bin/pmu-server" --data-dir "$work/$name" --listen 127.0.0.1:0 --secrets "$work/secrets" --ready-file "$work/$name.ready" --log-level warning "$@" 2>>"$work/$name.log" &
     pids+=($!)
-    for _ in $(seq 200); do [[ -s $work/$name.ready ]] && break; sleep 0.05; done
-    cat "$work/$name.ready"
+    for _ in $(seq 200); do [[ -s $work/$name.ready ]] && return; sleep 0.05; done
+    echo "pmu-server $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
 }
-plain=$(start plain)
-partner_sync=$(start partner-sync --mirror-client pair --mirror-sync fdatasync)
-owner_sync=$(start owner-sync --partner "$partner_sync" --partner-client pair --partner-secret-file "$work/pair.secret")
-partner_cache=$(start partner-cache --mirror-client pair --mirror-sync page-cache)
-owner_cache=$(start owner-cache --partner "$partner_cache" --partner-client pair --partner-secret-file "$work/pair.secret")
+address() { cat "$work/$1.ready"; }
+start plain; plain=$(address plain)
+start partner-sync --mirror-client pair --mirror-sync fdatasync
+start owner-sync --partner "$(address partner-sync)" --partner-client pair --partner-secret-file "$work/pair.secret"; owner_sync=$(address owner-sync)
+start partner-cache --mirror-client pair --mirror-sync page-cache
+start owner-cache --partner "$(address partner-cache)" --partner-client pair --partner-secret-file "$work/pair.secret"; owner_cache=$(address owner-cache)
 tcp_port=$(free_port); "$work/rawtcp" server "$tcp_port" & pids+=($!)
 sleep 0.3
 

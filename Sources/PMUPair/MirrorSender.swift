@@ -277,7 +277,8 @@ public final class MirrorSender: @unchecked Sendable {
             let promise = eventLoop.makePromise(of: WriteOutcome.self)
             let append = MirrorAppend(sequence: sequence, regionId: regionId, epoch: epoch, offset: offset, data: data)
             let policy = configuration.partnerDown
-            Task {
+            // On the mirror connection's event loop: no hop through the global executor.
+            Task(executorPreference: client.taskExecutor) {
                 do throws(PMUError) {
                     try await client.mirrorAppend(append)
                     self.lock.withLock { self.acknowledged += 1 }
