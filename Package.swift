@@ -202,6 +202,10 @@ let package = Package(
             dependencies: ["PMUCore", "PMULog", "PMUTesting"]
         ),
         .testTarget(
+            name: "PMUPairTests",
+            dependencies: ["PMUCore", "PMULog", "PMUPair", .product(name: "Logging", package: "swift-log"), .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
             name: "PMUStoreTests",
             dependencies: ["PMUCore", "PMUStore", .product(name: "Logging", package: "swift-log")]
         ),

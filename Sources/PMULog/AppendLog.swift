@@ -111,7 +111,8 @@ public final class AppendLog: @unchecked Sendable {
         var sizeBytes: Int
         var records: Int
         var maxOrigin: UInt64
-        var liveRecords: Int
+        /// Each record's origin, to count the live ones (8 bytes a record, bounded with the log).
+        var origins: [UInt64]
         var path: String
     }
 
@@ -146,11 +147,8 @@ public final class AppendLog: @unchecked Sendable {
             case .torn(let offset, let reason), .corrupt(let offset, let reason):
                 throw PMUError(.damaged, "log segment \(file) is damaged at byte \(offset) (\(reason))\(isLast ? " and valid records follow" : " and is not the last segment"); refusing to open rather than drop records. Move the log aside or restore it")
             }
-            var segment = Segment(firstSequence: first, usedBytes: scan.validBytes, sizeBytes: bytes.count, records: scan.records.count, maxOrigin: 0, liveRecords: 0, path: file)
-            for record in scan.records {
-                segment.maxOrigin = max(segment.maxOrigin, record.origin)
-                if record.origin > trimmedThrough { segment.liveRecords += 1 }
-            }
+            let origins = scan.records.map(\.origin)
+            let segment = Segment(firstSequence: first, usedBytes: scan.validBytes, sizeBytes: bytes.count, records: scan.records.count, maxOrigin: origins.max() ?? 0, origins: origins, path: file)
             segments.append(segment)
             nextSequence = first + UInt64(scan.records.count)
         }
@@ -177,12 +175,15 @@ public final class AppendLog: @unchecked Sendable {
         return UInt64(hex, radix: 16)
     }
 
+    /// Records with an origin at most this are trimmed (cheap: no counting, unlike `status`).
+    public var trimmedThroughOrigin: UInt64 { lock.withLock { trimmedThrough } }
+
     public var status: LogStatus {
         lock.withLock {
             LogStatus(
                 segments: segments.count, allocatedBytes: segments.reduce(0) { $0 + UInt64($1.sizeBytes) },
                 usedBytes: segments.reduce(0) { $0 + UInt64($1.usedBytes) }, records: segments.reduce(0) { $0 + $1.records },
-                liveRecords: segments.reduce(0) { $0 + $1.liveRecords }, nextSequence: nextSequence, trimmedThrough: trimmedThrough,
+                liveRecords: segments.reduce(0) { count, segment in count + segment.origins.lazy.filter { $0 > self.trimmedThrough }.count }, nextSequence: nextSequence, trimmedThrough: trimmedThrough,
                 maxOrigin: segments.map(\.maxOrigin).max() ?? 0)
         }
     }
@@ -232,7 +233,7 @@ public final class AppendLog: @unchecked Sendable {
                 segments[last].usedBytes += encoded.count
                 segments[last].records += 1
                 segments[last].maxOrigin = max(segments[last].maxOrigin, entry.origin)
-                if entry.origin > trimmedThrough { segments[last].liveRecords += 1 }
+                segments[last].origins.append(entry.origin)
                 nextSequence += 1
                 toSync.insert(active)
             }
@@ -265,7 +266,7 @@ public final class AppendLog: @unchecked Sendable {
             }
         }
         active = fd
-        segments.append(Segment(firstSequence: nextSequence, usedBytes: 0, sizeBytes: configuration.segmentBytes, records: 0, maxOrigin: 0, liveRecords: 0, path: file))
+        segments.append(Segment(firstSequence: nextSequence, usedBytes: 0, sizeBytes: configuration.segmentBytes, records: 0, maxOrigin: 0, origins: [], path: file))
     }
 
     /// Refuses every later append with `error`. Waits for an append in progress (it holds the
@@ -282,11 +283,6 @@ public final class AppendLog: @unchecked Sendable {
         try lock.withTypedLock { () throws(PMUError) in
             guard origin > trimmedThrough else { return }
             trimmedThrough = origin
-            for index in segments.indices where segments[index].maxOrigin <= origin {
-                segments[index].liveRecords = 0
-            }
-            // Live counts in segments holding newer origins are approximate until reopen; the
-            // scan in `replay` is what decides.
             try LogIO.writeTrimFile(path + "/trim", trimmedThrough: trimmedThrough, nextSequence: nextSequence, sync: configuration.sync == .dataSync)
             var removed = 0
             while removed < segments.count, segments[removed].maxOrigin <= origin {

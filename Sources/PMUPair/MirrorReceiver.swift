@@ -108,7 +108,7 @@ public final class MirrorReceiver: @unchecked Sendable {
             throw PMUError(.requestTooLarge, "MIRROR_APPEND of \(append.data.readableBytes) bytes exceeds the mirror log's record limit of \(logConfiguration.maxPayloadBytes)")
         }
         // Already trimmed (the owner persisted it while this append was in flight): nothing to keep.
-        guard append.sequence > log.status.trimmedThrough else { return }
+        guard append.sequence > log.trimmedThroughOrigin else { return }
         try log.append([LogEntry(origin: append.sequence, regionId: append.regionId, epoch: append.epoch, offset: append.offset, payload: Array(append.data.readableBytesView))])
     }
 
