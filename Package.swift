@@ -6,10 +6,12 @@ import PackageDescription
 //   PMUCore       no I/O: wire codec, region/catalog formats, protection table, errors, auth math
 //   PMUCheckpoint checkpoint layout, writer, reader, verifier over a RegionIO protocol (no transport)
 //   PMUTesting    test doubles: SimulatedRegion (crashes, torn and lost writes), seeded generator
+//   PMULog        one append-only checksummed log: pure record format + file-backed segments
 //   PMUStore      region files (fallocate + mmap), the metadata catalog, persistence, recovery
 //   CVerbs        rdma-core (libibverbs, librdmacm) + shims for its macros and inline functions
 //   PMUVerbs      Swift wrappers, one file per verbs object, each releasing its resource on deinit
 //   PMUTransport  one transport protocol; TCP (SwiftNIO) and RDMA verbs implementations
+//   PMUPair       write mirroring between two servers: mirror channel, mirror logs, takeover
 //   PMUServer     the server as a Service: sessions, verbs, authentication
 //   PMUClient     async client library (regions, checkpoints as primary and backup)
 //   PMUStripe     no I/O: stripe geometry, piece headers, erasure code (ISA-L), survivability
@@ -79,6 +81,15 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
+        // One append-only, checksummed log: the partner's mirror log (and the server journal).
+        .target(
+            name: "PMULog",
+            dependencies: [
+                "PMUCore",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         .target(
             name: "PMUStore",
             dependencies: [
@@ -98,10 +109,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Server to server: the mirror channel (owner), mirror logs (partner), takeover.
+        .target(
+            name: "PMUPair",
+            dependencies: [
+                "PMUCore", "PMULog", "PMUStore", "PMUClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .target(
             name: "PMUServer",
             dependencies: [
-                "PMUCore", "PMUStore", "PMUTransport", "PMUVerbs",
+                "PMUCore", "PMUStore", "PMUTransport", "PMUVerbs", "PMUPair", "PMULog",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -221,6 +242,14 @@ let package = Package(
             dependencies: ["PMUCore", "PMUSnapshot", "PMUTesting", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
+            name: "PMULogTests",
+            dependencies: ["PMUCore", "PMULog", "PMUTesting"]
+        ),
+        .testTarget(
+            name: "PMUPairTests",
+            dependencies: ["PMUCore", "PMULog", "PMUPair", .product(name: "Logging", package: "swift-log"), .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .testTarget(
             name: "PMUStoreTests",
             dependencies: ["PMUCore", "PMUStore", .product(name: "Logging", package: "swift-log")]
         ),
@@ -239,7 +268,7 @@ let package = Package(
         .testTarget(
             name: "PMUIntegrationTests",
             dependencies: [
-                "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint", "PMUExampleComputation", "PMUTesting",
+                "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint", "PMUExampleComputation", "PMUTesting", "PMULog",
                 "PMUCluster", "PMUStripe", "PMUSnapshot", "PMUExampleLiveGrid",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]

@@ -405,7 +405,7 @@ public final class PMUClient: Sendable {
         }
     }
 
-    private func call(_ request: Request) async throws(PMUError) -> Response {
+    func call(_ request: Request) async throws(PMUError) -> Response {
         let response: Response
         do {
             response = try await transport.send(request)

@@ -39,6 +39,9 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     /// The RDMA verbs layer failed: no device, port not active, memory registration refused
     /// (locked-memory limit), a work completion in error. The message names the call and a fix.
     case rdmaError = 32
+    /// An append-only log (a partner's mirror log) reached its byte bound: nothing was appended.
+    /// The writer retries after the log is trimmed (for a mirror log: after a PERSIST on the owner).
+    case logFull = 36
     // 40...: raised by the client library's cluster layer, never sent by a server.
     /// Too many servers or subsegments lost: a striped or mirrored checkpoint cannot be reassembled.
     case unrecoverable = 40
@@ -88,6 +91,7 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .damaged: "DAMAGED"
         case .remoteAccess: "REMOTE_ACCESS"
         case .rdmaError: "RDMA_ERROR"
+        case .logFull: "LOG_FULL"
         case .unrecoverable: "UNRECOVERABLE"
         case .serverUnavailable: "SERVER_UNAVAILABLE"
         case .timedOut: "TIMED_OUT"

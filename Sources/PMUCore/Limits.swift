@@ -45,4 +45,7 @@ public enum Limits {
 
     /// Nonces used in the challenge-response handshake.
     public static let nonceBytes: Int = 32
+
+    /// A server process's random instance id (MIRROR_OPEN), to tell a server that is its own partner.
+    public static let instanceIdBytes: Int = 16
 }

@@ -125,6 +125,18 @@ public enum Request: Sendable, Equatable {
     /// cursor, without which a page that examined only invisible names could not be stepped past.
     case list(after: String, limit: UInt32, wantsCursor: Bool)
     case stat(name: String)
+    // Server to server and pair administration (docs/WIRE_PROTOCOL.md, section "Mirroring").
+    /// An owner starts mirroring its portion (a stable id) to this server; `instance` is the
+    /// owner process's random id, so a server configured as its own partner is told so.
+    case mirrorOpen(portion: String, instance: [UInt8])
+    /// One acknowledged-to-be write, to keep in the partner's mirror log for the portion.
+    case mirrorAppend(MirrorAppend)
+    /// Every mirrored write with a sequence up to `through` is durable on the owner.
+    case mirrorTrim(through: UInt64)
+    /// DATA reply holding a JSON object (pmuctl pair status --json).
+    case pairStatus
+    /// Take over the partner's portion now: fence, replay, persist, serve. DATA reply with JSON.
+    case pairTakeover
 
     public var opcode: Opcode {
         switch self {
@@ -139,7 +151,30 @@ public enum Request: Sendable, Equatable {
         case .delete: .delete
         case .list: .list
         case .stat: .stat
+        case .mirrorOpen: .mirrorOpen
+        case .mirrorAppend: .mirrorAppend
+        case .mirrorTrim: .mirrorTrim
+        case .pairStatus: .pairStatus
+        case .pairTakeover: .pairTakeover
         }
+    }
+}
+
+/// MIRROR_APPEND's fields: a write the owner applied to region `regionId` of its portion.
+public struct MirrorAppend: Sendable, Equatable {
+    /// The owner's mirror sequence: writes to overlapping bytes are ordered by it at replay.
+    public var sequence: UInt64
+    public var regionId: UInt64
+    public var epoch: UInt64
+    public var offset: UInt64
+    public var data: ByteBuffer
+
+    public init(sequence: UInt64, regionId: UInt64, epoch: UInt64, offset: UInt64, data: ByteBuffer) {
+        self.sequence = sequence
+        self.regionId = regionId
+        self.epoch = epoch
+        self.offset = offset
+        self.data = data
     }
 }
 
@@ -187,6 +222,11 @@ public enum Opcode: UInt8, Sendable {
     case delete = 0x16
     case list = 0x17
     case stat = 0x18
+    case mirrorOpen = 0x20
+    case mirrorAppend = 0x21
+    case mirrorTrim = 0x22
+    case pairStatus = 0x23
+    case pairTakeover = 0x24
 
     case ok = 0x80
     case challenge = 0x81

@@ -38,6 +38,20 @@ extension Request: WireMessage {
         case .list(let after, let limit, let wantsCursor):
             buffer.writeWireString(after, maxBytes: Limits.maxNameBytes)
             buffer.writeLE((limit & ~Limits.listCursorFlag) | (wantsCursor ? Limits.listCursorFlag : 0))
+        case .mirrorOpen(let portion, let instance):
+            buffer.writeWireString(portion, maxBytes: Limits.maxNameBytes)
+            buffer.writeBytes(instance)
+        case .mirrorAppend(let append):
+            buffer.writeLE(append.sequence)
+            buffer.writeLE(append.regionId)
+            buffer.writeLE(append.epoch)
+            buffer.writeLE(append.offset)
+            var data = append.data
+            buffer.writeBuffer(&data)
+        case .mirrorTrim(let through):
+            buffer.writeLE(through)
+        case .pairStatus, .pairTakeover:
+            break
         }
     }
 
@@ -96,6 +110,28 @@ extension Request: WireMessage {
             let after = try body.readWireString("after", maxBytes: Limits.maxNameBytes)
             let raw = try body.readLE(UInt32.self, "limit")
             request = .list(after: after, limit: raw & ~Limits.listCursorFlag, wantsCursor: raw & Limits.listCursorFlag != 0)
+        case .mirrorOpen:
+            let portion = try body.readWireString("portion", maxBytes: Limits.maxNameBytes)
+            request = .mirrorOpen(portion: portion, instance: try body.readFixedBytes(Limits.instanceIdBytes, "instance"))
+        case .mirrorAppend:
+            let sequence = try body.readLE(UInt64.self, "sequence")
+            let regionId = try body.readLE(UInt64.self, "region_id")
+            let epoch = try body.readLE(UInt64.self, "epoch")
+            let offset = try body.readLE(UInt64.self, "offset")
+            guard body.readableBytes <= Limits.maxIOBytes else {
+                throw PMUError(.requestTooLarge, "MIRROR_APPEND of \(body.readableBytes) bytes exceeds the per-request limit of \(Limits.maxIOBytes)")
+            }
+            guard !offset.addingReportingOverflow(UInt64(body.readableBytes)).overflow else {
+                throw PMUError(.malformedFrame, "MIRROR_APPEND offset \(offset) plus length \(body.readableBytes) overflows")
+            }
+            let data = body.readSlice(length: body.readableBytes)!
+            request = .mirrorAppend(MirrorAppend(sequence: sequence, regionId: regionId, epoch: epoch, offset: offset, data: data))
+        case .mirrorTrim:
+            request = .mirrorTrim(through: try body.readLE(UInt64.self, "through"))
+        case .pairStatus:
+            request = .pairStatus
+        case .pairTakeover:
+            request = .pairTakeover
         default:
             throw PMUError(.malformedFrame, "opcode \(opcode) is a reply, not a request")
         }

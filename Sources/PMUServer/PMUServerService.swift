@@ -39,7 +39,10 @@ public final class PMUServerService: Service, Sendable {
         metadataPool.start()
         // With the event loops' descriptors open, so they are counted.
         DescriptorLimit.fit(&configuration, logger: logger)
-        let state = ServerState(store: store, secrets: secrets, configuration: configuration)
+        let pair: PairController? = configuration.pair.partner != nil || configuration.pair.receives
+            ? try PairController(configuration: configuration, runtime: .init(group: group, pool: pool, metadataPool: metadataPool, secrets: secrets, store: store), logger: logger)
+            : nil
+        let state = ServerState(store: store, secrets: secrets, configuration: configuration, pair: pair)
         var transport: any ServerTransport = TCPServerTransport(
             endpoint: configuration.listen, group: group, logger: logger, maxUnsentReplyBytes: configuration.maxUnsentReplyBytes)
         var useRDMA = false
@@ -72,6 +75,9 @@ public final class PMUServerService: Service, Sendable {
                 "regions": "\(store.regionCount)", "clients": "\(secrets.clientIds.joined(separator: ","))",
                 "maxClients": "\(configuration.maxClients)", "maxAuthenticating": "\(configuration.maxAuthenticating)",
             ])
+            // Paired: reach the partner once listening (so a server given itself as partner finds
+            // out) and before the ready file, so a wrong partner fails the start.
+            try await pair?.start()
             if let readyFile = configuration.readyFile {
                 try writeReadyFile(readyFile, address: bound)
             }
@@ -80,6 +86,7 @@ public final class PMUServerService: Service, Sendable {
             // Second signal or group cancellation: fall through to the same orderly stop.
         } catch {
             await transport.stop()
+            await pair?.stop()
             try? await pool.shutdownGracefully()
             try? await metadataPool.shutdownGracefully()
             try? await group.shutdownGracefully()
@@ -87,6 +94,7 @@ public final class PMUServerService: Service, Sendable {
         }
         logger.info("pmu-server shutting down")
         await transport.stop()
+        await pair?.stop()
         try? await pool.shutdownGracefully()
         try? await metadataPool.shutdownGracefully()
         try? await group.shutdownGracefully()

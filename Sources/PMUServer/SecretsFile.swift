@@ -69,3 +69,16 @@ extension String {
         self = digits.count == 1 ? "0" + digits : digits
     }
 }
+
+extension SecretsFile {
+    /// A small text file (a secret file for --partner-secret-file), at most 4 KiB.
+    static func readText(_ path: String, what: String) throws(PMUError) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw PMUError(.invalidArgument, "cannot read \(what) \(path): \(Errno(rawValue: errno))") }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        let count = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+        guard count >= 0 else { throw PMUError(.invalidArgument, "cannot read \(what) \(path): \(Errno(rawValue: errno))") }
+        return String(decoding: bytes.prefix(count), as: UTF8.self)
+    }
+}

@@ -1,6 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
 import Logging
 import PMUCore
+import PMULog
+import PMUPair
 import PMUStore
 import PMUTransport
 import NIOCore
@@ -71,6 +76,42 @@ public struct ServerCommand: ParsableCommand {
     @Option(help: "tcp, rdma (RDMA verbs: one-sided writes and reads into registered region memory; the data directory must be on tmpfs or hugetlbfs, and --listen an address of the RDMA interface) or auto (rdma when an RDMA device with an active port exists, else tcp).")
     var transport = "tcp"
 
+    @Option(help: "Partner server, HOST:PORT: every WRITE is acknowledged only once it is also in the partner's mirror log.")
+    var partner: String?
+
+    @Option(name: .customLong("partner-client"), help: "Client id this server authenticates with at its partner (and, by default, the id it accepts mirroring from).")
+    var partnerClient: String?
+
+    @Option(name: .customLong("partner-secret-file"), help: "File holding --partner-client's secret alone.")
+    var partnerSecretFile: String?
+
+    @Option(name: .customLong("partner-max-unpersisted"), help: "Mirrored bytes not yet covered by a PERSIST before WRITEs are refused LOG_FULL.")
+    var partnerMaxUnpersisted = "96MiB"
+
+    @Option(name: .customLong("partner-down"), help: "While the partner is unreachable: durable (each write is msync'd here before it is acknowledged) or refuse (writes fail SERVER_UNAVAILABLE).")
+    var partnerDown = "durable"
+
+    @Option(name: .customLong("mirror-client"), help: "Client id allowed to mirror its portion into this server (default: --partner-client).")
+    var mirrorClient: String?
+
+    @Option(name: .customLong("mirror-log-max"), help: "Bound on each partner's mirror log under DATA_DIR/mirror/ (32 MiB segments).")
+    var mirrorLogMax = "256MiB"
+
+    @Option(name: .customLong("mirror-sync"), help: "fdatasync (a mirrored write survives the loss of this machine) or page-cache (only a crash of this process).")
+    var mirrorSync = "fdatasync"
+
+    @Option(name: .customLong("partner-portion"), help: "The partner's data directory, opened by `pmuctl pair takeover`.")
+    var partnerPortion: String?
+
+    @Option(name: .customLong("fence-command"), help: "Shell command that must exit 0 before a takeover touches the partner's portion (gets PMU_PORTION, PMU_PORTION_DIR).")
+    var fenceCommand: String?
+
+    @Option(name: .customLong("takeover-listen"), help: "HOST:PORT to serve the taken-over portion on (the failed owner's address).")
+    var takeoverListen: String?
+
+    @Flag(name: .customLong("test-volatile-until-persist"), help: "TEST MODE (needs PMU_ALLOW_TEST_MODES=1): keep region bytes in process memory until PERSIST, so kill -9 loses unpersisted writes as a machine loss would.")
+    var testVolatileUntilPersist = false
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
@@ -87,6 +128,27 @@ public struct ServerCommand: ParsableCommand {
         let unsent = try ByteSize.parse(maxUnsentReplies)
         guard unsent >= 64 * 1024, unsent <= 1 << 40 else { throw ValidationError("--max-unsent-replies must be between 64KiB and 1TiB") }
         for admin in admins { try NameRules.validateClientId(admin) }
+        if let partner {
+            _ = try Endpoint(parsing: partner)
+            guard partnerClient != nil, partnerSecretFile != nil else {
+                throw ValidationError("--partner needs --partner-client and --partner-secret-file (the partner authenticates this server like any client)")
+            }
+            guard transport == "tcp" else {
+                // One-sided RDMA writes bypass the server's CPU: they cannot be mirrored write by write (issue 12 item 6, not built).
+                throw ValidationError("--partner needs --transport tcp: writes over RDMA verbs are one-sided and cannot be mirrored yet")
+            }
+            guard try Endpoint(parsing: partner) != (try Endpoint(parsing: listen)) else {
+                throw ValidationError("--partner \(partner) is this server's own --listen address; a partner must be another server")
+            }
+        }
+        if testVolatileUntilPersist && getenv("PMU_ALLOW_TEST_MODES").map({ String(cString: $0) }) != "1" {
+            throw ValidationError("--test-volatile-until-persist is a fault-injection test mode that loses acknowledged writes on a crash; it is refused unless PMU_ALLOW_TEST_MODES=1")
+        }
+        if let takeoverListen { _ = try Endpoint(parsing: takeoverListen) }
+        _ = try ByteSize.parse(mirrorLogMax)
+        _ = try ByteSize.parse(partnerMaxUnpersisted)
+        guard PartnerDownPolicy(rawValue: partnerDown) != nil else { throw ValidationError("--partner-down must be durable or refuse") }
+        guard LogSyncPolicy(rawValue: mirrorSync) != nil else { throw ValidationError("--mirror-sync must be fdatasync or page-cache") }
     }
 
     public func makeConfiguration() throws -> ServerConfiguration {
@@ -104,10 +166,25 @@ public struct ServerCommand: ParsableCommand {
         configuration.store = StoreConfiguration(
             maxRegionBytes: try ByteSize.parse(maxRegionSize), maxRegions: maxRegions, reserveFreeBytes: try ByteSize.parse(reserveFree),
             populateOnCreate: populate)
+        configuration.store.volatileUntilPersist = testVolatileUntilPersist
         configuration.readyFile = readyFile
         configuration.authenticationTimeout = .seconds(Int64(authTimeoutSeconds))
         configuration.blockingThreads = persistThreads
         configuration.transport = try TransportChoice(parsing: transport)
+        var pair = PairSettings()
+        if let partner, let partnerClient, let partnerSecretFile {
+            let secret = try SecretsTable.parseClientSecret(try SecretsFile.readText(partnerSecretFile, what: "--partner-secret-file"), source: partnerSecretFile)
+            pair.partner = PartnerConfiguration(
+                endpoint: try Endpoint(parsing: partner), clientId: partnerClient, secret: secret, maxUnpersistedBytes: try ByteSize.parse(partnerMaxUnpersisted),
+                partnerDown: PartnerDownPolicy(rawValue: partnerDown) ?? .durable)
+        }
+        pair.mirrorClient = mirrorClient ?? partnerClient
+        pair.mirrorLog.maxBytes = try ByteSize.parse(mirrorLogMax)
+        pair.mirrorLog.sync = LogSyncPolicy(rawValue: mirrorSync) ?? .dataSync
+        pair.partnerPortion = partnerPortion
+        pair.fenceCommand = fenceCommand
+        pair.takeoverListen = try takeoverListen.map { try Endpoint(parsing: $0) }
+        configuration.pair = pair
         return configuration
     }
 

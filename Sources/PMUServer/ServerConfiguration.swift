@@ -38,6 +38,11 @@ public struct ServerConfiguration: Sendable {
     public var readyFile: String?
     /// `--transport`: tcp, rdma (verbs) or auto (rdma when a device with an active port exists).
     public var transport: TransportChoice = .tcp
+    /// Write mirroring to a partner and takeover (`--partner`, `--mirror-client`, ...).
+    public var pair = PairSettings()
+    /// Every WRITE is made durable (msync of its range) before it is acknowledged: how a server
+    /// serves a taken-over portion, whose partner is gone, keeping the one-machine-loss promise.
+    public var durableWrites = false
 
     public init() {}
 

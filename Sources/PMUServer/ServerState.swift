@@ -24,6 +24,8 @@ final class ServerState: Sendable {
     let store: RegionStore
     let secrets: SecretsTable
     let configuration: ServerConfiguration
+    /// Write mirroring and takeover (nil when the server runs unpaired).
+    let pair: PairController?
     private let table: NIOLockedValueBox<Table>
     /// Who holds a connection slot, with how to close each connection it may displace. Its own
     /// lock: admission never waits for the data path's table.
@@ -44,10 +46,11 @@ final class ServerState: Sendable {
         }
     }
 
-    init(store: RegionStore, secrets: SecretsTable, configuration: ServerConfiguration) {
+    init(store: RegionStore, secrets: SecretsTable, configuration: ServerConfiguration, pair: PairController? = nil) {
         self.store = store
         self.secrets = secrets
         self.configuration = configuration
+        self.pair = pair
         self.table = NIOLockedValueBox(Table(keys: ProtectionTable(maxHandlesPerConnection: configuration.maxHandlesPerConnection)))
         self.admission = NIOLockedValueBox((AdmissionTable(limits: configuration.admissionLimits), [:]))
     }
@@ -133,17 +136,20 @@ final class ServerState: Sendable {
     /// the epoch check and the copy run under the region's fence held shared, and a takeover
     /// raises the epoch holding it exclusive, so a takeover cannot fall between a stale writer's
     /// fence check and its bytes landing; writers of different regions never wait for each other.
-    func write(key: AccessKey, connection: UInt64, offset: UInt64, data: ByteBuffer) throws(PMUError) {
+    /// `copy`, when given, does the copy instead (the pair's mirror wraps it to order and mirror
+    /// the write), under the same fence.
+    func write(key: AccessKey, connection: UInt64, offset: UInt64, data: ByteBuffer, copy: ((ProtectionTable<ServedRegion>.Translation) -> Void)? = nil) throws(PMUError) {
         let length = UInt64(data.readableBytes)
         let (translation, fence) = try table.withTypedLock { table throws(PMUError) -> (ProtectionTable<ServedRegion>.Translation, RegionFence?) in
             let translation = try table.keys.check(key: key, connection: connection, need: .write, offset: offset, length: length)
             return (translation, translation.region.kind == .raw ? nil : table.fence(for: translation.regionId))
         }
-        let copy = { data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) } }
+        let apply: () -> Void = copy.map { copy in { copy(translation) } }
+            ?? { data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) } }
         if let fence {
-            try fence.whileCurrent(translation.epoch, copy)
+            try fence.whileCurrent(translation.epoch, apply)
         } else {
-            copy()
+            apply()
         }
     }
 

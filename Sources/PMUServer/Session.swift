@@ -29,10 +29,10 @@ final class Session: RequestHandler, @unchecked Sendable {
         case closed
     }
 
-    private let info: ConnectionInfo
-    private let state: ServerState
+    let info: ConnectionInfo
+    let state: ServerState
     /// msync for PERSIST.
-    private let pool: NIOThreadPool
+    let pool: NIOThreadPool
     /// Catalog work (create, delete, open for write): its own threads, so a flood of PERSISTs can
     /// never delay a takeover's fencing open.
     private let metadataPool: NIOThreadPool
@@ -118,6 +118,7 @@ final class Session: RequestHandler, @unchecked Sendable {
         phase = .closed
         queue.removeAll()
         state.connectionClosed(info.id)
+        state.pair?.receiver?.connectionClosed(info.id)
         logger.debug("connection closed")
     }
 
@@ -146,7 +147,7 @@ final class Session: RequestHandler, @unchecked Sendable {
     }
 
     /// Runs `work` on the metadata pool; reading pauses and later requests wait until it replies.
-    private func runBlocking(_ requestId: UInt64, _ work: @escaping @Sendable () throws(PMUError) -> Response) {
+    func runBlocking(_ requestId: UInt64, _ work: @escaping @Sendable () throws(PMUError) -> Response) {
         busy = true
         let future = metadataPool.runIfActive(eventLoop: info.eventLoop) { () -> Response in
             do throws(PMUError) { return try work() } catch { return .error(error) }
@@ -166,7 +167,7 @@ final class Session: RequestHandler, @unchecked Sendable {
         }
     }
 
-    private func reply(_ requestId: UInt64, _ response: Response) {
+    func reply(_ requestId: UInt64, _ response: Response) {
         if case .closed = phase { return }
         lastActivity = info.eventLoop.now
         info.replies.send(response, requestId: requestId)
@@ -254,6 +255,16 @@ final class Session: RequestHandler, @unchecked Sendable {
                 throw PMUError(.protocolViolation, "this connection is already authenticated")
 
             case .write(let key, let offset, let data):
+                if state.configuration.durableWrites {
+                    // A taken-over portion has no partner: durable before acknowledged.
+                    try writeDurably(key: key, offset: offset, data: data, id: id)
+                    break
+                }
+                if let sender = state.pair?.sender {
+                    // Acknowledged once in this server's mapping and in the partner's log.
+                    try writeMirrored(sender, key: key, offset: offset, data: data, id: id)
+                    break
+                }
                 try state.write(key: key, connection: connection, offset: offset, data: data)
                 reply(id, .ok)
 
@@ -272,10 +283,13 @@ final class Session: RequestHandler, @unchecked Sendable {
                 let resolvedLength = translation.length
                 let region = translation.region
                 let replies = info.replies
+                let sender = state.pair?.sender
+                let mark = sender?.persistMark() ?? 0
                 persistsInFlight += 1
                 pool.runIfActive(eventLoop: info.eventLoop) { () -> Response in
                     do throws(PMUError) {
                         try region.mapping.persist(offset: offset, length: resolvedLength)
+                        sender?.persisted(regionId: translation.regionId, offset: offset, length: resolvedLength, mark: mark)
                         return .ok
                     } catch {
                         return .error(error)
@@ -352,9 +366,12 @@ final class Session: RequestHandler, @unchecked Sendable {
                         // Revoked before the delete commits: no key outlives its region.
                         state.revokeAll(regionId: record.id)
                     }
-                    _ = record
+                    state.pair?.sender?.forget(regionId: record.id)
                     return .ok
                 }
+
+            case .mirrorOpen, .mirrorAppend, .mirrorTrim, .pairStatus, .pairTakeover:
+                try pairRequest(request, id: id, clientId: clientId, isAdmin: isAdmin)
             }
         } catch {
             reply(id, .error(error))

@@ -16,18 +16,24 @@ public final class MappedRegion: @unchecked Sendable {
     public let sizeBytes: UInt64
     public let base: UnsafeMutableRawPointer
     let path: String
+    /// Fault injection (`--test-volatile-until-persist`): mapped MAP_PRIVATE, so written bytes
+    /// live in this process's memory only and reach the file only when `persist` writes them
+    /// there. A kill -9 then loses every unpersisted write, as the loss of the machine would.
+    let volatileUntilPersist: Bool
 
-    init(id: UInt64, path: String, sizeBytes: UInt64) throws(PMUError) {
+    init(id: UInt64, path: String, sizeBytes: UInt64, volatileUntilPersist: Bool = false) throws(PMUError) {
         let fd = open(path, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { throw Sys.error(.ioError, "cannot open region file", path) }
         defer { close(fd) }
-        guard let pointer = mmap(nil, Int(sizeBytes), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), pointer != MAP_FAILED else {
+        let flags = volatileUntilPersist ? MAP_PRIVATE : MAP_SHARED
+        guard let pointer = mmap(nil, Int(sizeBytes), PROT_READ | PROT_WRITE, flags, fd, 0), pointer != MAP_FAILED else {
             throw Sys.error(.ioError, "cannot map region file (\(sizeBytes) bytes)", path)
         }
         self.id = id
         self.sizeBytes = sizeBytes
         self.base = pointer
         self.path = path
+        self.volatileUntilPersist = volatileUntilPersist
     }
 
     /// Faults every page in writable (MADV_POPULATE_WRITE), so first writes find them present.
@@ -64,8 +70,26 @@ public final class MappedRegion: @unchecked Sendable {
         let page = UInt64(Sys.pageSize)
         let start = offset / page * page
         let end = offset + length
+        if volatileUntilPersist { return try writeBack(offset: start, length: end - start) }
         guard msync(base + Int(start), Int(end - start), MS_SYNC) == 0 else {
             throw Sys.error(.ioError, "msync failed for region file", path)
         }
+    }
+
+    /// The volatile double's PERSIST: pwrite the private pages' bytes to the file, then fdatasync.
+    private func writeBack(offset: UInt64, length: UInt64) throws(PMUError) {
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { throw Sys.error(.ioError, "cannot open region file", path) }
+        defer { close(fd) }
+        var done: UInt64 = 0
+        while done < length {
+            let n = pwrite(fd, base + Int(offset + done), Int(length - done), off_t(offset + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Sys.error(.ioError, "cannot write back region file", path)
+            }
+            done += UInt64(n)
+        }
+        guard fdatasync(fd) == 0 else { throw Sys.error(.ioError, "fdatasync failed for region file", path) }
     }
 }

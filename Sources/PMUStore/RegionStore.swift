@@ -21,6 +21,9 @@ public struct StoreConfiguration: Sendable {
     /// the kernel's zeroing of every new page-cache page (70% of the server's time in a profile of
     /// a 1 GiB first write), and the zeros written back convert the file's unwritten extents early.
     public var populateOnCreate: Bool
+    /// Test mode only (`--test-volatile-until-persist`): region bytes stay in process memory
+    /// until PERSIST writes them to the file (see `MappedRegion.volatileUntilPersist`).
+    public var volatileUntilPersist = false
 
     /// Blocks the catalog keeps allocated past its end (see `CatalogFile`).
     public var catalogHeadroomBytes: Int { Int(min(reserveFreeBytes / 2, 8 << 20)) }
@@ -332,7 +335,7 @@ public final class RegionStore: @unchecked Sendable {
             return (nil, record.sizeBytes)
         }
         if let existing { return existing }
-        let fresh = try MappedRegion(id: id, path: directory.regionPath(id: id), sizeBytes: size)
+        let fresh = try MappedRegion(id: id, path: directory.regionPath(id: id), sizeBytes: size, volatileUntilPersist: configuration.volatileUntilPersist)
         return try lock.withTypedLock { () throws(PMUError) -> MappedRegion in
             if let mapped = mappings[id] { return mapped }
             guard state.regions[id] != nil, !deleting.contains(id) else {

@@ -28,6 +28,12 @@ let sampleRequests: [Request] = [
     .list(after: "", limit: 100, wantsCursor: false),
     .list(after: "b", limit: 1024, wantsCursor: true),
     .stat(name: "s"),
+    .mirrorOpen(portion: "portion-é", instance: Array(repeating: 3, count: 16)),
+    .mirrorAppend(MirrorAppend(sequence: 1, regionId: 2, epoch: 0, offset: 0, data: ByteBuffer())),
+    .mirrorAppend(MirrorAppend(sequence: .max, regionId: .max, epoch: .max, offset: 100, data: ByteBuffer(bytes: Array(repeating: 0xCD, count: 5000)))),
+    .mirrorTrim(through: .max),
+    .pairStatus,
+    .pairTakeover,
 ]
 
 let sampleResponses: [Response] = [

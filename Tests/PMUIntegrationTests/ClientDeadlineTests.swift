@@ -35,16 +35,9 @@ import Glibc
 
     @Test func connectToASilentListenerTimesOut() async throws {
         // A listener that accepts (the kernel does, from its backlog) but never answers HELLO.
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (listener, port) = boundLoopbackSocket()
         defer { close(listener) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) } }
         #expect(listen(listener, 8) == 0)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) } }
-        let port = Int(UInt16(bigEndian: address.sin_port))
 
         var configuration = ClientConfiguration(endpoint: Endpoint(host: "127.0.0.1", port: port), clientId: "admin", secret: Array("x".utf8))
         configuration.connectTimeout = .milliseconds(500)

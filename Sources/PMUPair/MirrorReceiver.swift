@@ -1,0 +1,186 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import PMULog
+import PMUCore
+
+/// The partner's half of write mirroring: one `AppendLog` per mirrored portion, under
+/// `DATA_DIR/mirror/<portion id>/`, fed by MIRROR_APPEND and trimmed by MIRROR_TRIM.
+///
+/// Where the records live decides what they survive (`--mirror-sync`):
+/// - `page-cache`: pwrite into the log's preallocated segments; the records survive a crash of
+///   this partner's process (the kernel keeps the pages), not the loss of its machine.
+/// - `fdatasync` (default): each MIRROR_APPEND is synced before it is answered; survives the
+///   loss of this machine too (with the owner up, one machine may be lost either way).
+///
+/// At most one connection mirrors a portion at a time; a portion that was taken over refuses
+/// every later MIRROR_OPEN (the stale owner is fenced), and this server's own portion is never
+/// accepted as a mirror.
+public final class MirrorReceiver: @unchecked Sendable {
+    public let directory: String
+    public let ownPortion: String
+    public let logConfiguration: AppendLogConfiguration
+    private let instance: [UInt8]
+    private let logger: Logger
+    private let lock = NIOLock()
+    private var logs: [String: AppendLog] = [:]
+    /// portion -> the connection mirroring it now.
+    private var attached: [String: UInt64] = [:]
+    private var byConnection: [UInt64: String] = [:]
+
+    public init(dataDirectory: String, ownPortion: String, instance: [UInt8], logConfiguration: AppendLogConfiguration, logger: Logger) throws(PMUError) {
+        self.directory = dataDirectory + "/mirror"
+        self.ownPortion = ownPortion
+        self.instance = instance
+        self.logConfiguration = logConfiguration
+        self.logger = logger
+        try logConfiguration.validate()
+        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            throw PMUError(.ioError, "cannot create mirror log directory \(directory)")
+        }
+    }
+
+    func logPath(_ portion: String) -> String { directory + "/" + portion }
+    func takenOverMarker(_ portion: String) -> String { logPath(portion) + ".taken-over" }
+
+    /// The log of a portion, opened (and recovered) on first use.
+    public func log(portion: String) throws(PMUError) -> AppendLog {
+        try lock.withTypedLock { () throws(PMUError) -> AppendLog in try logLocked(portion) }
+    }
+
+    private func logLocked(_ portion: String) throws(PMUError) -> AppendLog {
+        if let log = logs[portion] { return log }
+        let log = try AppendLog(path: logPath(portion), configuration: logConfiguration)
+        if log.repairedTornBytes > 0 {
+            logger.warning("mirror log ended in a torn record (a crash mid-append); cut it", metadata: ["portion": "\(portion)", "bytes": "\(log.repairedTornBytes)"])
+        }
+        logs[portion] = log
+        return log
+    }
+
+    /// MIRROR_OPEN. Returns the highest sequence the log holds for the portion.
+    public func open(portion: String, instance: [UInt8], connection: UInt64) throws(PMUError) -> UInt64 {
+        guard PortionIdentity.isValid(portion) else {
+            throw PMUError(.invalidArgument, "MIRROR_OPEN portion \(NameRules.quoted(portion)) is not a portion id (32 lowercase hex digits)")
+        }
+        guard instance != self.instance else {
+            throw PMUError(.invalidArgument, "this pmu-server was given itself as --partner; a partner must be another server (another --listen address)")
+        }
+        guard portion != ownPortion else {
+            throw PMUError(.invalidArgument, "the server mirroring to this one serves this server's own portion \(portion) (same data directory?); two servers cannot claim one portion")
+        }
+        return try lock.withTypedLock { () throws(PMUError) -> UInt64 in
+            if access(takenOverMarker(portion), F_OK) == 0 {
+                throw PMUError(.fenced, "portion \(portion) was taken over by this server; the old owner must not serve it again until it rejoins (stop it; its data directory is served by its partner now)")
+            }
+            if let other = attached[portion], other != connection {
+                throw PMUError(.regionExists, "portion \(portion) is already mirrored here by another connection (\(other)): two servers claim the same portion")
+            }
+            if let previous = byConnection[connection], previous != portion {
+                throw PMUError(.protocolViolation, "this connection already mirrors portion \(previous)")
+            }
+            let log = try logLocked(portion)
+            attached[portion] = connection
+            byConnection[connection] = portion
+            return log.status.maxOrigin
+        }
+    }
+
+    private func attachedLog(_ connection: UInt64, _ what: String) throws(PMUError) -> (String, AppendLog) {
+        try lock.withTypedLock { () throws(PMUError) -> (String, AppendLog) in
+            guard let portion = byConnection[connection], attached[portion] == connection, let log = logs[portion] else {
+                throw PMUError(.fenced, "\(what) on a connection that does not mirror a portion (send MIRROR_OPEN first; a portion that was taken over refuses its old owner)")
+            }
+            return (portion, log)
+        }
+    }
+
+    /// Whether MIRROR_APPEND blocks (fdatasync) and must run off the event loop.
+    public var appendBlocks: Bool { logConfiguration.sync == .dataSync }
+
+    /// MIRROR_APPEND: the record is in the log (and synced, per policy) when this returns.
+    public func append(_ append: MirrorAppend, connection: UInt64) throws(PMUError) {
+        let (_, log) = try attachedLog(connection, "MIRROR_APPEND")
+        guard append.data.readableBytes <= logConfiguration.maxPayloadBytes else {
+            throw PMUError(.requestTooLarge, "MIRROR_APPEND of \(append.data.readableBytes) bytes exceeds the mirror log's record limit of \(logConfiguration.maxPayloadBytes)")
+        }
+        // Already trimmed (the owner persisted it while this append was in flight): nothing to keep.
+        guard append.sequence > log.trimmedThroughOrigin else { return }
+        try log.append([LogEntry(origin: append.sequence, regionId: append.regionId, epoch: append.epoch, offset: append.offset, payload: Array(append.data.readableBytesView))])
+    }
+
+    public func trim(through: UInt64, connection: UInt64) throws(PMUError) {
+        let (_, log) = try attachedLog(connection, "MIRROR_TRIM")
+        try log.trim(through: through)
+    }
+
+    public func connectionClosed(_ connection: UInt64) {
+        lock.withLock {
+            if let portion = byConnection.removeValue(forKey: connection), attached[portion] == connection {
+                attached[portion] = nil
+            }
+        }
+    }
+
+    /// Starts a takeover of `portion`: marks it taken over durably (so the stale owner's MIRROR_OPEN
+    /// is refused from now on, also after this server restarts), detaches its mirror connection
+    /// (its next MIRROR_APPEND is refused FENCED), and returns its log.
+    public func beginTakeover(portion: String) throws(PMUError) -> AppendLog {
+        try lock.withTypedLock { () throws(PMUError) -> AppendLog in
+            let log = try logLocked(portion)
+            let fd = Glibc.open(takenOverMarker(portion), O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+            guard fd >= 0, fsync(fd) == 0 else {
+                if fd >= 0 { close(fd) }
+                throw PMUError(.ioError, "cannot write takeover marker \(takenOverMarker(portion))")
+            }
+            close(fd)
+            let dir = Glibc.open(directory, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
+            if dir >= 0 {
+                _ = fsync(dir)
+                close(dir)
+            }
+            if let connection = attached.removeValue(forKey: portion) { byConnection[connection] = nil }
+            // An append past its connection check may be writing now: sealing waits for it, and
+            // refuses the rest, so the replay that follows sees every record ever acknowledged.
+            log.seal(PMUError(.fenced, "portion \(portion) is being taken over by this server; its old owner's writes are refused"))
+            return log
+        }
+    }
+
+    public struct PortionStatus: Sendable, Codable, Equatable {
+        public var portion: String
+        public var mirroring: Bool
+        public var takenOver: Bool
+        public var segments: Int
+        public var allocatedBytes: UInt64
+        public var usedBytes: UInt64
+        public var records: Int
+        public var liveRecords: Int
+        public var trimmedThrough: UInt64
+        public var highestSequence: UInt64
+    }
+
+    public var status: [PortionStatus] {
+        lock.withLock {
+            logs.keys.sorted().map { portion in
+                let log = logs[portion]!.status
+                return PortionStatus(
+                    portion: portion, mirroring: attached[portion] != nil, takenOver: access(takenOverMarker(portion), F_OK) == 0,
+                    segments: log.segments, allocatedBytes: log.allocatedBytes, usedBytes: log.usedBytes, records: log.records,
+                    liveRecords: log.liveRecords, trimmedThrough: log.trimmedThrough, highestSequence: log.maxOrigin)
+            }
+        }
+    }
+}
+
+extension NIOLock {
+    func withTypedLock<T>(_ body: () throws(PMUError) -> T) throws(PMUError) -> T {
+        let result: Result<T, PMUError> = withLock {
+            do throws(PMUError) { return .success(try body()) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+}

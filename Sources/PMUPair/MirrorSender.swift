@@ -1,0 +1,395 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import PMUClient
+import PMUCore
+
+/// How an owner reaches its partner.
+public struct PartnerConfiguration: Sendable {
+    public var endpoint: Endpoint
+    public var clientId: String
+    public var secret: [UInt8]
+    /// Bytes of mirrored writes not yet covered by a PERSIST that the owner lets pile up; a write
+    /// beyond it is refused LOG_FULL before it touches the region (backpressure). Keep it well
+    /// under the partner's log bound (records add 56 bytes of header, and only whole segments are
+    /// reclaimed).
+    public var maxUnpersistedBytes: UInt64
+    /// What a WRITE does while the partner cannot be reached (`--partner-down`).
+    public var partnerDown: PartnerDownPolicy
+
+    public init(endpoint: Endpoint, clientId: String, secret: [UInt8], maxUnpersistedBytes: UInt64 = 96 << 20, partnerDown: PartnerDownPolicy = .durable) {
+        self.endpoint = endpoint
+        self.clientId = clientId
+        self.secret = secret
+        self.maxUnpersistedBytes = maxUnpersistedBytes
+        self.partnerDown = partnerDown
+    }
+}
+
+/// Degraded mode: the promise "an acknowledged write survives the loss of one machine" is kept
+/// either way; `durable` keeps serving at local-flush speed, `refuse` stops writes instead.
+public enum PartnerDownPolicy: String, Sendable, CaseIterable {
+    /// Each write is made durable here (msync of its range) before it is acknowledged.
+    case durable
+    /// Writes are refused SERVER_UNAVAILABLE until the partner is back.
+    case refuse
+}
+
+/// How a write the sender admitted is to be acknowledged.
+public enum WriteOutcome: Sendable, Equatable {
+    /// In the partner's log: acknowledge now.
+    case mirrored
+    /// Applied here, but the partner is down (degraded mode): make the range durable here first.
+    case localOnly
+}
+
+/// The owner's half of write mirroring: every WRITE to the portion is applied to the region and
+/// appended to the partner's mirror log, and acknowledged when both are done. PERSIST reports
+/// which writes are durable here, and the partner trims its log up to the oldest that is not.
+///
+/// Ordering: a region's lock is held while a write is applied and given its sequence, so writes
+/// to overlapping bytes get sequences in the order they landed; the partner replays by sequence.
+/// The sequence is taken after the copy, so a PERSIST whose mark covers a sequence was issued
+/// after that write's bytes were in the mapping, and its msync covers them.
+public final class MirrorSender: @unchecked Sendable {
+    public let configuration: PartnerConfiguration
+    public let portion: String
+    private let instance: [UInt8]
+    private let logger: Logger
+    private let lock = NIOLock()
+    private var client: PMUClient?
+    private var failure: PMUError? = PMUError(.serverUnavailable, "not connected to the partner yet")
+    private var reconnecting = false
+    private var stopped = false
+    private var nextSequence: UInt64 = 1
+    /// Mirrored writes not yet covered by a PERSIST, per region, in sequence order.
+    private var unpersisted: [UInt64: [(sequence: UInt64, offset: UInt64, length: UInt64)]] = [:]
+    private var unpersistedBytes: UInt64 = 0
+    private var trimmedThrough: UInt64 = 0
+    private var lastTrimMilliseconds: UInt64 = 0
+    private var regionLocks: [UInt64: NIOLock] = [:]
+    private var acknowledged: UInt64 = 0
+    private var refused: UInt64 = 0
+    private var degradedWrites: UInt64 = 0
+    private var degradedSinceMilliseconds: UInt64? = nil
+    /// The partner took this portion over: this server is a stale owner and accepts no write.
+    private var superseded: PMUError? = nil
+
+    /// Makes whole regions durable here (msync), nil meaning every region: the resync.
+    private let persistRegions: @Sendable ([UInt64]?) throws(PMUError) -> Void
+
+    public init(configuration: PartnerConfiguration, portion: String, instance: [UInt8], logger: Logger, persistRegions: @escaping @Sendable ([UInt64]?) throws(PMUError) -> Void) {
+        self.configuration = configuration
+        self.portion = portion
+        self.instance = instance
+        self.logger = logger
+        self.persistRegions = persistRegions
+    }
+
+    /// Connects and opens the mirror. Errors that retrying cannot fix (wrong credentials, a
+    /// partner that is this server, a portion the partner took over or mirrors from another
+    /// server) are thrown, for the server to refuse to start; an unreachable partner is retried
+    /// in the background, writes being refused until it answers.
+    public func start() async throws(PMUError) {
+        do throws(PMUError) {
+            try await connect()
+        } catch where Self.isPermanent(error) {
+            throw error
+        } catch {
+            logger.warning("partner not reachable; mirrored writes are refused until it is", metadata: ["partner": "\(configuration.endpoint)", "error": "\(error)"])
+            scheduleReconnect()
+        }
+    }
+
+    public func stop() async {
+        let client = lock.withLock { () -> PMUClient? in
+            stopped = true
+            defer { self.client = nil }
+            return self.client
+        }
+        await client?.disconnect()
+    }
+
+    static func isPermanent(_ error: PMUError) -> Bool {
+        [.authenticationFailed, .invalidArgument, .fenced, .regionExists, .accessDenied].contains(error.code)
+    }
+
+    private func connect() async throws(PMUError) {
+        var clientConfiguration = ClientConfiguration(endpoint: configuration.endpoint, clientId: configuration.clientId, secret: configuration.secret)
+        clientConfiguration.connectTimeout = .seconds(5)
+        clientConfiguration.requestTimeout = .seconds(10)
+        let client: PMUClient
+        do throws(PMUError) {
+            client = try await PMUClient.connect(clientConfiguration)
+        } catch where error.code == .authenticationFailed {
+            throw PMUError(.authenticationFailed, "partner \(configuration.endpoint) refused --partner-client '\(configuration.clientId)': \(error.message). Both servers' secrets files must hold that id with the secret in --partner-secret-file")
+        }
+        let highest: UInt64
+        do throws(PMUError) {
+            highest = try await client.mirrorOpen(portion: portion, instance: instance)
+        } catch {
+            await client.disconnect()
+            throw error
+        }
+        do throws(PMUError) {
+            try await resync(client, highest: highest)
+        } catch {
+            await client.disconnect()
+            throw error
+        }
+        lock.withLock {
+            self.client = client
+            failure = nil
+            degradedSinceMilliseconds = nil
+        }
+        logger.info("mirroring to partner", metadata: ["partner": "\(configuration.endpoint)", "portion": "\(portion)", "nextSequence": "\(nextSequence)"])
+    }
+
+    /// Before mirroring (again): what the partner's log holds must not be able to overwrite a
+    /// newer write at a takeover. Writes acknowledged while the partner was down went only to
+    /// this server's file, so a log record older than them for the same bytes would clobber them
+    /// at replay. Persist every region with mirrored-but-unpersisted writes, then trim the
+    /// partner's log through every sequence used so far: it then holds nothing older than what
+    /// comes next. (Writes made while this runs take new sequences and are mirrored.)
+    private func resync(_ client: PMUClient, highest: UInt64) async throws(PMUError) {
+        let (regions, through, wasDegraded) = lock.withLock { () -> ([UInt64], UInt64, Bool) in
+            // Never reuse a sequence the partner's log may still hold.
+            nextSequence = max(nextSequence, highest &+ 1)
+            return (Array(unpersisted.keys), nextSequence - 1, degradedWrites > 0 || !unpersisted.isEmpty)
+        }
+        if highest > 0 && !wasDegraded && trimmedThrough == 0 {
+            // A fresh start of this owner finds records of its previous run in the partner's log.
+            // They are not replayed here (rejoin is not built): after an owner's machine was lost,
+            // take over from the partner instead of restarting the owner.
+            logger.warning("the partner's mirror log holds untrimmed records of this portion's previous run; they are trimmed now, not replayed (after a machine loss, use pmuctl pair takeover on the partner rather than restarting the owner)", metadata: ["highest": "\(highest)"])
+        }
+        guard wasDegraded || highest > 0 else { return }
+        // A fresh start does not know which of its regions' pages are durable: all of them.
+        try persistRegions(wasDegraded ? regions : nil)
+        lock.withLock {
+            for region in regions {
+                for write in unpersisted[region] ?? [] where write.sequence <= through { unpersistedBytes -= write.length }
+                unpersisted[region]?.removeAll { $0.sequence <= through }
+                if unpersisted[region]?.isEmpty == true { unpersisted[region] = nil }
+            }
+            trimmedThrough = max(trimmedThrough, through)
+        }
+        try await client.mirrorTrim(through: through)
+        logger.notice("resynced with partner: persisted regions with unmirrored writes and trimmed the partner's log", metadata: ["regions": "\(regions.count)", "through": "\(through)"])
+    }
+
+    private func scheduleReconnect() {
+        let go = lock.withLock { () -> Bool in
+            guard !reconnecting, !stopped else { return false }
+            reconnecting = true
+            return true
+        }
+        guard go else { return }
+        Task {
+            // Once a second until it answers or the server stops: bounded in rate, not in count,
+            // because the pair is meant to heal whenever the partner returns.
+            while !lock.withLock({ stopped }) {
+                try? await Task.sleep(for: .seconds(1))
+                do throws(PMUError) {
+                    try await connect()
+                    break
+                } catch {
+                    lock.withLock {
+                        failure = error
+                        if error.code == .fenced { superseded = error }
+                    }
+                    if Self.isPermanent(error) {
+                        logger.error("partner refuses this server's mirror; writes stay refused", metadata: ["error": "\(error)"])
+                        break
+                    }
+                }
+            }
+            lock.withLock { reconnecting = false }
+        }
+    }
+
+    private func channelFailed(_ failed: PMUClient, _ error: PMUError) {
+        let dropped = lock.withLock { () -> Bool in
+            if error.code == .fenced { superseded = error }
+            guard client === failed else { return false }
+            client = nil
+            failure = error
+            return true
+        }
+        if dropped {
+            logger.warning("mirror channel to partner failed; mirrored writes are refused until it reconnects", metadata: ["error": "\(error)"])
+            Task { await failed.disconnect() }
+            scheduleReconnect()
+        }
+    }
+
+    /// Applies the write (`apply` copies it into the region) and mirrors it; the future tells how
+    /// to acknowledge it (`.mirrored`: the partner has it; `.localOnly`: degraded, persist it here
+    /// first). Refused before `apply` runs when this owner was superseded, the partner is down and
+    /// the policy is `refuse`, or too much is unpersisted.
+    public func write(regionId: UInt64, epoch: UInt64, offset: UInt64, data: ByteBuffer, eventLoop: any EventLoop, apply: () -> Void) -> EventLoopFuture<WriteOutcome> {
+        let length = UInt64(data.readableBytes)
+        let regionLock = lock.withLock { () -> NIOLock in
+            if let existing = regionLocks[regionId] { return existing }
+            let created = NIOLock()
+            regionLocks[regionId] = created
+            return created
+        }
+        let admitted: Result<(UInt64, PMUClient?), PMUError> = regionLock.withLock {
+            let check: PMUError? = lock.withLock {
+                if let superseded {
+                    return PMUError(.fenced, "write refused: the partner took over this server's portion (\(superseded.message)); this server is a stale owner")
+                }
+                guard client != nil || configuration.partnerDown == .durable else {
+                    return PMUError(.serverUnavailable, "write not applied: this server mirrors its writes to partner \(configuration.endpoint), which is not reachable (\(failure?.message ?? "unknown")), and --partner-down is refuse; retry later")
+                }
+                guard unpersistedBytes + length <= configuration.maxUnpersistedBytes else {
+                    return PMUError(.logFull, "write not applied: \(unpersistedBytes) bytes of mirrored writes are not persisted yet, the limit (--partner-max-unpersisted); PERSIST what you wrote, then retry")
+                }
+                return nil
+            }
+            if let check { return .failure(check) }
+            apply()
+            return lock.withLock {
+                let sequence = nextSequence
+                nextSequence += 1
+                guard let client else {
+                    // Degraded: made durable here by the caller; nothing for the partner to replay.
+                    degradedWrites += 1
+                    if degradedSinceMilliseconds == nil { degradedSinceMilliseconds = PairClock.nowMilliseconds() }
+                    return .success((sequence, nil))
+                }
+                unpersisted[regionId, default: []].append((sequence, offset, length))
+                unpersistedBytes += length
+                return .success((sequence, client))
+            }
+        }
+        switch admitted {
+        case .failure(let error):
+            lock.withLock { refused += 1 }
+            return eventLoop.makeFailedFuture(error)
+        case .success((_, nil)):
+            return eventLoop.makeSucceededFuture(.localOnly)
+        case .success(let (sequence, client?)):
+            let promise = eventLoop.makePromise(of: WriteOutcome.self)
+            let append = MirrorAppend(sequence: sequence, regionId: regionId, epoch: epoch, offset: offset, data: data)
+            let policy = configuration.partnerDown
+            // On the mirror connection's event loop: no hop through the global executor.
+            Task(executorPreference: client.taskExecutor) {
+                do throws(PMUError) {
+                    try await client.mirrorAppend(append)
+                    self.lock.withLock { self.acknowledged += 1 }
+                    promise.succeed(.mirrored)
+                } catch {
+                    if error.code != .logFull { self.channelFailed(client, error) }
+                    if policy == .durable, ![.logFull, .fenced].contains(error.code) {
+                        // The partner went away with this write in flight: degraded for it too.
+                        self.lock.withLock {
+                            self.degradedWrites += 1
+                            if self.degradedSinceMilliseconds == nil { self.degradedSinceMilliseconds = PairClock.nowMilliseconds() }
+                        }
+                        promise.succeed(.localOnly)
+                    } else {
+                        promise.fail(PMUError(error.code, "write applied on this server but not acknowledged: the partner did not take it (\(error.message))"))
+                    }
+                }
+            }
+            return promise.futureResult
+        }
+    }
+
+    /// Taken when a PERSIST arrives, before its msync: the writes it covers are the ones with a
+    /// sequence up to this mark.
+    public func persistMark() -> UInt64 {
+        lock.withLock { nextSequence - 1 }
+    }
+
+    /// A PERSIST of [offset, offset+length) of `regionId` returned: the writes inside it, up to
+    /// `mark`, are durable here. If the oldest unpersisted write moved, the partner is told to trim.
+    public func persisted(regionId: UInt64, offset: UInt64, length: UInt64, mark: UInt64) {
+        let end = offset.addingReportingOverflow(length).overflow ? UInt64.max : offset + length
+        let trim = lock.withLock { () -> (UInt64, PMUClient)? in
+            if var writes = unpersisted[regionId] {
+                writes.removeAll { write in
+                    let covered = write.sequence <= mark && write.offset >= offset && write.offset + write.length <= end
+                    if covered { unpersistedBytes -= write.length }
+                    return covered
+                }
+                unpersisted[regionId] = writes.isEmpty ? nil : writes
+            }
+            return trimPointLocked()
+        }
+        if let (through, client) = trim { sendTrim(through, client) }
+    }
+
+    /// The region is gone: its writes need no replay.
+    public func forget(regionId: UInt64) {
+        let trim = lock.withLock { () -> (UInt64, PMUClient)? in
+            for write in unpersisted[regionId] ?? [] { unpersistedBytes -= write.length }
+            unpersisted[regionId] = nil
+            regionLocks[regionId] = nil
+            return trimPointLocked()
+        }
+        if let (through, client) = trim { sendTrim(through, client) }
+    }
+
+    private func trimPointLocked() -> (UInt64, PMUClient)? {
+        let oldest = unpersisted.values.compactMap { $0.first?.sequence }.min()
+        let through = (oldest ?? nextSequence) - 1
+        guard through > trimmedThrough, let client else { return nil }
+        trimmedThrough = through
+        return (through, client)
+    }
+
+    private func sendTrim(_ through: UInt64, _ client: PMUClient) {
+        Task {
+            do throws(PMUError) {
+                try await client.mirrorTrim(through: through)
+                lock.withLock { lastTrimMilliseconds = PairClock.nowMilliseconds() }
+            } catch {
+                // A lost trim only keeps records longer; the next PERSIST sends a newer one.
+                logger.notice("partner did not take a trim", metadata: ["through": "\(through)", "error": "\(error)"])
+            }
+        }
+    }
+
+    public struct Status: Sendable, Codable, Equatable {
+        public var partner: String
+        public var connected: Bool
+        public var lastError: String?
+        public var nextSequence: UInt64
+        public var unpersistedWrites: Int
+        public var unpersistedBytes: UInt64
+        public var trimmedThrough: UInt64
+        public var lastTrimMilliseconds: UInt64
+        public var acknowledgedWrites: UInt64
+        public var refusedWrites: UInt64
+        public var partnerDownPolicy: String
+        /// Writes acknowledged after a local msync because the partner was down.
+        public var degradedWrites: UInt64
+        public var degradedSinceMilliseconds: UInt64?
+        public var superseded: String?
+    }
+
+    public var status: Status {
+        lock.withLock {
+            Status(
+                partner: "\(configuration.endpoint)", connected: client != nil, lastError: failure.map { "\($0)" }, nextSequence: nextSequence,
+                unpersistedWrites: unpersisted.values.reduce(0) { $0 + $1.count }, unpersistedBytes: unpersistedBytes,
+                trimmedThrough: trimmedThrough, lastTrimMilliseconds: lastTrimMilliseconds, acknowledgedWrites: acknowledged, refusedWrites: refused,
+                partnerDownPolicy: configuration.partnerDown.rawValue, degradedWrites: degradedWrites,
+                degradedSinceMilliseconds: degradedSinceMilliseconds, superseded: superseded.map { "\($0)" })
+        }
+    }
+}
+
+enum PairClock {
+    static func nowMilliseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
+    }
+}

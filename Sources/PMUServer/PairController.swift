@@ -1,0 +1,150 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import PMUCore
+import PMUPair
+import PMUStore
+import PMUTransport
+
+/// The server's pair role, the one object sessions talk to about mirroring: the owner's
+/// `MirrorSender` (writes go through it), the partner's `MirrorReceiver` (mirror logs), and the
+/// takeover, which serves the partner's portion on its own listener once it is replayed.
+final class PairController: Sendable {
+    let settings: PairSettings
+    let portion: String
+    let sender: MirrorSender?
+    let receiver: MirrorReceiver?
+    private let configuration: ServerConfiguration
+    private let logger: Logger
+    private let served = NIOLockedValueBox<Served?>(nil)
+    private let takingOver = NIOLockedValueBox(false)
+
+    private struct Served: @unchecked Sendable {
+        var report: TakeoverReport
+        var transport: any ServerTransport
+        var directory: DataDirectory
+    }
+
+    struct Runtime: Sendable {
+        var group: any EventLoopGroup
+        var pool: NIOThreadPool
+        var metadataPool: NIOThreadPool
+        var secrets: SecretsTable
+        var store: RegionStore
+    }
+    private let runtime: Runtime
+
+    init(configuration: ServerConfiguration, runtime: Runtime, logger: Logger) throws(PMUError) {
+        let settings = configuration.pair
+        self.settings = settings
+        self.configuration = configuration
+        self.runtime = runtime
+        self.logger = logger
+        let portion = try PortionIdentity.load(dataDirectory: configuration.dataDirectory, create: true)
+        self.portion = portion
+        let instance = PortionIdentity.randomInstance()
+        let store = runtime.store
+        sender = settings.partner.map {
+            MirrorSender(configuration: $0, portion: portion, instance: instance, logger: logger) { (regions: [UInt64]?) throws(PMUError) in
+                let ids = regions ?? store.list(after: "", limit: Int.max).records.map(\.id)
+                for id in ids {
+                    guard let mapping = try? store.mapping(id: id) else { continue } // deleted meanwhile
+                    try mapping.persist(offset: 0, length: mapping.sizeBytes)
+                }
+            }
+        }
+        receiver = try settings.receives
+            ? MirrorReceiver(dataDirectory: configuration.dataDirectory, ownPortion: portion, instance: instance, logConfiguration: settings.mirrorLog, logger: logger)
+            : nil
+    }
+
+    func start() async throws(PMUError) {
+        try await sender?.start()
+    }
+
+    func stop() async {
+        await sender?.stop()
+        if let served = served.withLockedValue({ $0 }) { await served.transport.stop() }
+    }
+
+    func mayMirror(_ clientId: String) -> Bool { receiver != nil && clientId == settings.mirrorClient }
+
+    struct Status: Codable {
+        var portion: String
+        var dataDirectory: String
+        var role: [String]
+        var mirroringTo: MirrorSender.Status?
+        var mirrorLogs: [MirrorReceiver.PortionStatus]
+        var mirrorSync: String
+        var takenOver: TakeoverReport?
+    }
+
+    func statusJSON() -> String {
+        var roles: [String] = []
+        if sender != nil { roles.append("owner (mirrors its writes)") }
+        if receiver != nil { roles.append("partner (keeps mirror logs)") }
+        let takenOver = served.withLockedValue { $0?.report }
+        if takenOver != nil { roles.append("serving a taken-over portion") }
+        let status = Status(
+            portion: portion, dataDirectory: configuration.dataDirectory, role: roles, mirroringTo: sender?.status,
+            mirrorLogs: receiver?.status ?? [], mirrorSync: settings.mirrorLog.sync.rawValue, takenOver: takenOver)
+        return Self.json(status)
+    }
+
+    static func json<T: Encodable>(_ value: T) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+    }
+
+    /// PAIR_TAKEOVER: fence, replay, persist, then listen for the portion's clients. The reply
+    /// comes once the portion is being served.
+    func takeover() async throws(PMUError) -> String {
+        guard let receiver else {
+            throw PMUError(.invalidArgument, "this server keeps no mirror logs (start it with --mirror-client or --partner-client); nothing to take over")
+        }
+        guard let directory = settings.partnerPortion, let fence = settings.fenceCommand, let listen = settings.takeoverListen else {
+            throw PMUError(.invalidArgument, "takeover needs --partner-portion (the partner's data directory), --fence-command and --takeover-listen on this server")
+        }
+        guard takingOver.withLockedValue({ busy in defer { busy = true }; return !busy }) else {
+            throw PMUError(.invalidArgument, "a takeover already ran or is running on this server")
+        }
+        var done = false
+        defer { if !done { takingOver.withLockedValue { $0 = false } } }
+        let storeConfiguration = configuration.store
+        let logger = self.logger
+        // Blocking work (fence command, recovery, replay, msync) off the cooperative pool.
+        let taken: (DataDirectory, RegionStore, TakeoverReport)
+        do {
+            taken = try await runtime.metadataPool.runIfActive {
+                try Takeover.run(receiver: receiver, portionDirectory: directory, fenceCommand: fence, storeConfiguration: storeConfiguration, logger: logger)
+            }
+        } catch {
+            throw (error as? PMUError) ?? PMUError(.internalError, "takeover failed: \(error)")
+        }
+        var (dataDirectory, store, report) = taken
+        var portionConfiguration = configuration
+        portionConfiguration.dataDirectory = directory
+        portionConfiguration.listen = listen
+        portionConfiguration.pair = PairSettings()
+        portionConfiguration.durableWrites = true
+        let state = ServerState(store: store, secrets: runtime.secrets, configuration: portionConfiguration)
+        let transport = TCPServerTransport(endpoint: listen, group: runtime.group, logger: logger)
+        let runtime = self.runtime
+        let bound: Endpoint
+        do {
+            bound = try await transport.start { info in
+                Session(info: info, state: state, pool: runtime.pool, metadataPool: runtime.metadataPool, logger: logger)
+            }
+        } catch {
+            throw PMUError(.ioError, "replayed and persisted portion \(report.portion), but cannot listen on --takeover-listen \(listen): \(error)")
+        }
+        report.serving = "\(bound)"
+        done = true
+        served.withLockedValue { $0 = Served(report: report, transport: transport, directory: dataDirectory) }
+        logger.notice("serving taken-over portion", metadata: ["portion": "\(report.portion)", "address": "\(bound)"])
+        return Self.json(report)
+    }
+}

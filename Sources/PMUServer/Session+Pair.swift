@@ -1,0 +1,116 @@
+import NIOCore
+import PMUCore
+import PMUPair
+import PMUStore
+
+/// The session's pair verbs, kept out of Session.swift: mirrored WRITEs on the owner, the
+/// MIRROR_* messages on the partner, and pair administration.
+extension Session {
+    /// WRITE on a mirrored server: copied into the region and mirrored in one step (ordered by
+    /// the region), answered when the partner has it, or in degraded mode once it is durable here.
+    func writeMirrored(_ sender: MirrorSender, key: AccessKey, offset: UInt64, data: ByteBuffer, id: UInt64) throws(PMUError) {
+        let eventLoop = info.eventLoop
+        var pending: EventLoopFuture<WriteOutcome>?
+        var target: MappedRegion?
+        try state.write(key: key, connection: info.id, offset: offset, data: data) { translation in
+            target = translation.region.mapping
+            pending = sender.write(regionId: translation.regionId, epoch: translation.epoch, offset: offset, data: data, eventLoop: eventLoop) {
+                data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) }
+            }
+        }
+        guard let pending, let target else { return reply(id, .ok) }
+        let length = UInt64(data.readableBytes)
+        pending.whenComplete { [self] result in
+            switch result {
+            case .success(.mirrored): self.reply(id, .ok)
+            case .success(.localOnly): self.persistThenReply(target, offset: offset, length: length, id: id)
+            case .failure(let error): self.reply(id, .error((error as? PMUError) ?? PMUError(.internalError, "\(error)")))
+            }
+        }
+    }
+
+    /// WRITE where durability comes from this server alone (a taken-over portion).
+    func writeDurably(key: AccessKey, offset: UInt64, data: ByteBuffer, id: UInt64) throws(PMUError) {
+        var target: MappedRegion?
+        try state.write(key: key, connection: info.id, offset: offset, data: data) { translation in
+            target = translation.region.mapping
+            data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) }
+        }
+        guard let target else { return reply(id, .ok) }
+        persistThenReply(target, offset: offset, length: UInt64(data.readableBytes), id: id)
+    }
+
+    private func persistThenReply(_ mapping: MappedRegion, offset: UInt64, length: UInt64, id: UInt64) {
+        pool.runIfActive(eventLoop: info.eventLoop) { () -> Response in
+            do throws(PMUError) {
+                try mapping.persist(offset: offset, length: length)
+                return .ok
+            } catch {
+                return .error(PMUError(error.code, "write applied but not made durable, so not acknowledged: \(error.message)"))
+            }
+        }.whenComplete { [self] result in
+            self.reply(id, (try? result.get()) ?? .error(PMUError(.shuttingDown, "server is shutting down")))
+        }
+    }
+
+    func pairRequest(_ request: Request, id: UInt64, clientId: String, isAdmin: Bool) throws(PMUError) {
+        guard let pair = state.pair else {
+            throw PMUError(.invalidArgument, "this pmu-server runs unpaired (no --partner, --mirror-client)")
+        }
+        switch request {
+        case .mirrorOpen, .mirrorAppend, .mirrorTrim:
+            guard let receiver = pair.receiver, pair.mayMirror(clientId) else {
+                throw PMUError(.accessDenied, "client '\(clientId)' may not mirror into this server; its --mirror-client (or --partner-client) names who may")
+            }
+            try mirror(request, receiver: receiver, id: id)
+        case .pairStatus:
+            guard isAdmin || pair.mayMirror(clientId) else {
+                throw PMUError(.accessDenied, "pair status is for admins and the pair's mirror client")
+            }
+            reply(id, .data(ByteBuffer(string: pair.statusJSON())))
+        case .pairTakeover:
+            guard isAdmin else { throw PMUError(.accessDenied, "only an admin may take over the partner's portion") }
+            let promise = info.eventLoop.makePromise(of: Response.self)
+            Task {
+                do throws(PMUError) {
+                    promise.succeed(.data(ByteBuffer(string: try await pair.takeover())))
+                } catch {
+                    promise.succeed(.error(error))
+                }
+            }
+            promise.futureResult.whenSuccess { [self] response in self.reply(id, response) }
+        default:
+            throw PMUError(.internalError, "not a pair request")
+        }
+    }
+
+    private func mirror(_ request: Request, receiver: MirrorReceiver, id: UInt64) throws(PMUError) {
+        let connection = info.id
+        switch request {
+        case .mirrorOpen(let portion, let instance):
+            let highest = try receiver.open(portion: portion, instance: instance, connection: connection)
+            var data = ByteBuffer()
+            data.writeInteger(highest, endianness: .little)
+            reply(id, .data(data))
+        case .mirrorAppend(let append) where receiver.appendBlocks:
+            // fdatasync: off the event loop, later requests of this connection wait (in order).
+            runBlocking(id) { () throws(PMUError) -> Response in
+                try receiver.append(append, connection: connection)
+                return .ok
+            }
+        case .mirrorAppend(let append):
+            try receiver.append(append, connection: connection)
+            reply(id, .ok)
+        case .mirrorTrim(let through) where receiver.appendBlocks:
+            runBlocking(id) { () throws(PMUError) -> Response in
+                try receiver.trim(through: through, connection: connection)
+                return .ok
+            }
+        case .mirrorTrim(let through):
+            try receiver.trim(through: through, connection: connection)
+            reply(id, .ok)
+        default:
+            throw PMUError(.internalError, "not a mirror request")
+        }
+    }
+}
