@@ -22,7 +22,7 @@ import Glibc
 public actor ClusterPrimary {
     public nonisolated let name: String
     public nonisolated let descriptor: SetDescriptor
-    private let cluster: Cluster
+    let cluster: Cluster
     private let writers: [String: CheckpointPrimary]
     private let markers: [String: CheckpointPrimary]
     /// Complete checkpoints, newest first, with each server's record of its piece.
@@ -112,17 +112,33 @@ public actor ClusterPrimary {
     /// Saves a checkpoint across the cluster; returns its sequence once it is complete (every
     /// piece and every commit marker durable). Concurrent calls run one after the other.
     public func checkpoint(_ payload: ByteBuffer) async throws(PMUError) -> UInt64 {
+        try await inTurn { () async throws(PMUError) in try await self.checkpointNow(payload) }
+    }
+
+    /// Runs `body` after every earlier checkpoint (or repair) of this primary has finished.
+    private func inTurn<T: Sendable>(_ body: @escaping @Sendable () async throws(PMUError) -> T) async throws(PMUError) -> T {
         let previous = tail
-        let turn = Task<Result<UInt64, PMUError>, Never> {
+        let turn = Task<Result<T, PMUError>, Never> {
             await previous?.value
             do throws(PMUError) {
-                return .success(try await self.checkpointNow(payload))
+                return .success(try await body())
             } catch {
                 return .failure(error)
             }
         }
         tail = Task { _ = await turn.value }
         return try await turn.value.get()
+    }
+
+    /// A scrub repair of this primary's set, in a turn of its queue: no checkpoint is between its
+    /// pieces and its marker, and the writer's index says whether the piece is still live.
+    func repairInTurn(_ piece: PieceRef, entry: Int, bytes: ByteBuffer) async throws(PMUError) -> Bool {
+        try await inTurn { () async throws(PMUError) -> Bool in
+            guard let writer = self.writers[piece.server] else {
+                throw PMUError(.invalidArgument, "server \(piece.server) is not one of set \(self.name)'s servers")
+            }
+            return try await ScrubRepair.writeIfLive(piece, entry: entry, bytes: bytes, writer: writer, client: try self.cluster.client(piece.server))
+        }
     }
 
     private func checkpointNow(_ payload: ByteBuffer) async throws(PMUError) -> UInt64 {

@@ -53,15 +53,7 @@ extension Cluster {
         var unrecoverable: [UInt64] = []
         for sequence in view.completeSequences.reversed() {
             do throws(PMUError) {
-                let checkpoint = try await backup.reassemble(sequence, view: view)
-                let header = view.pieces(of: sequence)[0].header
-                // Encoding is deterministic: the same payload and stamp give the same pieces the
-                // primary wrote, so the rebuilt piece matches what its peers' headers describe.
-                let stamp = PieceBuilder.Stamp(
-                    setID: header.setID, sequence: sequence, previousComplete: header.previousComplete,
-                    timestampNanoseconds: header.timestampNanoseconds, servers: header.servers)
-                let all = PieceBuilder.pieces(of: checkpoint.payload, geometry: header.geometry, stamp: stamp)
-                pieces.append((sequence, all[position]))
+                pieces.append((sequence, try await backup.regeneratedPieces(sequence, view: view)[position]))
             } catch {
                 guard error.code == .unrecoverable || error.code == .damaged else { throw error }
                 unrecoverable.append(sequence)
@@ -113,5 +105,20 @@ extension Cluster {
             }
         }
         return names.sorted()
+    }
+}
+
+extension ClusterBackup {
+    /// Every server's piece of complete checkpoint `sequence`, in stripe order, regenerated from
+    /// what `view` can reassemble (CRC-checked, the same code as degraded reads). Encoding is
+    /// deterministic: the same payload and stamp give byte for byte the pieces the primary wrote,
+    /// so rebuild and scrub repair restore exactly what the peers' headers describe.
+    func regeneratedPieces(_ sequence: UInt64, view: SetView) async throws(PMUError) -> [ByteBuffer] {
+        let checkpoint = try await reassemble(sequence, view: view)
+        let header = view.pieces(of: sequence)[0].header
+        let stamp = PieceBuilder.Stamp(
+            setID: header.setID, sequence: sequence, previousComplete: header.previousComplete,
+            timestampNanoseconds: header.timestampNanoseconds, servers: header.servers)
+        return PieceBuilder.pieces(of: checkpoint.payload, geometry: header.geometry, stamp: stamp)
     }
 }

@@ -105,32 +105,124 @@ import Testing
         try await cluster.createCheckpointSet("job", options: options(Redundancy(k: 4, m: 1)))
         let payload = bytes(11, 400_000)
         _ = try await write([payload], set: "job", cluster: cluster)
-        // Where server 2's first subsegment of checkpoint 1 lives in its region file.
-        let view = try await SetView.read("job", cluster: cluster)
-        let piece = try #require(view.servers["s2"]?.pieces[1])
-        let regionId = try await cluster.client("s2").stat("job").id
-        await view.close(cluster: cluster)
+        let damaged = try await damageOnDisk(local, cluster: cluster, server: 2, sequence: 1, entry: 0, restarting: true)
         await cluster.disconnect()
-        local.kill([2])
-        let file = local.servers[2].dataDirectory + "/regions/" + String(format: "%016llx", regionId) + ".region"
-        let handle = try #require(FileHandle(forUpdatingAtPath: file))
-        let at = piece.offset + UInt64(piece.header.offset(ofEntry: 0)) + 100
-        try handle.seek(toOffset: at)
-        let original = try #require(try handle.read(upToCount: 1)?.first)
-        try handle.seek(toOffset: at)
-        try handle.write(contentsOf: Data([original ^ 0x5A]))
-        try handle.close()
-        try local.restart([2])
 
         let checkpoint = try await recover(local, set: "job")
         #expect(checkpoint.payload == payload)
-        #expect(checkpoint.damaged == ["s2:\(piece.header.entries[0].id)"] && checkpoint.rebuilt >= 1)
+        #expect(checkpoint.damaged == ["s2:\(damaged)"] && checkpoint.rebuilt >= 1)
         let reconnected = try await local.connect()
         let report = try await ClusterBackup(name: "job", cluster: reconnected).verify()
         #expect(report.count == 1 && report[0].damaged.count == 1 && report[0].failure == nil)
         await reconnected.disconnect()
         // Damage plus a lost server in the same group is beyond XOR parity: refused, not guessed.
         try await local.without([3]) { try await expectUnrecoverable(local, set: "job", naming: [3]) }
+    }
+
+    /// Flips a byte of entry `entry` of server `server`'s piece of checkpoint `sequence` in its region
+    /// file. With `restarting` the server is killed first and restarted after (the damage is then
+    /// read from disk); without, the running server's shared mapping sees the write at once.
+    func damageOnDisk(_ local: LocalCluster, cluster: Cluster, server: Int, sequence: UInt64, entry: Int, restarting: Bool) async throws -> SubsegmentID {
+        let view = try await SetView.read("job", cluster: cluster)
+        let piece = try #require(view.servers[local.name(server)]?.pieces[sequence])
+        let regionId = try await cluster.client(local.name(server)).stat("job").id
+        await view.close(cluster: cluster)
+        if restarting { local.kill([server]) }
+        let file = local.servers[server].dataDirectory + "/regions/" + String(format: "%016llx", regionId) + ".region"
+        let handle = try #require(FileHandle(forUpdatingAtPath: file))
+        let at = piece.offset + UInt64(piece.header.offset(ofEntry: entry)) + 100
+        try handle.seek(toOffset: at)
+        let original = try #require(try handle.read(upToCount: 1)?.first)
+        try handle.seek(toOffset: at)
+        try handle.write(contentsOf: Data([original ^ 0x5A]))
+        try handle.close()
+        if restarting { try local.restart([server]) }
+        return piece.header.entries[entry].id
+    }
+
+    @Test func theScrubberFindsAndRepairsDamageOnDiskWithoutAnyRead() async throws {
+        let local = try LocalCluster(5, scratch: scratch)
+        let cluster = try await local.connect()
+        try await cluster.createCheckpointSet("job", options: options(Redundancy(k: 4, m: 1)))
+        let payloads = [bytes(51, 400_000), bytes(52, 300_000)]
+        _ = try await write(payloads, set: "job", cluster: cluster)
+        // Two subsegments on two servers, in groups 0 and 1, where s3 holds data of the same group:
+        // without repair, losing s3 would make both checkpoints unrecoverable.
+        let first = try await damageOnDisk(local, cluster: cluster, server: 2, sequence: 2, entry: 0, restarting: true)
+        await cluster.disconnect()
+        let again = try await local.connect()
+        let second = try await damageOnDisk(local, cluster: again, server: 4, sequence: 1, entry: 1, restarting: true)
+        await again.disconnect()
+        let mapPath = try local.writeMap()
+
+        // Report only: found, not repaired, exit 1 (DAMAGED); the status shows the pass.
+        #expect(await PMUCtl.runMain(["cluster", "scrub", "job", "--no-repair", "--cluster", mapPath]) == 1)
+        let looked = try await local.connect()
+        let reported = try #require(try await looked.status(set: "job").scrub)
+        #expect(reported.passes == 1 && reported.damaged == 2 && reported.unrepaired == 2 && reported.repaired == 0 && reported.piecesChecked == 10)
+        await looked.disconnect()
+
+        // The scrubber finds and repairs both; no read of the set happened in between.
+        #expect(await PMUCtl.runMain(["cluster", "scrub", "job", "--rate", "64MiB", "--json", "--cluster", mapPath]) == 0)
+        let scrubbed = try await local.connect()
+        let status = try await scrubbed.status(set: "job")
+        let record = try #require(status.scrub)
+        #expect(record.passes == 2 && record.damaged == 2 && record.repaired == 2 && record.unrepaired == 0, "\(record)")
+        #expect(record.piecesChecked == 10 && record.newestSequence == 2 && record.bytesRead > 700_000)
+        // Repaired in place byte for byte: verify reads every subsegment and finds none damaged.
+        let verified = try await ClusterBackup(name: "job", cluster: scrubbed).verify()
+        #expect(verified.count == 2 && verified.allSatisfy { $0.damaged.isEmpty && $0.failure == nil }, "\(verified) \(first) \(second)")
+        // pmuctl as a user runs it: the status shows the pass in its JSON.
+        let shown = try run(binDirectory + "/pmuctl", ["cluster", "status", "job", "--json", "--cluster", mapPath])
+        #expect(shown.status == 0, "\(shown.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: shown.stdout) as? [String: Any], "\(String(decoding: shown.stdout, as: UTF8.self))")
+        let shownScrub = try #require(((json["sets"] as? [[String: Any]])?.first?["scrub"]) as? [String: Any])
+        #expect(shownScrub["repaired"] as? Int == 2 && shownScrub["piecesChecked"] as? Int == 10 && shownScrub["passes"] as? Int == 2, "\(shownScrub)")
+        // A later pass finds nothing; the pmuctl loop runs its bounded passes.
+        #expect(await PMUCtl.runMain(["cluster", "scrub", "job", "--every", "0", "--passes", "2", "--cluster", mapPath]) == 0)
+        let later = try #require(try await scrubbed.status(set: "job").scrub)
+        #expect(later.passes == 4 && later.damaged == 0)
+        await scrubbed.disconnect()
+        // Another server lost: both checkpoints still read back byte for byte.
+        try await local.without([3]) {
+            let backup = try ClusterBackup(name: "job", cluster: try await local.connect())
+            for (i, payload) in payloads.enumerated() {
+                #expect(try await backup.checkpoint(sequence: UInt64(i + 1)).payload == payload)
+            }
+        }
+    }
+
+    @Test func aPrimaryScrubsWhileItCheckpointsWithoutBeingFenced() async throws {
+        let local = try LocalCluster(5, scratch: scratch)
+        let cluster = try await local.connect()
+        try await cluster.createCheckpointSet("job", options: options(Redundancy(k: 4, m: 1)))
+        let primary = try await ClusterPrimary.open("job", cluster: cluster)
+        let payload = bytes(61, 500_000)
+        #expect(try await primary.checkpoint(payload) == 1)
+        // Damaged under the running server (its shared mapping sees the file write).
+        _ = try await damageOnDisk(local, cluster: cluster, server: 1, sequence: 1, entry: 2, restarting: false)
+        let reports = ReportLog()
+        async let scrubbing = primary.scrubEvery(.milliseconds(50), passes: 3, options: ScrubOptions(bytesPerSecond: 8 << 20)) { await reports.add($0) }
+        // Checkpoints go on during the passes (repairs take turns with them).
+        var written: [UInt64] = []
+        for round in 0..<3 { written.append(try await primary.checkpoint(bytes(62 + UInt64(round), 200_000))) }
+        #expect(await scrubbing == 3)
+        let results = await reports.all
+        let passes = results.compactMap { try? $0.get() }
+        #expect(passes.count == 3, "\(results)")
+        #expect(passes.reduce(0) { $0 + $1.record.repaired } == 1 && passes.allSatisfy { $0.unrepaired.isEmpty }, "\(passes.map(\.record))")
+        // Not fenced: the primary still writes.
+        #expect(try await primary.checkpoint(bytes(70, 1000)) == written.last! + 1)
+        await primary.close()
+        await cluster.disconnect()
+        // The damaged subsegment was group 2's parity, and s2 holds data of group 2: with s2 lost,
+        // checkpoint 1 (still in its slot: the ring has room for 6 pieces) reads back only if the
+        // parity was repaired.
+        try await local.without([2]) {
+            let backup = try ClusterBackup(name: "job", cluster: try await local.connect())
+            #expect(try await backup.checkpoint(sequence: 1).payload == payload)
+            #expect(try await backup.latest()?.payload == bytes(70, 1000))
+        }
     }
 
     @Test func aServerKilledMidCheckpointLeavesThePreviousCompleteOne() async throws {
@@ -290,4 +382,10 @@ import Testing
         #expect(throws: PMUError.self) { _ = try ClusterMap(servers: [server, server]) }
         #expect(throws: PMUError.self) { _ = try ClusterMap(servers: [ClusterMap.Server(name: "a", address: "nowhere", secretFile: "x")]) }
     }
+}
+
+/// Scrub pass outcomes collected from the loop's callback.
+actor ReportLog {
+    private(set) var all: [Result<ScrubReport, PMUError>] = []
+    func add(_ result: Result<ScrubReport, PMUError>) { all.append(result) }
 }
