@@ -93,6 +93,30 @@ extension Cluster {
         return RebuildReport(set: name, server: server, rebuilt: pieces.map(\.0), unrecoverable: unrecoverable, bytesWritten: written)
     }
 
+    /// Stripe servers of set `name` that answer but hold neither of its regions: wiped or replaced
+    /// (a server with only one of them, or an unreadable descriptor, is damaged, not empty, and is
+    /// left to an operator). Unreachable servers are not empty: they may come back with their data.
+    public func emptyServers(set name: String) async throws(PMUError) -> [String] {
+        let view = try await SetView.read(name, cluster: self)
+        await view.close(cluster: self)
+        var empty: [String] = []
+        for (server, error) in view.missing where clients[server] != nil && error.code == .unknownRegion {
+            guard let regions = try? await client(server).list().map(\.name) else { continue }
+            if !regions.contains(name) && !regions.contains(SetRegions.commitName(name)) { empty.append(server) }
+        }
+        return empty.sorted()
+    }
+
+    /// Rebuilds every empty stripe server of set `name` (`emptyServers`), one after the other.
+    /// Safe with primaries about: while a stripe server lacks the set no primary can open it or
+    /// complete a checkpoint (section 4 of docs/CLUSTER.md), and the target counts as holding the
+    /// set only once its marker, written last, is durable.
+    public func rebuildEmptyServers(set name: String) async throws(PMUError) -> [RebuildReport] {
+        var reports: [RebuildReport] = []
+        for server in try await emptyServers(set: name) { reports.append(try await rebuild(server: server, set: name)) }
+        return reports
+    }
+
     /// Every set of which some reachable server holds regions (NAME plus NAME.commit).
     public func setNames() async -> [String] {
         let lists = partition(await each(reachable) { _, client throws(PMUError) in try await client.list().map(\.name) }).values

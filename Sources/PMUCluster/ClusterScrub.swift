@@ -307,7 +307,7 @@ struct PrimaryRepairer: ScrubRepairer {
 
 /// Runs `pass` every `interval` (start to start) until `passes` have run (nil: until cancelled);
 /// a failed pass is handed to `onPass` and the loop goes on. Returns how many passes ran.
-func scrubLoop(
+public func scrubLoop(
     _ interval: Duration, passes: Int?, onPass: @Sendable (Result<ScrubReport, PMUError>) async -> Void,
     _ pass: () async throws(PMUError) -> ScrubReport
 ) async -> Int {

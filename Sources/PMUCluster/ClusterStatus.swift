@@ -19,7 +19,12 @@ extension Cluster {
         let backup = try ClusterBackup(name: name, cluster: self)
         var status = try await backup.withView { (view: SetView) async throws(PMUError) in
             let servers = view.descriptor.servers.map { server in
-                (name: server, problem: view.missing[server].map { "\($0.code): \($0.message)" })
+                (name: server, problem: view.missing[server].map { error in
+                    // Reachable and without the set: wiped or replaced; say what brings it back.
+                    error.code == .unknownRegion && clients[server] != nil
+                        ? "holds no regions of the set (empty: wiped or replaced?); rebuild it with pmuctl cluster rebuild \(server), or let pmuctl cluster scrub --rebuild-empty do it"
+                        : "\(error.code): \(error.message)"
+                })
             }
             let checkpoints = view.completeSequences.reversed().map { backup.info(of: $0, in: view) }
             return SetStatus(name: name, descriptor: view.descriptor, servers: servers, checkpoints: checkpoints, scrub: nil)

@@ -132,6 +132,7 @@ struct ClusterCommand: ParsableCommand {
         @Option(help: "Repeat a pass every SECONDS (start to start).") var every: UInt64?
         @Option(help: "With --every: stop after this many passes (default: run until killed).") var passes: Int?
         @Flag(name: .customLong("no-repair"), help: "Only report damage.") var noRepair = false
+        @Flag(name: .customLong("rebuild-empty"), help: "Before each pass, rebuild stripe servers that answer but hold none of the set's regions (wiped or replaced).") var rebuildEmpty = false
         @OptionGroup var cluster: ClusterOptions
         @OptionGroup var connection: ConnectionOptions
 
@@ -140,25 +141,43 @@ struct ClusterCommand: ParsableCommand {
             let options = ScrubOptions(bytesPerSecond: try ByteSize.parse(rate), repair: !noRepair)
             if let passes, passes < 1 { throw PMUError(.invalidArgument, "--passes must be at least 1, got \(passes)") }
             if every == nil, passes != nil { throw PMUError(.invalidArgument, "--passes needs --every SECONDS") }
-            let outcome = try await withCluster(cluster) { cluster -> (failures: Int, unrepaired: Int) in
-                let counts = ScrubCounts()
-                let print: @Sendable (Result<ScrubReport, PMUError>) async -> Void = { result in
-                    switch result {
-                    case .success(let report):
-                        counts.add(unrepaired: report.unrepaired.count)
-                        Swift.print(json ? Output.json(scrubReportJSON(report)) : scrubReportText(report))
-                    case .failure(let error):
-                        counts.add(failure: 1)
-                        FileHandle.standardError.write(Data("scrub of \(name) failed: \(error.code): \(error.message)\n".utf8))
-                    }
+            let counts = ScrubCounts()
+            let print: @Sendable (Result<ScrubReport, PMUError>) async -> Void = { result in
+                switch result {
+                case .success(let report):
+                    counts.add(unrepaired: report.unrepaired.count)
+                    Swift.print(json ? Output.json(scrubReportJSON(report)) : scrubReportText(report))
+                case .failure(let error):
+                    counts.add(failure: 1)
+                    FileHandle.standardError.write(Data("scrub of \(name) failed: \(error.code): \(error.message)\n".utf8))
                 }
-                guard let every else {
-                    await print(.success(try await cluster.scrub(set: name, options: options)))
-                    return counts.value
-                }
-                _ = await cluster.scrubEvery(.seconds(every), set: name, passes: passes, options: options, onPass: print)
-                return counts.value
             }
+            // Each pass connects afresh (map re-read), so a server that comes back, or comes back
+            // empty at a new address, is seen at the next pass.
+            let (cluster, rebuildEmpty) = (cluster, rebuildEmpty)
+            let pass = { () async throws(PMUError) -> ScrubReport in
+                do {
+                    return try await withCluster(cluster) { cluster in
+                        if rebuildEmpty {
+                            for report in try await cluster.rebuildEmptyServers(set: name) {
+                                Swift.print(json ? Output.json(rebuildJSON(report)) : rebuildText(report))
+                                if !report.unrecoverable.isEmpty { counts.add(failure: 1) }
+                            }
+                        }
+                        return try await cluster.scrub(set: name, options: options)
+                    }
+                } catch let error as PMUError {
+                    throw error
+                } catch {
+                    throw PMUError(.invalidArgument, "\(error)")
+                }
+            }
+            if let every {
+                _ = await scrubLoop(.seconds(every), passes: passes, onPass: print, pass)
+            } else {
+                await print(.success(try await pass()))
+            }
+            let outcome = counts.value
             if outcome.failures > 0 { throw PMUError(.unrecoverable, "\(outcome.failures) scrub pass(es) of \(name) failed (see above)") }
             if outcome.unrepaired > 0 { throw PMUError(.damaged, "\(outcome.unrepaired) damaged subsegment(s) of \(name) could not be repaired (see above)") }
         }
@@ -182,11 +201,9 @@ struct ClusterCommand: ParsableCommand {
                 return reports
             }
             if json {
-                print(Output.json(reports.map { ["set": $0.set, "server": $0.server, "rebuilt": $0.rebuilt, "unrecoverable": $0.unrecoverable, "bytesWritten": $0.bytesWritten] as [String: Any] }))
+                print(Output.json(reports.map(rebuildJSON)))
             } else {
-                for report in reports {
-                    print("set \(report.set): rebuilt \(report.rebuilt.count) checkpoint piece(s) on \(report.server) (\(ByteSize.format(report.bytesWritten)))" + (report.unrecoverable.isEmpty ? "" : "; could not reassemble \(report.unrecoverable.map(String.init).joined(separator: ", "))"))
-                }
+                for report in reports { print(rebuildText(report)) }
             }
             if reports.contains(where: { !$0.unrecoverable.isEmpty }) {
                 throw PMUError(.unrecoverable, "some checkpoints could not be rebuilt (see above)")
@@ -328,4 +345,13 @@ private final class ScrubCounts: @unchecked Sendable {
     }
 
     var value: (failures: Int, unrepaired: Int) { lock.withLock { (failures, unrepaired) } }
+}
+
+func rebuildJSON(_ report: RebuildReport) -> [String: Any] {
+    ["set": report.set, "server": report.server, "rebuilt": report.rebuilt, "unrecoverable": report.unrecoverable, "bytesWritten": report.bytesWritten]
+}
+
+func rebuildText(_ report: RebuildReport) -> String {
+    "set \(report.set): rebuilt \(report.rebuilt.count) checkpoint piece(s) on \(report.server) (\(ByteSize.format(report.bytesWritten)))"
+        + (report.unrecoverable.isEmpty ? "" : "; could not reassemble \(report.unrecoverable.map(String.init).joined(separator: ", "))")
 }

@@ -335,6 +335,56 @@ import Testing
         await writer.disconnect()
     }
 
+    @Test func anEmptyServerIsRebuiltByItselfWhileAPrimaryKeepsTrying() async throws {
+        let local = try LocalCluster(5, scratch: scratch)
+        let cluster = try await local.connect()
+        try await cluster.createCheckpointSet("job", options: options(Redundancy(k: 4, m: 1), keep: 8))
+        let early = [bytes(81, 300_000), bytes(82, 200_000)]
+        #expect(try await write(early, set: "job", cluster: cluster) == [1, 2])
+        await cluster.disconnect()
+        try local.wipe(2) // replaced: back empty, new secret and port
+        let mapPath = try local.writeMap()
+        let seen = try await local.connect()
+        #expect(try await seen.emptyServers(set: "job") == ["s2"])
+        let problem = try await seen.status(set: "job").servers.first { $0.name == "s2" }?.problem
+        #expect(problem?.contains("empty") == true, "\(String(describing: problem))")
+        await seen.disconnect()
+
+        // A primary keeps trying to write: refused while s2 lacks the set, then three complete.
+        let writing = Task { () async -> [(sequence: UInt64, payload: ByteBuffer)] in
+            var done: [(sequence: UInt64, payload: ByteBuffer)] = []
+            var refusals: [PMUErrorCode] = []
+            for attempt in 0..<500 where done.count < 3 {
+                guard let connections = try? await local.connect() else { break }
+                let payload = self.bytes(90 + UInt64(attempt), 150_000)
+                do {
+                    let primary = try await ClusterPrimary.open("job", cluster: connections)
+                    done.append((try await primary.checkpoint(payload), payload))
+                    await primary.close()
+                } catch {
+                    refusals.append((error as? PMUError)?.code ?? .internalError)
+                    try? await Task.sleep(for: .milliseconds(20))
+                }
+                await connections.disconnect()
+            }
+            #expect(refusals.allSatisfy { $0 == .serverUnavailable }, "\(refusals)")
+            return done
+        }
+        // Rebuilt by itself: the scrub loop finds s2 empty and rebuilds it before its pass.
+        #expect(await PMUCtl.runMain(["cluster", "scrub", "job", "--rebuild-empty", "--every", "0", "--passes", "1", "--cluster", mapPath]) == 0)
+        let written = await writing.value
+        #expect(written.count == 3)
+        let after = try await local.connect()
+        #expect(try await after.emptyServers(set: "job").isEmpty)
+        await after.disconnect()
+        // Another server lost: every complete checkpoint reads back byte for byte.
+        try await local.without([3]) {
+            let all = try await ClusterBackup(name: "job", cluster: try await local.connect()).all()
+            #expect(all.map(\.sequence) == [1, 2] + written.map(\.sequence))
+            #expect(all.map(\.payload) == early + written.map(\.payload))
+        }
+    }
+
     @Test func aNewPrimaryFencesTheOldOneOnEveryServer() async throws {
         let local = try LocalCluster(3, scratch: scratch)
         let cluster = try await local.connect()
