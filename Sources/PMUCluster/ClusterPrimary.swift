@@ -130,6 +130,33 @@ public actor ClusterPrimary {
         return try await turn.value.get()
     }
 
+    /// Backfill (online rebuild): appends `server`'s regenerated piece of complete checkpoint
+    /// `sequence` through this primary's writer there, in a turn of its queue, and keeps it from
+    /// then on. false (nothing written) when the checkpoint is no longer kept or the server
+    /// already has its piece.
+    func appendInTurn(_ piece: ByteBuffer, of sequence: UInt64, on server: String) async throws(PMUError) -> Bool {
+        try await inTurn { () async throws(PMUError) -> Bool in try await self.append(piece, of: sequence, on: server) }
+    }
+
+    private func append(_ piece: ByteBuffer, of sequence: UInt64, on server: String) async throws(PMUError) -> Bool {
+        if let failure { throw PMUError(failure.code, "cluster writer for set \(name) stopped after an earlier failure: \(failure.message)") }
+        let kept = keep == 0 ? chain.count : min(keep, chain.count)
+        guard let index = chain.prefix(kept).firstIndex(where: { $0.sequence == sequence }), (chain[index].local[server] ?? 0) == 0 else { return false }
+        guard let writer = writers[server] else {
+            throw PMUError(.invalidArgument, "server \(server) is not one of set \(name)'s servers")
+        }
+        do throws(PMUError) {
+            let local = try await writer.checkpoint(piece)
+            // Found again after the await (only turns insert into the chain, but say so in code).
+            if let again = chain.firstIndex(where: { $0.sequence == sequence }) { chain[again].local[server] = local }
+        } catch {
+            failure = error
+            throw error
+        }
+        await protectKeptCheckpoints()
+        return true
+    }
+
     /// A scrub repair of this primary's set, in a turn of its queue: no checkpoint is between its
     /// pieces and its marker, and the writer's index says whether the piece is still live.
     func repairInTurn(_ piece: PieceRef, entry: Int, bytes: ByteBuffer) async throws(PMUError) -> Bool {

@@ -59,18 +59,7 @@ extension Cluster {
                 unrecoverable.append(sequence)
             }
         }
-        // Same region shape as a peer's: same capacity and retention.
-        let peerInfo = try await self.client(peer.server).stat(name)
-        let options = CheckpointOptions(mode: .append, maxCheckpoints: peer.geometry.indexEntries, keepNewest: peer.geometry.keepNewest)
-        for region in [SetRegions.commitName(name), name] {
-            do throws(PMUError) {
-                try await target.delete(region)
-            } catch {
-                guard error.code == .unknownRegion else { throw error }
-            }
-        }
-        try await target.createCheckpointRegion(name, sizeBytes: peerInfo.sizeBytes, options: options)
-        try await target.createCheckpointRegion(SetRegions.commitName(name), sizeBytes: SetRegions.commitRegionBytes, options: CheckpointOptions(mode: .overwrite))
+        try await recreateRegions(name, on: target, shapedLike: peer)
         let writer = try await target.openPrimary(name)
         var written: UInt64 = 0
         do throws(PMUError) {
@@ -91,6 +80,22 @@ extension Cluster {
         _ = try await marker.checkpoint(descriptor.encode())
         try await marker.close()
         return RebuildReport(set: name, server: server, rebuilt: pieces.map(\.0), unrecoverable: unrecoverable, bytesWritten: written)
+    }
+
+    /// Deletes the target's regions of set `name` (if present) and creates them again with a peer's
+    /// shape (same capacity and retention); the commit region is left empty.
+    func recreateRegions(_ name: String, on target: PMUClient, shapedLike peer: ServerPieces) async throws(PMUError) {
+        let peerInfo = try await self.client(peer.server).stat(name)
+        let options = CheckpointOptions(mode: .append, maxCheckpoints: peer.geometry.indexEntries, keepNewest: peer.geometry.keepNewest)
+        for region in [SetRegions.commitName(name), name] {
+            do throws(PMUError) {
+                try await target.delete(region)
+            } catch {
+                guard error.code == .unknownRegion else { throw error }
+            }
+        }
+        try await target.createCheckpointRegion(name, sizeBytes: peerInfo.sizeBytes, options: options)
+        try await target.createCheckpointRegion(SetRegions.commitName(name), sizeBytes: SetRegions.commitRegionBytes, options: CheckpointOptions(mode: .overwrite))
     }
 
     /// Stripe servers of set `name` that answer but hold neither of its regions: wiped or replaced

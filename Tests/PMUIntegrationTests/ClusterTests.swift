@@ -385,6 +385,46 @@ import Testing
         }
     }
 
+    @Test func onlineRebuildWhileThePrimaryCheckpoints() async throws {
+        let local = try LocalCluster(5, scratch: scratch)
+        let cluster = try await local.connect()
+        try await cluster.createCheckpointSet("job", options: options(Redundancy(k: 4, m: 1), keep: 8))
+        let early = [bytes(101, 400_000), bytes(102, 250_000), bytes(103, 600_000)]
+        #expect(try await write(early, set: "job", cluster: cluster) == [1, 2, 3])
+        await cluster.disconnect()
+        try local.wipe(1)
+        let connections = try await local.connect()
+        // Only an empty server may rejoin.
+        #expect(await code { _ = try await ClusterPrimary.open("job", cluster: connections, rejoining: ["s0"]) } == .invalidArgument)
+        let primary = try await ClusterPrimary.open("job", cluster: connections, rejoining: ["s1"])
+        // The backfill of s1 runs while the primary keeps checkpointing.
+        async let backfilled = primary.backfill(server: "s1")
+        var later: [(sequence: UInt64, payload: ByteBuffer)] = []
+        for round in 0..<4 {
+            let payload = bytes(110 + UInt64(round), 300_000)
+            later.append((try await primary.checkpoint(payload), payload))
+        }
+        let report = try await backfilled
+        #expect(report.rebuilt == [1, 2, 3] && report.unrecoverable.isEmpty, "\(report)")
+        #expect(later.map(\.sequence) == [4, 5, 6, 7])
+        // A second backfill finds nothing missing.
+        #expect(try await primary.backfill(server: "s1").rebuilt.isEmpty)
+        await primary.close()
+        await connections.disconnect()
+        let checked = try await local.connect()
+        let verified = try await ClusterBackup(name: "job", cluster: checked).verify()
+        #expect(verified.count == 7 && verified.allSatisfy { $0.lacking.isEmpty && $0.damaged.isEmpty && $0.failure == nil }, "\(verified)")
+        await checked.disconnect()
+        // Then m = 1 other server lost: every complete checkpoint reads back byte for byte.
+        for other in [0, 3] {
+            try await local.without([other]) {
+                let all = try await ClusterBackup(name: "job", cluster: try await local.connect()).all()
+                #expect(all.map(\.sequence) == Array(1...7), "lost s\(other)")
+                #expect(all.map(\.payload) == early + later.map(\.payload), "lost s\(other)")
+            }
+        }
+    }
+
     @Test func aNewPrimaryFencesTheOldOneOnEveryServer() async throws {
         let local = try LocalCluster(3, scratch: scratch)
         let cluster = try await local.connect()
