@@ -40,6 +40,13 @@ extension ClusterPrimary {
         return try await open(name, cluster: cluster)
     }
 
+    /// `open(_:cluster:rejoining:)` with every empty server of the set (none: a plain open);
+    /// returns the primary and the servers that rejoined, for the caller to `backfill`.
+    public static func openRejoiningEmptyServers(_ name: String, cluster: Cluster) async throws(PMUError) -> (primary: ClusterPrimary, rejoined: [String]) {
+        let empty = try await cluster.emptyServers(set: name)
+        return (try await open(name, cluster: cluster, rejoining: empty), empty)
+    }
+
     /// Writes `server`'s missing pieces of the kept complete checkpoints, oldest first, while this
     /// primary goes on checkpointing. Each piece is regenerated from the other servers (read-only,
     /// alongside checkpoints: the reassembly of degraded reads and rebuild), then appended in a turn
