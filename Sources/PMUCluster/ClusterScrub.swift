@@ -269,9 +269,15 @@ extension Cluster {
         let region = SetRegions.scrubName(name)
         let found = partition(await each(reachable) { _, client throws(PMUError) -> ScrubRecord? in
             let backup = try await client.openBackup(region)
-            defer { Task { try? await backup.close() } }
-            guard let latest = try await backup.latest() else { return nil }
-            return ScrubRecord.decode(latest.payload)
+            let latest: Checkpoint?
+            do throws(PMUError) {
+                latest = try await backup.latest()
+            } catch {
+                try? await backup.close()
+                throw error
+            }
+            try? await backup.close()
+            return latest.flatMap { ScrubRecord.decode($0.payload) }
         }).values.values.compactMap { $0 }.filter { $0.setID == setID }
         return found.max { ($0.finishedNanoseconds, $0.passes) < ($1.finishedNanoseconds, $1.passes) }
     }

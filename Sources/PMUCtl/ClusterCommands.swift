@@ -48,7 +48,8 @@ struct ClusterCommand: ParsableCommand {
         @Option(name: .customLong("max-checkpoints"), help: "With --keep-newest 0: how many checkpoints fit.") var maxCheckpoints: UInt32 = 64
         @Option(name: .customLong("subsegment"), help: "Largest subsegment, a multiple of 64 bytes (default: the map's, else 1MiB).") var subsegment: String?
         @OptionGroup var cluster: ClusterOptions
-        @Flag(help: "Print JSON.") var json = false
+        @OptionGroup var connection: ConnectionOptions // --json (a @Flag named json here would never be set)
+        var json: Bool { connection.json }
 
         func execute() async throws {
             let map = try cluster.load()
@@ -190,7 +191,8 @@ struct ClusterCommand: ParsableCommand {
         @Argument(help: "Server name in the cluster map.") var server: String
         @Option(help: "Only this set (repeatable; default: every set found).") var set: [String] = []
         @OptionGroup var cluster: ClusterOptions
-        @Flag(help: "Print JSON.") var json = false
+        @OptionGroup var connection: ConnectionOptions // --json (a @Flag named json here would never be set)
+        var json: Bool { connection.json }
 
         func execute() async throws {
             let reports = try await withCluster(cluster) { cluster -> [RebuildReport] in

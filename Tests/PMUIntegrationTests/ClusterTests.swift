@@ -317,7 +317,10 @@ import Testing
         await degraded.disconnect()
 
         // Through pmuctl, as an operator would.
-        #expect(await PMUCtl.runMain(["cluster", "rebuild", "s2", "--cluster", mapPath]) == 0)
+        let rebuilt = try run(binDirectory + "/pmuctl", ["cluster", "rebuild", "s2", "--json", "--cluster", mapPath])
+        #expect(rebuilt.status == 0, "\(rebuilt.stderr)")
+        let reports = try JSONSerialization.jsonObject(with: rebuilt.stdout) as? [[String: Any]]
+        #expect(reports?.first?["rebuilt"] as? [Int] == [1, 2], "\(String(decoding: rebuilt.stdout, as: UTF8.self))")
         #expect(await PMUCtl.runMain(["checkpoint", "verify", "job", "--cluster", mapPath]) == 0)
         let healed = try await local.connect()
         #expect(try await healed.status(set: "job").checkpoints.map(\.survivesMoreLosses) == [1, 1])
