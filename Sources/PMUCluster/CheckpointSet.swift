@@ -37,11 +37,21 @@ enum SetRegions {
 
     static func commitName(_ name: String) -> String { name + commitSuffix }
 
+    /// NAME.scrub: the newest scrub pass's record (`ScrubRecord`), overwrite mode, made by the
+    /// first scrub pass (absent until then). Two slots of a 110-byte record fit easily.
+    static let scrubSuffix = ".scrub"
+    static let scrubRegionBytes: UInt64 = 32 * 1024
+
+    static func scrubName(_ name: String) -> String { name + scrubSuffix }
+
     static func validate(_ name: String) throws(PMUError) {
         try NameRules.validateRegionName(name)
         try NameRules.validateRegionName(commitName(name))
         if name.hasSuffix(commitSuffix) {
             throw PMUError(.invalidName, "a checkpoint set's name may not end in \(commitSuffix) (that suffix names its commit region)")
+        }
+        if name.hasSuffix(scrubSuffix) {
+            throw PMUError(.invalidName, "a checkpoint set's name may not end in \(scrubSuffix) (that suffix names its scrub record region)")
         }
     }
 
@@ -121,7 +131,7 @@ extension Cluster {
         // is deleted even if the other is already gone.
         let results = await each(reachable) { _, client throws(PMUError) in
             var first: PMUError?
-            for region in [SetRegions.commitName(name), name] {
+            for region in [SetRegions.commitName(name), name, SetRegions.scrubName(name)] {
                 do throws(PMUError) {
                     try await client.delete(region)
                 } catch {

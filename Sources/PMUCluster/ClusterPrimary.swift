@@ -22,7 +22,7 @@ import Glibc
 public actor ClusterPrimary {
     public nonisolated let name: String
     public nonisolated let descriptor: SetDescriptor
-    private let cluster: Cluster
+    let cluster: Cluster
     private let writers: [String: CheckpointPrimary]
     private let markers: [String: CheckpointPrimary]
     /// Complete checkpoints, newest first, with each server's record of its piece.
@@ -112,17 +112,60 @@ public actor ClusterPrimary {
     /// Saves a checkpoint across the cluster; returns its sequence once it is complete (every
     /// piece and every commit marker durable). Concurrent calls run one after the other.
     public func checkpoint(_ payload: ByteBuffer) async throws(PMUError) -> UInt64 {
+        try await inTurn { () async throws(PMUError) in try await self.checkpointNow(payload) }
+    }
+
+    /// Runs `body` after every earlier checkpoint (or repair) of this primary has finished.
+    private func inTurn<T: Sendable>(_ body: @escaping @Sendable () async throws(PMUError) -> T) async throws(PMUError) -> T {
         let previous = tail
-        let turn = Task<Result<UInt64, PMUError>, Never> {
+        let turn = Task<Result<T, PMUError>, Never> {
             await previous?.value
             do throws(PMUError) {
-                return .success(try await self.checkpointNow(payload))
+                return .success(try await body())
             } catch {
                 return .failure(error)
             }
         }
         tail = Task { _ = await turn.value }
         return try await turn.value.get()
+    }
+
+    /// Backfill (online rebuild): appends `server`'s regenerated piece of complete checkpoint
+    /// `sequence` through this primary's writer there, in a turn of its queue, and keeps it from
+    /// then on. false (nothing written) when the checkpoint is no longer kept or the server
+    /// already has its piece.
+    func appendInTurn(_ piece: ByteBuffer, of sequence: UInt64, on server: String) async throws(PMUError) -> Bool {
+        try await inTurn { () async throws(PMUError) -> Bool in try await self.append(piece, of: sequence, on: server) }
+    }
+
+    private func append(_ piece: ByteBuffer, of sequence: UInt64, on server: String) async throws(PMUError) -> Bool {
+        if let failure { throw PMUError(failure.code, "cluster writer for set \(name) stopped after an earlier failure: \(failure.message)") }
+        let kept = keep == 0 ? chain.count : min(keep, chain.count)
+        guard let index = chain.prefix(kept).firstIndex(where: { $0.sequence == sequence }), (chain[index].local[server] ?? 0) == 0 else { return false }
+        guard let writer = writers[server] else {
+            throw PMUError(.invalidArgument, "server \(server) is not one of set \(name)'s servers")
+        }
+        do throws(PMUError) {
+            let local = try await writer.checkpoint(piece)
+            // Found again after the await (only turns insert into the chain, but say so in code).
+            if let again = chain.firstIndex(where: { $0.sequence == sequence }) { chain[again].local[server] = local }
+        } catch {
+            failure = error
+            throw error
+        }
+        await protectKeptCheckpoints()
+        return true
+    }
+
+    /// A scrub repair of this primary's set, in a turn of its queue: no checkpoint is between its
+    /// pieces and its marker, and the writer's index says whether the piece is still live.
+    func repairInTurn(_ piece: PieceRef, entry: Int, bytes: ByteBuffer) async throws(PMUError) -> Bool {
+        try await inTurn { () async throws(PMUError) -> Bool in
+            guard let writer = self.writers[piece.server] else {
+                throw PMUError(.invalidArgument, "server \(piece.server) is not one of set \(self.name)'s servers")
+            }
+            return try await ScrubRepair.writeIfLive(piece, entry: entry, bytes: bytes, writer: writer, client: try self.cluster.client(piece.server))
+        }
     }
 
     private func checkpointNow(_ payload: ByteBuffer) async throws(PMUError) -> UInt64 {

@@ -53,32 +53,13 @@ extension Cluster {
         var unrecoverable: [UInt64] = []
         for sequence in view.completeSequences.reversed() {
             do throws(PMUError) {
-                let checkpoint = try await backup.reassemble(sequence, view: view)
-                let header = view.pieces(of: sequence)[0].header
-                // Encoding is deterministic: the same payload and stamp give the same pieces the
-                // primary wrote, so the rebuilt piece matches what its peers' headers describe.
-                let stamp = PieceBuilder.Stamp(
-                    setID: header.setID, sequence: sequence, previousComplete: header.previousComplete,
-                    timestampNanoseconds: header.timestampNanoseconds, servers: header.servers)
-                let all = PieceBuilder.pieces(of: checkpoint.payload, geometry: header.geometry, stamp: stamp)
-                pieces.append((sequence, all[position]))
+                pieces.append((sequence, try await backup.regeneratedPieces(sequence, view: view)[position]))
             } catch {
                 guard error.code == .unrecoverable || error.code == .damaged else { throw error }
                 unrecoverable.append(sequence)
             }
         }
-        // Same region shape as a peer's: same capacity and retention.
-        let peerInfo = try await self.client(peer.server).stat(name)
-        let options = CheckpointOptions(mode: .append, maxCheckpoints: peer.geometry.indexEntries, keepNewest: peer.geometry.keepNewest)
-        for region in [SetRegions.commitName(name), name] {
-            do throws(PMUError) {
-                try await target.delete(region)
-            } catch {
-                guard error.code == .unknownRegion else { throw error }
-            }
-        }
-        try await target.createCheckpointRegion(name, sizeBytes: peerInfo.sizeBytes, options: options)
-        try await target.createCheckpointRegion(SetRegions.commitName(name), sizeBytes: SetRegions.commitRegionBytes, options: CheckpointOptions(mode: .overwrite))
+        try await recreateRegions(name, on: target, shapedLike: peer)
         let writer = try await target.openPrimary(name)
         var written: UInt64 = 0
         do throws(PMUError) {
@@ -101,6 +82,46 @@ extension Cluster {
         return RebuildReport(set: name, server: server, rebuilt: pieces.map(\.0), unrecoverable: unrecoverable, bytesWritten: written)
     }
 
+    /// Deletes the target's regions of set `name` (if present) and creates them again with a peer's
+    /// shape (same capacity and retention); the commit region is left empty.
+    func recreateRegions(_ name: String, on target: PMUClient, shapedLike peer: ServerPieces) async throws(PMUError) {
+        let peerInfo = try await self.client(peer.server).stat(name)
+        let options = CheckpointOptions(mode: .append, maxCheckpoints: peer.geometry.indexEntries, keepNewest: peer.geometry.keepNewest)
+        for region in [SetRegions.commitName(name), name] {
+            do throws(PMUError) {
+                try await target.delete(region)
+            } catch {
+                guard error.code == .unknownRegion else { throw error }
+            }
+        }
+        try await target.createCheckpointRegion(name, sizeBytes: peerInfo.sizeBytes, options: options)
+        try await target.createCheckpointRegion(SetRegions.commitName(name), sizeBytes: SetRegions.commitRegionBytes, options: CheckpointOptions(mode: .overwrite))
+    }
+
+    /// Stripe servers of set `name` that answer but hold neither of its regions: wiped or replaced
+    /// (a server with only one of them, or an unreadable descriptor, is damaged, not empty, and is
+    /// left to an operator). Unreachable servers are not empty: they may come back with their data.
+    public func emptyServers(set name: String) async throws(PMUError) -> [String] {
+        let view = try await SetView.read(name, cluster: self)
+        await view.close(cluster: self)
+        var empty: [String] = []
+        for (server, error) in view.missing where clients[server] != nil && error.code == .unknownRegion {
+            guard let regions = try? await client(server).list().map(\.name) else { continue }
+            if !regions.contains(name) && !regions.contains(SetRegions.commitName(name)) { empty.append(server) }
+        }
+        return empty.sorted()
+    }
+
+    /// Rebuilds every empty stripe server of set `name` (`emptyServers`), one after the other.
+    /// Safe with primaries about: while a stripe server lacks the set no primary can open it or
+    /// complete a checkpoint (section 4 of docs/CLUSTER.md), and the target counts as holding the
+    /// set only once its marker, written last, is durable.
+    public func rebuildEmptyServers(set name: String) async throws(PMUError) -> [RebuildReport] {
+        var reports: [RebuildReport] = []
+        for server in try await emptyServers(set: name) { reports.append(try await rebuild(server: server, set: name)) }
+        return reports
+    }
+
     /// Every set of which some reachable server holds regions (NAME plus NAME.commit).
     public func setNames() async -> [String] {
         let lists = partition(await each(reachable) { _, client throws(PMUError) in try await client.list().map(\.name) }).values
@@ -113,5 +134,20 @@ extension Cluster {
             }
         }
         return names.sorted()
+    }
+}
+
+extension ClusterBackup {
+    /// Every server's piece of complete checkpoint `sequence`, in stripe order, regenerated from
+    /// what `view` can reassemble (CRC-checked, the same code as degraded reads). Encoding is
+    /// deterministic: the same payload and stamp give byte for byte the pieces the primary wrote,
+    /// so rebuild and scrub repair restore exactly what the peers' headers describe.
+    func regeneratedPieces(_ sequence: UInt64, view: SetView) async throws(PMUError) -> [ByteBuffer] {
+        let checkpoint = try await reassemble(sequence, view: view)
+        let header = view.pieces(of: sequence)[0].header
+        let stamp = PieceBuilder.Stamp(
+            setID: header.setID, sequence: sequence, previousComplete: header.previousComplete,
+            timestampNanoseconds: header.timestampNanoseconds, servers: header.servers)
+        return PieceBuilder.pieces(of: checkpoint.payload, geometry: header.geometry, stamp: stamp)
     }
 }

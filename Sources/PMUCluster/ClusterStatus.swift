@@ -10,17 +10,26 @@ public struct SetStatus: Sendable {
     public var servers: [(name: String, problem: String?)]
     /// Complete checkpoints, oldest first.
     public var checkpoints: [ClusterCheckpointInfo]
+    /// The newest scrub pass's record on any reachable server (nil: never scrubbed).
+    public var scrub: ScrubRecord?
 }
 
 extension Cluster {
     public func status(set name: String) async throws(PMUError) -> SetStatus {
         let backup = try ClusterBackup(name: name, cluster: self)
-        return try await backup.withView { (view: SetView) async throws(PMUError) in
+        var status = try await backup.withView { (view: SetView) async throws(PMUError) in
             let servers = view.descriptor.servers.map { server in
-                (name: server, problem: view.missing[server].map { "\($0.code): \($0.message)" })
+                (name: server, problem: view.missing[server].map { error in
+                    // Reachable and without the set: wiped or replaced; say what brings it back.
+                    error.code == .unknownRegion && clients[server] != nil
+                        ? "holds no regions of the set (empty: wiped or replaced?); rebuild it with pmuctl cluster rebuild \(server), or let pmuctl cluster scrub --rebuild-empty do it"
+                        : "\(error.code): \(error.message)"
+                })
             }
             let checkpoints = view.completeSequences.reversed().map { backup.info(of: $0, in: view) }
-            return SetStatus(name: name, descriptor: view.descriptor, servers: servers, checkpoints: checkpoints)
+            return SetStatus(name: name, descriptor: view.descriptor, servers: servers, checkpoints: checkpoints, scrub: nil)
         }
+        status.scrub = await scrubRecord(set: name, setID: status.descriptor.setID)
+        return status
     }
 }

@@ -35,7 +35,7 @@ struct ClusterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster", abstract: "Checkpoint sets striped with parity or mirrored across the servers of a cluster map.",
         discussion: "Checkpoints go in and out with `pmuctl checkpoint put|get|list|verify NAME --cluster MAP`.",
-        subcommands: [Create.self, Status.self, Rebuild.self, Delete.self])
+        subcommands: [Create.self, Status.self, Scrub.self, Rebuild.self, Delete.self])
 
     struct Create: PMUCtlCommand {
         static let configuration = CommandConfiguration(abstract: "Create a checkpoint set on every server of the map.")
@@ -48,7 +48,8 @@ struct ClusterCommand: ParsableCommand {
         @Option(name: .customLong("max-checkpoints"), help: "With --keep-newest 0: how many checkpoints fit.") var maxCheckpoints: UInt32 = 64
         @Option(name: .customLong("subsegment"), help: "Largest subsegment, a multiple of 64 bytes (default: the map's, else 1MiB).") var subsegment: String?
         @OptionGroup var cluster: ClusterOptions
-        @Flag(help: "Print JSON.") var json = false
+        @OptionGroup var connection: ConnectionOptions // --json (a @Flag named json here would never be set)
+        var json: Bool { connection.json }
 
         func execute() async throws {
             let map = try cluster.load()
@@ -72,9 +73,11 @@ struct ClusterCommand: ParsableCommand {
             abstract: "Show each server and, per complete checkpoint, which servers hold it and how many more losses it survives.")
         @Argument(help: "Set name (default: every set found on the servers).") var name: String?
         @OptionGroup var cluster: ClusterOptions
-        @Flag(help: "Print JSON.") var json = false
+        // --json is the root's connection option: a @Flag of the same name here would never be set.
+        @OptionGroup var connection: ConnectionOptions
 
         func execute() async throws {
+            let json = connection.json
             let (statuses, unreachable, map) = try await withCluster(cluster) { cluster -> ([SetStatus], [String: PMUError], ClusterMap) in
                 var names = name.map { [$0] } ?? []
                 if name == nil { names = await cluster.setNames() }
@@ -93,6 +96,7 @@ struct ClusterCommand: ParsableCommand {
                                 ["sequence": info.sequence, "sizeBytes": info.sizeBytes, "holders": info.holders, "lacking": info.lacking,
                                  "survivesMoreLosses": info.survivesMoreLosses ?? -1] as [String: Any]
                             },
+                            "scrub": status.scrub.map(scrubJSON) ?? NSNull(),
                         ] as [String: Any]
                     },
                 ]))
@@ -111,7 +115,72 @@ struct ClusterCommand: ParsableCommand {
                      info.survivesMoreLosses.map(String.init) ?? "LOST"]
                 }
                 print(Output.table(["SEQUENCE", "BYTES", "TIME", "SERVERS", "MISSING ON", "SURVIVES MORE LOSSES"], rows))
+                if let scrub = status.scrub {
+                    print("last scrub: \(Output.time(scrub.finishedNanoseconds / 1_000_000)) (pass \(scrub.passes), up to checkpoint \(scrub.newestSequence)): \(scrub.piecesChecked) pieces checked (\(scrub.subsegmentsChecked) subsegments, \(ByteSize.format(scrub.bytesRead))), \(scrub.damaged) damaged, \(scrub.repaired) repaired, \(scrub.unrepaired) unrepaired")
+                } else {
+                    print("last scrub: never")
+                }
             }
+        }
+    }
+
+    struct Scrub: PMUCtlCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Re-read every stored piece of a set, check each subsegment's CRC32C, repair damage from parity.",
+            discussion: "One pass by default; --every SECONDS repeats (bounded by --passes). A repair takes the writer role on the damaged server's piece region, which fences a primary writing the set there: a running primary scrubs through ClusterPrimary.scrub instead. The outcome is stored in each server's NAME.scrub region and shown by `pmuctl cluster status`.")
+        @Argument(help: "Set name.") var name: String
+        @Option(help: "Average read rate bound, bytes per second (e.g. 32MiB, at least 4096).") var rate: String = "32MiB"
+        @Option(help: "Repeat a pass every SECONDS (start to start).") var every: UInt64?
+        @Option(help: "With --every: stop after this many passes (default: run until killed).") var passes: Int?
+        @Flag(name: .customLong("no-repair"), help: "Only report damage.") var noRepair = false
+        @Flag(name: .customLong("rebuild-empty"), help: "Before each pass, rebuild stripe servers that answer but hold none of the set's regions (wiped or replaced).") var rebuildEmpty = false
+        @OptionGroup var cluster: ClusterOptions
+        @OptionGroup var connection: ConnectionOptions
+
+        func execute() async throws {
+            let (json, name) = (connection.json, name)
+            let options = ScrubOptions(bytesPerSecond: try ByteSize.parse(rate), repair: !noRepair)
+            if let passes, passes < 1 { throw PMUError(.invalidArgument, "--passes must be at least 1, got \(passes)") }
+            if every == nil, passes != nil { throw PMUError(.invalidArgument, "--passes needs --every SECONDS") }
+            let counts = ScrubCounts()
+            let print: @Sendable (Result<ScrubReport, PMUError>) async -> Void = { result in
+                switch result {
+                case .success(let report):
+                    counts.add(unrepaired: report.unrepaired.count)
+                    Swift.print(json ? Output.json(scrubReportJSON(report)) : scrubReportText(report))
+                case .failure(let error):
+                    counts.add(failure: 1)
+                    FileHandle.standardError.write(Data("scrub of \(name) failed: \(error.code): \(error.message)\n".utf8))
+                }
+            }
+            // Each pass connects afresh (map re-read), so a server that comes back, or comes back
+            // empty at a new address, is seen at the next pass.
+            let (cluster, rebuildEmpty) = (cluster, rebuildEmpty)
+            let pass = { () async throws(PMUError) -> ScrubReport in
+                do {
+                    return try await withCluster(cluster) { cluster in
+                        if rebuildEmpty {
+                            for report in try await cluster.rebuildEmptyServers(set: name) {
+                                Swift.print(json ? Output.json(rebuildJSON(report)) : rebuildText(report))
+                                if !report.unrecoverable.isEmpty { counts.add(failure: 1) }
+                            }
+                        }
+                        return try await cluster.scrub(set: name, options: options)
+                    }
+                } catch let error as PMUError {
+                    throw error
+                } catch {
+                    throw PMUError(.invalidArgument, "\(error)")
+                }
+            }
+            if let every {
+                _ = await scrubLoop(.seconds(every), passes: passes, onPass: print, pass)
+            } else {
+                await print(.success(try await pass()))
+            }
+            let outcome = counts.value
+            if outcome.failures > 0 { throw PMUError(.unrecoverable, "\(outcome.failures) scrub pass(es) of \(name) failed (see above)") }
+            if outcome.unrepaired > 0 { throw PMUError(.damaged, "\(outcome.unrepaired) damaged subsegment(s) of \(name) could not be repaired (see above)") }
         }
     }
 
@@ -122,7 +191,8 @@ struct ClusterCommand: ParsableCommand {
         @Argument(help: "Server name in the cluster map.") var server: String
         @Option(help: "Only this set (repeatable; default: every set found).") var set: [String] = []
         @OptionGroup var cluster: ClusterOptions
-        @Flag(help: "Print JSON.") var json = false
+        @OptionGroup var connection: ConnectionOptions // --json (a @Flag named json here would never be set)
+        var json: Bool { connection.json }
 
         func execute() async throws {
             let reports = try await withCluster(cluster) { cluster -> [RebuildReport] in
@@ -133,11 +203,9 @@ struct ClusterCommand: ParsableCommand {
                 return reports
             }
             if json {
-                print(Output.json(reports.map { ["set": $0.set, "server": $0.server, "rebuilt": $0.rebuilt, "unrecoverable": $0.unrecoverable, "bytesWritten": $0.bytesWritten] as [String: Any] }))
+                print(Output.json(reports.map(rebuildJSON)))
             } else {
-                for report in reports {
-                    print("set \(report.set): rebuilt \(report.rebuilt.count) checkpoint piece(s) on \(report.server) (\(ByteSize.format(report.bytesWritten)))" + (report.unrecoverable.isEmpty ? "" : "; could not reassemble \(report.unrecoverable.map(String.init).joined(separator: ", "))"))
-                }
+                for report in reports { print(rebuildText(report)) }
             }
             if reports.contains(where: { !$0.unrecoverable.isEmpty }) {
                 throw PMUError(.unrecoverable, "some checkpoints could not be rebuilt (see above)")
@@ -241,4 +309,51 @@ enum ClusterCheckpointCommands {
             throw PMUError(.damaged, "set \(name) is degraded: pieces missing or damaged (every checkpoint still reassembles); bring the servers named back, or run pmuctl cluster rebuild SERVER")
         }
     }
+}
+
+func scrubJSON(_ record: ScrubRecord) -> [String: Any] {
+    ["startedMs": record.startedNanoseconds / 1_000_000, "finishedMs": record.finishedNanoseconds / 1_000_000, "passes": record.passes,
+     "piecesChecked": record.piecesChecked, "subsegmentsChecked": record.subsegmentsChecked, "bytesRead": record.bytesRead,
+     "damaged": record.damaged, "repaired": record.repaired, "unrepaired": record.unrepaired, "newestSequence": record.newestSequence]
+}
+
+func scrubReportJSON(_ report: ScrubReport) -> [String: Any] {
+    ["set": report.set, "record": scrubJSON(report.record), "damaged": report.damaged, "repaired": report.repaired,
+     "unrepaired": report.unrepaired, "displaced": report.displaced, "unchecked": report.unchecked,
+     "recordFailures": report.recordFailures.mapValues { "\($0.code): \($0.message)" }]
+}
+
+func scrubReportText(_ report: ScrubReport) -> String {
+    let r = report.record
+    var lines = ["set \(report.set): scrubbed \(r.piecesChecked) pieces (\(r.subsegmentsChecked) subsegments, \(ByteSize.format(r.bytesRead))) up to checkpoint \(r.newestSequence): \(r.damaged) damaged, \(r.repaired) repaired, \(r.unrepaired) unrepaired"]
+    lines += report.repaired.map { "  repaired \($0)" }
+    lines += report.unrepaired.sorted { $0.key < $1.key }.map { "  NOT repaired \($0.key): \($0.value)" }
+    lines += report.unchecked.sorted { $0.key < $1.key }.map { "  not checked on \($0.key): \($0.value)" }
+    lines += report.recordFailures.sorted { $0.key < $1.key }.map { "  scrub record not stored on \($0.key): \($0.value.code): \($0.value.message)" }
+    return lines.joined(separator: "\n")
+}
+
+/// Totals over the passes of one `cluster scrub` (filled from the pass callback).
+private final class ScrubCounts: @unchecked Sendable {
+    private var failures = 0
+    private var unrepaired = 0
+    private let lock = NSLock()
+
+    func add(failure: Int = 0, unrepaired: Int = 0) {
+        lock.withLock {
+            failures += failure
+            self.unrepaired += unrepaired
+        }
+    }
+
+    var value: (failures: Int, unrepaired: Int) { lock.withLock { (failures, unrepaired) } }
+}
+
+func rebuildJSON(_ report: RebuildReport) -> [String: Any] {
+    ["set": report.set, "server": report.server, "rebuilt": report.rebuilt, "unrecoverable": report.unrecoverable, "bytesWritten": report.bytesWritten]
+}
+
+func rebuildText(_ report: RebuildReport) -> String {
+    "set \(report.set): rebuilt \(report.rebuilt.count) checkpoint piece(s) on \(report.server) (\(ByteSize.format(report.bytesWritten)))"
+        + (report.unrecoverable.isEmpty ? "" : "; could not reassemble \(report.unrecoverable.map(String.init).joined(separator: ", "))")
 }

@@ -105,32 +105,124 @@ import Testing
         try await cluster.createCheckpointSet("job", options: options(Redundancy(k: 4, m: 1)))
         let payload = bytes(11, 400_000)
         _ = try await write([payload], set: "job", cluster: cluster)
-        // Where server 2's first subsegment of checkpoint 1 lives in its region file.
-        let view = try await SetView.read("job", cluster: cluster)
-        let piece = try #require(view.servers["s2"]?.pieces[1])
-        let regionId = try await cluster.client("s2").stat("job").id
-        await view.close(cluster: cluster)
+        let damaged = try await damageOnDisk(local, cluster: cluster, server: 2, sequence: 1, entry: 0, restarting: true)
         await cluster.disconnect()
-        local.kill([2])
-        let file = local.servers[2].dataDirectory + "/regions/" + String(format: "%016llx", regionId) + ".region"
-        let handle = try #require(FileHandle(forUpdatingAtPath: file))
-        let at = piece.offset + UInt64(piece.header.offset(ofEntry: 0)) + 100
-        try handle.seek(toOffset: at)
-        let original = try #require(try handle.read(upToCount: 1)?.first)
-        try handle.seek(toOffset: at)
-        try handle.write(contentsOf: Data([original ^ 0x5A]))
-        try handle.close()
-        try local.restart([2])
 
         let checkpoint = try await recover(local, set: "job")
         #expect(checkpoint.payload == payload)
-        #expect(checkpoint.damaged == ["s2:\(piece.header.entries[0].id)"] && checkpoint.rebuilt >= 1)
+        #expect(checkpoint.damaged == ["s2:\(damaged)"] && checkpoint.rebuilt >= 1)
         let reconnected = try await local.connect()
         let report = try await ClusterBackup(name: "job", cluster: reconnected).verify()
         #expect(report.count == 1 && report[0].damaged.count == 1 && report[0].failure == nil)
         await reconnected.disconnect()
         // Damage plus a lost server in the same group is beyond XOR parity: refused, not guessed.
         try await local.without([3]) { try await expectUnrecoverable(local, set: "job", naming: [3]) }
+    }
+
+    /// Flips a byte of entry `entry` of server `server`'s piece of checkpoint `sequence` in its region
+    /// file. With `restarting` the server is killed first and restarted after (the damage is then
+    /// read from disk); without, the running server's shared mapping sees the write at once.
+    func damageOnDisk(_ local: LocalCluster, cluster: Cluster, server: Int, sequence: UInt64, entry: Int, restarting: Bool) async throws -> SubsegmentID {
+        let view = try await SetView.read("job", cluster: cluster)
+        let piece = try #require(view.servers[local.name(server)]?.pieces[sequence])
+        let regionId = try await cluster.client(local.name(server)).stat("job").id
+        await view.close(cluster: cluster)
+        if restarting { local.kill([server]) }
+        let file = local.servers[server].dataDirectory + "/regions/" + String(format: "%016llx", regionId) + ".region"
+        let handle = try #require(FileHandle(forUpdatingAtPath: file))
+        let at = piece.offset + UInt64(piece.header.offset(ofEntry: entry)) + 100
+        try handle.seek(toOffset: at)
+        let original = try #require(try handle.read(upToCount: 1)?.first)
+        try handle.seek(toOffset: at)
+        try handle.write(contentsOf: Data([original ^ 0x5A]))
+        try handle.close()
+        if restarting { try local.restart([server]) }
+        return piece.header.entries[entry].id
+    }
+
+    @Test func theScrubberFindsAndRepairsDamageOnDiskWithoutAnyRead() async throws {
+        let local = try LocalCluster(5, scratch: scratch)
+        let cluster = try await local.connect()
+        try await cluster.createCheckpointSet("job", options: options(Redundancy(k: 4, m: 1)))
+        let payloads = [bytes(51, 400_000), bytes(52, 300_000)]
+        _ = try await write(payloads, set: "job", cluster: cluster)
+        // Two subsegments on two servers, in groups 0 and 1, where s3 holds data of the same group:
+        // without repair, losing s3 would make both checkpoints unrecoverable.
+        let first = try await damageOnDisk(local, cluster: cluster, server: 2, sequence: 2, entry: 0, restarting: true)
+        await cluster.disconnect()
+        let again = try await local.connect()
+        let second = try await damageOnDisk(local, cluster: again, server: 4, sequence: 1, entry: 1, restarting: true)
+        await again.disconnect()
+        let mapPath = try local.writeMap()
+
+        // Report only: found, not repaired, exit 1 (DAMAGED); the status shows the pass.
+        #expect(await PMUCtl.runMain(["cluster", "scrub", "job", "--no-repair", "--cluster", mapPath]) == 1)
+        let looked = try await local.connect()
+        let reported = try #require(try await looked.status(set: "job").scrub)
+        #expect(reported.passes == 1 && reported.damaged == 2 && reported.unrepaired == 2 && reported.repaired == 0 && reported.piecesChecked == 10)
+        await looked.disconnect()
+
+        // The scrubber finds and repairs both; no read of the set happened in between.
+        #expect(await PMUCtl.runMain(["cluster", "scrub", "job", "--rate", "64MiB", "--json", "--cluster", mapPath]) == 0)
+        let scrubbed = try await local.connect()
+        let status = try await scrubbed.status(set: "job")
+        let record = try #require(status.scrub)
+        #expect(record.passes == 2 && record.damaged == 2 && record.repaired == 2 && record.unrepaired == 0, "\(record)")
+        #expect(record.piecesChecked == 10 && record.newestSequence == 2 && record.bytesRead > 700_000)
+        // Repaired in place byte for byte: verify reads every subsegment and finds none damaged.
+        let verified = try await ClusterBackup(name: "job", cluster: scrubbed).verify()
+        #expect(verified.count == 2 && verified.allSatisfy { $0.damaged.isEmpty && $0.failure == nil }, "\(verified) \(first) \(second)")
+        // pmuctl as a user runs it: the status shows the pass in its JSON.
+        let shown = try run(binDirectory + "/pmuctl", ["cluster", "status", "job", "--json", "--cluster", mapPath])
+        #expect(shown.status == 0, "\(shown.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: shown.stdout) as? [String: Any], "\(String(decoding: shown.stdout, as: UTF8.self))")
+        let shownScrub = try #require(((json["sets"] as? [[String: Any]])?.first?["scrub"]) as? [String: Any])
+        #expect(shownScrub["repaired"] as? Int == 2 && shownScrub["piecesChecked"] as? Int == 10 && shownScrub["passes"] as? Int == 2, "\(shownScrub)")
+        // A later pass finds nothing; the pmuctl loop runs its bounded passes.
+        #expect(await PMUCtl.runMain(["cluster", "scrub", "job", "--every", "0", "--passes", "2", "--cluster", mapPath]) == 0)
+        let later = try #require(try await scrubbed.status(set: "job").scrub)
+        #expect(later.passes == 4 && later.damaged == 0)
+        await scrubbed.disconnect()
+        // Another server lost: both checkpoints still read back byte for byte.
+        try await local.without([3]) {
+            let backup = try ClusterBackup(name: "job", cluster: try await local.connect())
+            for (i, payload) in payloads.enumerated() {
+                #expect(try await backup.checkpoint(sequence: UInt64(i + 1)).payload == payload)
+            }
+        }
+    }
+
+    @Test func aPrimaryScrubsWhileItCheckpointsWithoutBeingFenced() async throws {
+        let local = try LocalCluster(5, scratch: scratch)
+        let cluster = try await local.connect()
+        try await cluster.createCheckpointSet("job", options: options(Redundancy(k: 4, m: 1)))
+        let primary = try await ClusterPrimary.open("job", cluster: cluster)
+        let payload = bytes(61, 500_000)
+        #expect(try await primary.checkpoint(payload) == 1)
+        // Damaged under the running server (its shared mapping sees the file write).
+        _ = try await damageOnDisk(local, cluster: cluster, server: 1, sequence: 1, entry: 2, restarting: false)
+        let reports = ReportLog()
+        async let scrubbing = primary.scrubEvery(.milliseconds(50), passes: 3, options: ScrubOptions(bytesPerSecond: 8 << 20)) { await reports.add($0) }
+        // Checkpoints go on during the passes (repairs take turns with them).
+        var written: [UInt64] = []
+        for round in 0..<3 { written.append(try await primary.checkpoint(bytes(62 + UInt64(round), 200_000))) }
+        #expect(await scrubbing == 3)
+        let results = await reports.all
+        let passes = results.compactMap { try? $0.get() }
+        #expect(passes.count == 3, "\(results)")
+        #expect(passes.reduce(0) { $0 + $1.record.repaired } == 1 && passes.allSatisfy { $0.unrepaired.isEmpty }, "\(passes.map(\.record))")
+        // Not fenced: the primary still writes.
+        #expect(try await primary.checkpoint(bytes(70, 1000)) == written.last! + 1)
+        await primary.close()
+        await cluster.disconnect()
+        // The damaged subsegment was group 2's parity, and s2 holds data of group 2: with s2 lost,
+        // checkpoint 1 (still in its slot: the ring has room for 6 pieces) reads back only if the
+        // parity was repaired.
+        try await local.without([2]) {
+            let backup = try ClusterBackup(name: "job", cluster: try await local.connect())
+            #expect(try await backup.checkpoint(sequence: 1).payload == payload)
+            #expect(try await backup.latest()?.payload == bytes(70, 1000))
+        }
     }
 
     @Test func aServerKilledMidCheckpointLeavesThePreviousCompleteOne() async throws {
@@ -225,7 +317,10 @@ import Testing
         await degraded.disconnect()
 
         // Through pmuctl, as an operator would.
-        #expect(await PMUCtl.runMain(["cluster", "rebuild", "s2", "--cluster", mapPath]) == 0)
+        let rebuilt = try run(binDirectory + "/pmuctl", ["cluster", "rebuild", "s2", "--json", "--cluster", mapPath])
+        #expect(rebuilt.status == 0, "\(rebuilt.stderr)")
+        let reports = try JSONSerialization.jsonObject(with: rebuilt.stdout) as? [[String: Any]]
+        #expect(reports?.first?["rebuilt"] as? [Int] == [1, 2], "\(String(decoding: rebuilt.stdout, as: UTF8.self))")
         #expect(await PMUCtl.runMain(["checkpoint", "verify", "job", "--cluster", mapPath]) == 0)
         let healed = try await local.connect()
         #expect(try await healed.status(set: "job").checkpoints.map(\.survivesMoreLosses) == [1, 1])
@@ -241,6 +336,96 @@ import Testing
         let writer = try await local.connect()
         #expect(try await write([bytes(43, 1000)], set: "job", cluster: writer) == [3])
         await writer.disconnect()
+    }
+
+    @Test func anEmptyServerIsRebuiltByItselfWhileAPrimaryKeepsTrying() async throws {
+        let local = try LocalCluster(5, scratch: scratch)
+        let cluster = try await local.connect()
+        try await cluster.createCheckpointSet("job", options: options(Redundancy(k: 4, m: 1), keep: 8))
+        let early = [bytes(81, 300_000), bytes(82, 200_000)]
+        #expect(try await write(early, set: "job", cluster: cluster) == [1, 2])
+        await cluster.disconnect()
+        try local.wipe(2) // replaced: back empty, new secret and port
+        let mapPath = try local.writeMap()
+        let seen = try await local.connect()
+        #expect(try await seen.emptyServers(set: "job") == ["s2"])
+        let problem = try await seen.status(set: "job").servers.first { $0.name == "s2" }?.problem
+        #expect(problem?.contains("empty") == true, "\(String(describing: problem))")
+        await seen.disconnect()
+
+        // A primary keeps trying to write: refused while s2 lacks the set, then three complete.
+        let writing = Task { () async -> [(sequence: UInt64, payload: ByteBuffer)] in
+            var done: [(sequence: UInt64, payload: ByteBuffer)] = []
+            var refusals: [PMUErrorCode] = []
+            for attempt in 0..<500 where done.count < 3 {
+                guard let connections = try? await local.connect() else { break }
+                let payload = self.bytes(90 + UInt64(attempt), 150_000)
+                do {
+                    let primary = try await ClusterPrimary.open("job", cluster: connections)
+                    done.append((try await primary.checkpoint(payload), payload))
+                    await primary.close()
+                } catch {
+                    refusals.append((error as? PMUError)?.code ?? .internalError)
+                    try? await Task.sleep(for: .milliseconds(20))
+                }
+                await connections.disconnect()
+            }
+            #expect(refusals.allSatisfy { $0 == .serverUnavailable }, "\(refusals)")
+            return done
+        }
+        // Rebuilt by itself: the scrub loop finds s2 empty and rebuilds it before its pass.
+        #expect(await PMUCtl.runMain(["cluster", "scrub", "job", "--rebuild-empty", "--every", "0", "--passes", "1", "--cluster", mapPath]) == 0)
+        let written = await writing.value
+        #expect(written.count == 3)
+        let after = try await local.connect()
+        #expect(try await after.emptyServers(set: "job").isEmpty)
+        await after.disconnect()
+        // Another server lost: every complete checkpoint reads back byte for byte.
+        try await local.without([3]) {
+            let all = try await ClusterBackup(name: "job", cluster: try await local.connect()).all()
+            #expect(all.map(\.sequence) == [1, 2] + written.map(\.sequence))
+            #expect(all.map(\.payload) == early + written.map(\.payload))
+        }
+    }
+
+    @Test func onlineRebuildWhileThePrimaryCheckpoints() async throws {
+        let local = try LocalCluster(5, scratch: scratch)
+        let cluster = try await local.connect()
+        try await cluster.createCheckpointSet("job", options: options(Redundancy(k: 4, m: 1), keep: 8))
+        let early = [bytes(101, 400_000), bytes(102, 250_000), bytes(103, 600_000)]
+        #expect(try await write(early, set: "job", cluster: cluster) == [1, 2, 3])
+        await cluster.disconnect()
+        try local.wipe(1)
+        let connections = try await local.connect()
+        // Only an empty server may rejoin.
+        #expect(await code { _ = try await ClusterPrimary.open("job", cluster: connections, rejoining: ["s0"]) } == .invalidArgument)
+        let primary = try await ClusterPrimary.open("job", cluster: connections, rejoining: ["s1"])
+        // The backfill of s1 runs while the primary keeps checkpointing.
+        async let backfilled = primary.backfill(server: "s1")
+        var later: [(sequence: UInt64, payload: ByteBuffer)] = []
+        for round in 0..<4 {
+            let payload = bytes(110 + UInt64(round), 300_000)
+            later.append((try await primary.checkpoint(payload), payload))
+        }
+        let report = try await backfilled
+        #expect(report.rebuilt == [1, 2, 3] && report.unrecoverable.isEmpty, "\(report)")
+        #expect(later.map(\.sequence) == [4, 5, 6, 7])
+        // A second backfill finds nothing missing.
+        #expect(try await primary.backfill(server: "s1").rebuilt.isEmpty)
+        await primary.close()
+        await connections.disconnect()
+        let checked = try await local.connect()
+        let verified = try await ClusterBackup(name: "job", cluster: checked).verify()
+        #expect(verified.count == 7 && verified.allSatisfy { $0.lacking.isEmpty && $0.damaged.isEmpty && $0.failure == nil }, "\(verified)")
+        await checked.disconnect()
+        // Then m = 1 other server lost: every complete checkpoint reads back byte for byte.
+        for other in [0, 3] {
+            try await local.without([other]) {
+                let all = try await ClusterBackup(name: "job", cluster: try await local.connect()).all()
+                #expect(all.map(\.sequence) == Array(1...7), "lost s\(other)")
+                #expect(all.map(\.payload) == early + later.map(\.payload), "lost s\(other)")
+            }
+        }
     }
 
     @Test func aNewPrimaryFencesTheOldOneOnEveryServer() async throws {
@@ -290,4 +475,10 @@ import Testing
         #expect(throws: PMUError.self) { _ = try ClusterMap(servers: [server, server]) }
         #expect(throws: PMUError.self) { _ = try ClusterMap(servers: [ClusterMap.Server(name: "a", address: "nowhere", secretFile: "x")]) }
     }
+}
+
+/// Scrub pass outcomes collected from the loop's callback.
+actor ReportLog {
+    private(set) var all: [Result<ScrubReport, PMUError>] = []
+    func add(_ result: Result<ScrubReport, PMUError>) { all.append(result) }
 }
