@@ -43,8 +43,16 @@ struct Live: ParsableCommand {
     }
 }
 
+// Parsing errors, --help and --version go through argument-parser's own handling (usage on
+// stderr, exit 64; help on stdout, exit 0); errors while running get one line and exit 1.
+let command: Live
 do {
-    try await Live.parse().execute()
+    command = try Live.parse()
+} catch {
+    Live.exit(withError: error)
+}
+do {
+    try await command.execute()
 } catch {
     FileHandle.standardError.write(Data("pmu-example-live: error: \(error)\n".utf8))
     exit(1)

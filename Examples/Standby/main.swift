@@ -79,8 +79,16 @@ struct Standby: ParsableCommand {
     }
 }
 
+// Parsing errors, --help and --version go through argument-parser's own handling (usage on
+// stderr, exit 64; help on stdout, exit 0); errors while running get one line and exit 1.
+let command: Standby
 do {
-    try await Standby.parse().execute()
+    command = try Standby.parse()
+} catch {
+    Standby.exit(withError: error)
+}
+do {
+    try await command.execute()
 } catch {
     FileHandle.standardError.write(Data("pmu-example-standby: error: \(error)\n".utf8))
     exit(1)

@@ -4,7 +4,7 @@ import Testing
 /// Every executable answers --help on stdout with exit 0, and a bad flag with usage on stderr and
 /// argument-parser's exit code 64 (EX_USAGE), not an error dump.
 @Suite struct HelpTests {
-    static let executables = ["pmu-server", "pmuctl", "pmu-example-primary", "pmu-example-backup"]
+    static let executables = ["pmu-server", "pmuctl", "pmu-example-primary", "pmu-example-backup", "pmu-example-live", "pmu-example-standby"]
 
     @Test(arguments: executables)
     func helpIsAnsweredAndBadFlagsAreUsageErrors(_ name: String) throws {
