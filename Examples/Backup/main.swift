@@ -6,7 +6,7 @@ import PMUExampleComputation
 /// A backup: follows the primary's checkpoints read-only; when none arrives for --takeover-after-ms
 /// (the primary is presumed dead), it takes over the region (fencing the old primary), restores
 /// the newest checkpoint and continues the computation with no committed step lost.
-struct Backup: ParsableCommand {
+struct Backup: ExampleCommand {
     static let configuration = CommandConfiguration(commandName: "pmu-example-backup")
     @Option(help: "Checkpoint region to follow.") var region = "example-state"
     @Option(name: .customLong("takeover-after-ms"), help: "Take over when no checkpoint arrives for this long.") var takeoverAfterMilliseconds: Int = 2000
@@ -48,17 +48,4 @@ struct Backup: ParsableCommand {
     }
 }
 
-// Parsing errors, --help and --version go through argument-parser's own handling (usage on
-// stderr, exit 64; help on stdout, exit 0); errors while running get one line and exit 1.
-let command: Backup
-do {
-    command = try Backup.parse()
-} catch {
-    Backup.exit(withError: error)
-}
-do {
-    try await command.execute()
-} catch {
-    FileHandle.standardError.write(Data("pmu-example-backup: error: \(error)\n".utf8))
-    exit(1)
-}
+await Backup.start(named: "pmu-example-backup")

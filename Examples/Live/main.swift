@@ -10,7 +10,7 @@ import PMUSnapshot
 /// already holds a snapshot, it resumes from it (taking the writer role: any older instance is
 /// fenced). --hand-over: when it stops (--run-ms elapsed, SIGTERM or Ctrl-C) it makes a final
 /// snapshot durable and records it in the heartbeat, so the standby takes over with no step lost.
-struct Live: ParsableCommand {
+struct Live: ExampleCommand {
     static let configuration = CommandConfiguration(commandName: "pmu-example-live")
     @Option(name: .customLong("arena-mib"), help: "Grid size in MiB.") var arenaMebibytes = 256
     @Option(help: "Updater threads.") var threads = 4
@@ -43,17 +43,4 @@ struct Live: ParsableCommand {
     }
 }
 
-// Parsing errors, --help and --version go through argument-parser's own handling (usage on
-// stderr, exit 64; help on stdout, exit 0); errors while running get one line and exit 1.
-let command: Live
-do {
-    command = try Live.parse()
-} catch {
-    Live.exit(withError: error)
-}
-do {
-    try await command.execute()
-} catch {
-    FileHandle.standardError.write(Data("pmu-example-live: error: \(error)\n".utf8))
-    exit(1)
-}
+await Live.start(named: "pmu-example-live")

@@ -5,7 +5,7 @@ import PMUExampleComputation
 
 /// A primary: runs the computation and checkpoints it every N steps into an overwrite-mode region.
 /// Started again after a crash, it resumes from the newest checkpoint.
-struct Primary: ParsableCommand {
+struct Primary: ExampleCommand {
     static let configuration = CommandConfiguration(commandName: "pmu-example-primary")
     @Option(help: "Checkpoint region (created if missing).") var region = "example-state"
     @Option(help: "Checkpoint every N steps.") var every: UInt64 = 100
@@ -38,17 +38,4 @@ struct Primary: ParsableCommand {
     }
 }
 
-// Parsing errors, --help and --version go through argument-parser's own handling (usage on
-// stderr, exit 64; help on stdout, exit 0); errors while running get one line and exit 1.
-let command: Primary
-do {
-    command = try Primary.parse()
-} catch {
-    Primary.exit(withError: error)
-}
-do {
-    try await command.execute()
-} catch {
-    FileHandle.standardError.write(Data("pmu-example-primary: error: \(error)\n".utf8))
-    exit(1)
-}
+await Primary.start(named: "pmu-example-primary")

@@ -9,7 +9,7 @@ import PMUSnapshot
 /// for --failure-after-ms (or its heartbeat records a hand-over), it takes the target over (the old
 /// instance is fenced from then on), restores the newest complete snapshot, proves the grid right
 /// by recomputation and carries on as the live program.
-struct Standby: ParsableCommand {
+struct Standby: ExampleCommand {
     static let configuration = CommandConfiguration(commandName: "pmu-example-standby")
     @Option(name: .customLong("failure-after-ms"), help: "Presume the live program dead after N ms without heartbeat or snapshot.") var failureAfterMilliseconds = 1000
     @Option(name: .customLong("poll-ms"), help: "Look at the target every N ms.") var pollMilliseconds = 20
@@ -79,17 +79,4 @@ struct Standby: ParsableCommand {
     }
 }
 
-// Parsing errors, --help and --version go through argument-parser's own handling (usage on
-// stderr, exit 64; help on stdout, exit 0); errors while running get one line and exit 1.
-let command: Standby
-do {
-    command = try Standby.parse()
-} catch {
-    Standby.exit(withError: error)
-}
-do {
-    try await command.execute()
-} catch {
-    FileHandle.standardError.write(Data("pmu-example-standby: error: \(error)\n".utf8))
-    exit(1)
-}
+await Standby.start(named: "pmu-example-standby")
