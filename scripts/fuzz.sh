@@ -5,7 +5,7 @@
 # with the normal build: `$(swift build --show-bin-path)/pmu-fuzz TARGET FILE`.
 #
 #   PMU_FUZZ_SECONDS=20     time per target (default 20)
-#   PMU_FUZZ_TARGETS="..."  which targets (default: all three)
+#   PMU_FUZZ_TARGETS="..."  which targets (default: all four)
 #   PMU_FUZZ_SANITIZE=...   -sanitize value (default fuzzer,address)
 #
 # The build uses its own scratch path (.build-fuzz), so the normal `swift build` never sees the
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 seconds=${PMU_FUZZ_SECONDS:-20}
-targets=${PMU_FUZZ_TARGETS:-checkpoint stripe catalog}
+targets=${PMU_FUZZ_TARGETS:-checkpoint stripe catalog log}
 sanitize=${PMU_FUZZ_SANITIZE:-fuzzer,address}
 
 echo "fuzz: building pmu-fuzz (-sanitize=$sanitize) in .build-fuzz"

@@ -2,6 +2,7 @@ import Dispatch
 import NIOCore
 import PMUCheckpoint
 import PMUCore
+import PMULog
 import PMUStripe
 import PMUTesting
 
@@ -19,12 +20,15 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case stripe
     /// The server's catalog log: record framing, region records, replay.
     case catalog
+    /// The append-only log (a partner's mirror log): record framing, scan, sequence order.
+    case log
 
     public func run(_ bytes: [UInt8]) {
         switch self {
         case .checkpoint: CheckpointFuzz.run(bytes)
         case .stripe: StripeFuzz.run(bytes)
         case .catalog: CatalogFuzz.run(bytes)
+        case .log: LogFuzz.run(bytes)
         }
     }
 }
@@ -165,6 +169,34 @@ enum CatalogFuzz {
             let again = CatalogFormat.scan(CatalogFormat.encode(entry, sequence: sequence))
             precondition(again.tail == .clean && again.entries.count == 1 && again.entries[0].entry == entry && again.entries[0].sequence == sequence,
                 "a decoded catalog record does not survive re-encoding")
+        }
+    }
+}
+
+enum LogFuzz {
+    /// Input: mode byte | log bytes. Fixing walks the records by their claimed payload lengths
+    /// and recomputes each CRC32C (over header bytes 0..<52 and the payload, stored at 52).
+    static func run(_ input: [UInt8]) {
+        var bytes = Array(input.dropFirst())
+        let header = LogRecordFormat.headerBytes
+        if fixesChecksums(input) {
+            var offset = 0
+            while let magic = bytes.le32(at: offset), magic == LogRecordFormat.magic, let length = bytes.le32(at: offset + 48),
+                Int(length) <= LogRecordFormat.defaultMaxPayloadBytes, offset + header + Int(length) <= bytes.count {
+                let covered = Array(bytes[offset..<(offset + 52)]) + bytes[(offset + header)..<(offset + header + Int(length))]
+                let crc = CRC32C.checksum(covered)
+                for i in 0..<4 { bytes[offset + 52 + i] = UInt8(truncatingIfNeeded: crc >> (8 * i)) }
+                offset += header + Int(length)
+            }
+        }
+        _ = try? LogRecordFormat.decode(bytes)
+        let scan = LogRecordFormat.scan(bytes)
+        precondition(scan.validBytes <= bytes.count)
+        for record in scan.records.prefix(16) {
+            guard case .record(let again, let length)? = try? LogRecordFormat.decode(LogRecordFormat.encode(record)) else {
+                preconditionFailure("a decoded log record does not decode after re-encoding")
+            }
+            precondition(again == record && length == header + record.payload.count, "a decoded log record does not survive re-encoding")
         }
     }
 }

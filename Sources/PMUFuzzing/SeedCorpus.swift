@@ -1,6 +1,7 @@
 import NIOCore
 import PMUCheckpoint
 import PMUCore
+import PMULog
 import PMUStripe
 
 /// Small valid encodings of each format, the fuzzer's starting points. Generated from the
@@ -15,6 +16,7 @@ public enum SeedCorpus {
         case .checkpoint: encodings = checkpoint()
         case .stripe: encodings = stripe()
         case .catalog: encodings = catalog()
+        case .log: encodings = log()
         }
         return encodings.flatMap { [($0.name + "-fixed", [0] + $0.bytes), ($0.name + "-as-is", [1] + $0.bytes)] }
     }
@@ -79,6 +81,19 @@ public enum SeedCorpus {
             ("catalog-log", log),
             ("catalog-one-put", CatalogFormat.encode(.put(record), sequence: 1)),
             ("catalog-torn-tail", Array(log.dropLast(5))),
+        ]
+    }
+
+    static func log() -> [(name: String, bytes: [UInt8])] {
+        let records = (1...3).map { n in
+            LogRecord(sequence: UInt64(n), origin: 42, regionId: 7, epoch: 2, offset: UInt64(n) * 4096, payload: (0..<(n * 24)).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        }
+        let log = records.flatMap(LogRecordFormat.encode)
+        return [
+            ("log-three", log),
+            ("log-one", LogRecordFormat.encode(records[0])),
+            ("log-torn-tail", Array(log.dropLast(5))),
+            ("log-zero-tail", log + [UInt8](repeating: 0, count: 64)),
         ]
     }
 }
