@@ -12,6 +12,7 @@ import PackageDescription
 //   PMUVerbs      Swift wrappers, one file per verbs object, each releasing its resource on deinit
 //   PMUTransport  one transport protocol; TCP (SwiftNIO) and RDMA verbs implementations
 //   PMUPair       write mirroring between two servers: mirror channel, mirror logs, takeover
+//   PMUFailover   heartbeat failover: roles, failure detector (pure), etcd authority, address hook
 //   PMUServer     the server as a Service: sessions, verbs, authentication
 //   PMUClient     async client library (regions, checkpoints as primary and backup)
 //   PMUStripe     no I/O: stripe geometry, piece headers, erasure code (ISA-L), survivability
@@ -119,10 +120,24 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Heartbeat failover (issue 13): roles, the failure detector and rules (pure), the etcd
+        // authority over its JSON gateway, the service address hook.
+        .target(
+            name: "PMUFailover",
+            dependencies: [
+                "PMUCore", "PMUTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .target(
             name: "PMUServer",
             dependencies: [
-                "PMUCore", "PMUStore", "PMUTransport", "PMUVerbs", "PMUPair", "PMULog",
+                "PMUCore", "PMUStore", "PMUTransport", "PMUVerbs", "PMUPair", "PMULog", "PMUFailover",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -250,6 +265,10 @@ let package = Package(
             dependencies: ["PMUCore", "PMULog", "PMUPair", .product(name: "Logging", package: "swift-log"), .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
+            name: "PMUFailoverTests",
+            dependencies: ["PMUCore", "PMUFailover", "PMUTransport", .product(name: "NIOPosix", package: "swift-nio"), .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(
             name: "PMUStoreTests",
             dependencies: ["PMUCore", "PMUStore", .product(name: "Logging", package: "swift-log")]
         ),
@@ -269,8 +288,9 @@ let package = Package(
             name: "PMUIntegrationTests",
             dependencies: [
                 "PMUCore", "PMUClient", "PMUCtl", "PMUTransport", "PMUCheckpoint", "PMUExampleComputation", "PMUTesting", "PMULog",
-                "PMUCluster", "PMUStripe", "PMUSnapshot", "PMUExampleLiveGrid",
+                "PMUCluster", "PMUStripe", "PMUSnapshot", "PMUExampleLiveGrid", "PMUFailover",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
     ]

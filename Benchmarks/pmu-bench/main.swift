@@ -389,8 +389,14 @@ do {
     case "striped": try await Striped.parse(Array(arguments.dropFirst())).execute()
     case "checkpoint": try await SingleCheckpoint.parse(Array(arguments.dropFirst())).execute()
     case "snapshot": try await SnapshotBench.parse(Array(arguments.dropFirst())).execute()
+    case "failover-writer":
+        var command = try FailoverWriter.parse(Array(arguments.dropFirst()))
+        try await command.run()
+    case "failover-check":
+        var command = try FailoverCheck.parse(Array(arguments.dropFirst()))
+        try await command.run()
     default:
-        FileHandle.standardError.write(Data("usage: pmu-bench small|bulk|concurrency|fenced-writes|list|regions|cleanup|erasure|striped|checkpoint|snapshot [options]\n".utf8))
+        FileHandle.standardError.write(Data("usage: pmu-bench small|bulk|concurrency|fenced-writes|list|regions|cleanup|erasure|striped|checkpoint|snapshot|failover-writer|failover-check [options]\n".utf8))
         exit(2)
     }
 } catch {

@@ -55,6 +55,13 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     case cancelled = 43
     /// A live-snapshot call named a region that is not a snapshot target (or not formatted as one).
     case notSnapshotRegion = 48
+    // 52-57: failover (issue 13).
+    /// This server is not the pair's serving primary (a monitor, or a primary fenced by a newer
+    /// owner at the authority): write to the service address, which the serving primary holds.
+    case notPrimary = 52
+    /// The primary's member lease at the authority is about to lapse (etcd unreachable from it):
+    /// writes are refused until it is renewed, so that a monitor may take over without a split brain.
+    case leaseLapsed = 53
 
     /// A stable, grep-able name for logs and pmuctl's one-line errors.
     public var description: String {
@@ -97,6 +104,8 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .timedOut: "TIMED_OUT"
         case .cancelled: "CANCELLED"
         case .notSnapshotRegion: "NOT_SNAPSHOT_REGION"
+        case .notPrimary: "NOT_PRIMARY"
+        case .leaseLapsed: "LEASE_LAPSED"
         }
     }
 }

@@ -53,5 +53,19 @@ struct PairCommand: ParsableCommand {
         if let taken = status["takenOver"] as? [String: Any] {
             print("  serving taken-over portion \(taken["portion"] ?? "?") at \(taken["serving"] ?? "?")")
         }
+        if let failover = status["failover"] as? [String: Any] {
+            printFailover(failover)
+        }
+    }
+
+    /// The failover controller's part (issue 13): role, addresses, heartbeats, epoch, last failover.
+    static func printFailover(_ f: [String: Any]) {
+        let rtt = (f["heartbeatRoundTripMicroseconds"] as? Int).map { "\($0) us" } ?? "-"
+        print("  failover: \(f["memberId"] ?? "?") is \(f["role"] ?? "?")\((f["serving"] as? Bool) == true ? " (serving)" : "") (started as \(f["configuredRole"] ?? "?")), epoch \(f["epoch"] ?? 0)\(f["fenced"].map { ", FENCED: \($0)" } ?? "")")
+        print("    heartbeat \(f["heartbeatAddress"] ?? "?") -> \(f["peerHeartbeatAddress"] ?? "?") every \(f["heartbeatIntervalMilliseconds"] ?? "?") ms: peer \(f["peerState"] ?? "?"), misses \(f["misses"] ?? 0)/\(f["missLimit"] ?? "?"), round trip \(rtt)")
+        print("    service address \(f["serviceAddress"] ?? "-"), authority \(f["authority"] ?? "none"), lease \(f["leaseRemainingMilliseconds"].map { "\($0) ms left" } ?? "-"), acknowledging writes: \((f["acknowledgingWrites"] as? Bool) == true ? "yes" : "no")")
+        if let last = f["lastFailover"] as? [String: Any] {
+            print("    last failover: after \(last["misses"] ?? "?") misses, \(last["takeoverMilliseconds"] ?? "?") ms, epoch \(last["epoch"] ?? 0)\(last["error"].map { ", FAILED: \($0)" } ?? "")")
+        }
     }
 }

@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PMUCore
+import PMUFailover
 import PMUStore
 import PMUTransport
 import PMUVerbs
@@ -24,6 +25,18 @@ public final class PMUServerService: Service, Sendable {
     public func run() async throws {
         var configuration = self.configuration
         let logger = self.logger
+        // Failover first: a restarted primary signals the monitor address before it opens its
+        // data directory, which the new primary may hold (issue 13, reboot as monitor).
+        // NIO's shared group: the failover controller outlives no server, and needs its loop before the server's own group exists.
+        let failover = configuration.failover.map { FailoverController(configuration: $0, group: MultiThreadedEventLoopGroup.singleton, logger: logger) }
+        if let failover {
+            if case .demotedToMonitor(let reason) = try await failover.boot() {
+                try await runDemotedMonitor(failover, reason: reason)
+                return
+            }
+            configuration.writeGate = { failover.writeRefusal() }
+            configuration.failoverStatus = { failover.status }
+        }
         // Order matters: lock the directory before touching anything in it, recover before listening.
         let directory = try DataDirectory(path: configuration.dataDirectory)
         if configuration.secretsPath == nil {
@@ -78,6 +91,9 @@ public final class PMUServerService: Service, Sendable {
             // Paired: reach the partner once listening (so a server given itself as partner finds
             // out) and before the ready file, so a wrong partner fails the start.
             try await pair?.start()
+            if let failover {
+                failover.start(takeover: failover.role == .monitor ? pair.map { Self.takeoverAction($0, service: configuration.failover?.service) } : nil)
+            }
             if let readyFile = configuration.readyFile {
                 try writeReadyFile(readyFile, address: bound)
             }
@@ -85,6 +101,7 @@ public final class PMUServerService: Service, Sendable {
         } catch is CancellationError {
             // Second signal or group cancellation: fall through to the same orderly stop.
         } catch {
+            await failover?.stop()
             await transport.stop()
             await pair?.stop()
             try? await pool.shutdownGracefully()
@@ -93,6 +110,7 @@ public final class PMUServerService: Service, Sendable {
             throw error
         }
         logger.info("pmu-server shutting down")
+        await failover?.stop()
         await transport.stop()
         await pair?.stop()
         try? await pool.shutdownGracefully()
@@ -100,6 +118,28 @@ public final class PMUServerService: Service, Sendable {
         try? await group.shutdownGracefully()
         withExtendedLifetime(directory) {}
         logger.info("pmu-server stopped")
+    }
+
+    /// A monitor takes over through the pair: fence, replay the primary's mirror log, persist,
+    /// take the service address, listen at --takeover-listen.
+    static func takeoverAction(_ pair: PairController, service: AddressHook?) -> FailoverController.TakeoverAction {
+        let addAddress: @Sendable () throws(PMUError) -> Void = { () throws(PMUError) in try service?.add() }
+        return { () async throws(PMUError) -> String in
+            try await pair.takeover(beforeListen: addAddress)
+        }
+    }
+
+    /// A primary that rebooted while its monitor took over: it answers heartbeats as a monitor
+    /// and leaves its old portion alone (the new primary holds it). Serving that portion again
+    /// needs issue 12's giveback, which is not built: see docs/ARCHITECTURE.md "Failover".
+    private func runDemotedMonitor(_ failover: FailoverController, reason: String) async throws {
+        logger.notice("not serving: this server restarted as the monitor of the new primary", metadata: ["reason": "\(reason)"])
+        failover.start(takeover: nil)
+        if let readyFile = configuration.readyFile {
+            try writeReadyFile(readyFile, address: configuration.failover?.heartbeatListen ?? configuration.listen)
+        }
+        try? await gracefulShutdown()
+        await failover.stop()
     }
 
     /// tcp, rdma or auto → which one, and the reason for the log line. `rdma` with no usable

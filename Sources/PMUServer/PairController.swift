@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import PMUCore
+import PMUFailover
 import PMUPair
 import PMUStore
 import PMUTransport
@@ -79,6 +80,7 @@ final class PairController: Sendable {
         var mirrorLogs: [MirrorReceiver.PortionStatus]
         var mirrorSync: String
         var takenOver: TakeoverReport?
+        var failover: FailoverController.Status?
     }
 
     func statusJSON() -> String {
@@ -89,7 +91,8 @@ final class PairController: Sendable {
         if takenOver != nil { roles.append("serving a taken-over portion") }
         let status = Status(
             portion: portion, dataDirectory: configuration.dataDirectory, role: roles, mirroringTo: sender?.status,
-            mirrorLogs: receiver?.status ?? [], mirrorSync: settings.mirrorLog.sync.rawValue, takenOver: takenOver)
+            mirrorLogs: receiver?.status ?? [], mirrorSync: settings.mirrorLog.sync.rawValue, takenOver: takenOver,
+            failover: configuration.failoverStatus?())
         return Self.json(status)
     }
 
@@ -101,7 +104,8 @@ final class PairController: Sendable {
 
     /// PAIR_TAKEOVER: fence, replay, persist, then listen for the portion's clients. The reply
     /// comes once the portion is being served.
-    func takeover() async throws(PMUError) -> String {
+    /// `beforeListen` (failover: take the service address) runs once the portion is durable.
+    func takeover(beforeListen: (@Sendable () throws(PMUError) -> Void)? = nil) async throws(PMUError) -> String {
         guard let receiver else {
             throw PMUError(.invalidArgument, "this server keeps no mirror logs (start it with --mirror-client or --partner-client); nothing to take over")
         }
@@ -133,6 +137,7 @@ final class PairController: Sendable {
         let state = ServerState(store: store, secrets: runtime.secrets, configuration: portionConfiguration)
         let transport = TCPServerTransport(endpoint: listen, group: runtime.group, logger: logger)
         let runtime = self.runtime
+        try beforeListen?()
         let bound: Endpoint
         do {
             bound = try await transport.start { info in

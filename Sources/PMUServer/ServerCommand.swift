@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import Logging
 import PMUCore
+import PMUFailover
 import PMULog
 import PMUPair
 import PMUStore
@@ -88,8 +89,8 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("partner-max-unpersisted"), help: "Mirrored bytes not yet covered by a PERSIST before WRITEs are refused LOG_FULL.")
     var partnerMaxUnpersisted = "96MiB"
 
-    @Option(name: .customLong("partner-down"), help: "While the partner is unreachable: durable (each write is msync'd here before it is acknowledged) or refuse (writes fail SERVER_UNAVAILABLE).")
-    var partnerDown = "durable"
+    @Option(name: .customLong("partner-down"), help: "While the partner is unreachable: durable (each write is msync'd here before it is acknowledged) or refuse (writes fail SERVER_UNAVAILABLE). Default durable; refuse with --role (a primary cut off from its monitor must not acknowledge what a takeover would not replay).")
+    var partnerDown: String?
 
     @Option(name: .customLong("mirror-client"), help: "Client id allowed to mirror its portion into this server (default: --partner-client).")
     var mirrorClient: String?
@@ -108,6 +109,48 @@ public struct ServerCommand: ParsableCommand {
 
     @Option(name: .customLong("takeover-listen"), help: "HOST:PORT to serve the taken-over portion on (the failed owner's address).")
     var takeoverListen: String?
+
+    @Option(help: "Failover role: primary (serves the service address) or monitor (heartbeats the primary and takes over on --heartbeat-misses misses). Omitted: no failover.")
+    var role: String?
+
+    @Option(name: .customLong("member-id"), help: "This server's name in heartbeats and at the authority (1-16 bytes).")
+    var memberId: String?
+
+    @Option(name: .customLong("heartbeat-listen"), help: "This server's UDP heartbeat address, HOST:PORT (for a monitor: the monitor address).")
+    var heartbeatListen: String?
+
+    @Option(name: .customLong("peer-heartbeat"), help: "The other server's UDP heartbeat address (for a monitor: the primary's; for a primary: the monitor address it signals at boot).")
+    var peerHeartbeat: String?
+
+    @Option(name: .customLong("heartbeat-interval"), help: "Milliseconds between heartbeats.")
+    var heartbeatIntervalMilliseconds: Int64 = 1000
+
+    @Option(name: .customLong("heartbeat-misses"), help: "Consecutive unanswered heartbeats after which the monitor takes over.")
+    var heartbeatMisses = 3
+
+    @Option(name: .customLong("heartbeat-secret-file"), help: "File holding the secret heartbeats are tagged with (default: --partner-secret-file).")
+    var heartbeatSecretFile: String?
+
+    @Option(name: .customLong("service-address"), help: "The service address the primary holds, ADDRESS/PREFIX (e.g. 10.77.0.100/24): added with ip addr add and a gratuitous ARP, or through --address-hook.")
+    var serviceAddress: String?
+
+    @Option(name: .customLong("service-interface"), help: "Interface for --service-address.")
+    var serviceInterface = "eth0"
+
+    @Option(name: .customLong("address-hook"), help: "Shell command that adds or removes the service address instead of ip/arping (gets PMU_ADDRESS_ACTION=add|del, PMU_ADDRESS, PMU_INTERFACE; must exit 0).")
+    var addressHook: String?
+
+    @Option(help: "The authority, etcd's client URL http://HOST:PORT (its JSON gateway). Omitted: no authority; the fence command alone guards a takeover.")
+    var etcd: String?
+
+    @Option(name: .customLong("etcd-prefix"), help: "Key prefix of this pair at the authority.")
+    var etcdPrefix = "/pmu/pair"
+
+    @Option(name: .customLong("lease-ttl"), help: "Seconds of this server's member lease at the authority.")
+    var leaseTTLSeconds = 2
+
+    @Option(name: .customLong("lease-margin"), help: "Milliseconds before its lease could lapse at which a primary stops acknowledging writes.")
+    var leaseMarginMilliseconds: Int64 = 500
 
     @Flag(name: .customLong("test-volatile-until-persist"), help: "TEST MODE (needs PMU_ALLOW_TEST_MODES=1): keep region bytes in process memory until PERSIST, so kill -9 loses unpersisted writes as a machine loss would.")
     var testVolatileUntilPersist = false
@@ -147,7 +190,11 @@ public struct ServerCommand: ParsableCommand {
         if let takeoverListen { _ = try Endpoint(parsing: takeoverListen) }
         _ = try ByteSize.parse(mirrorLogMax)
         _ = try ByteSize.parse(partnerMaxUnpersisted)
-        guard PartnerDownPolicy(rawValue: partnerDown) != nil else { throw ValidationError("--partner-down must be durable or refuse") }
+        if let role {
+            guard FailoverRole(rawValue: role) != nil else { throw ValidationError("--role must be primary or monitor") }
+            _ = try makeFailover()
+        }
+        guard PartnerDownPolicy(rawValue: partnerDown ?? "durable") != nil else { throw ValidationError("--partner-down must be durable or refuse") }
         guard LogSyncPolicy(rawValue: mirrorSync) != nil else { throw ValidationError("--mirror-sync must be fdatasync or page-cache") }
     }
 
@@ -176,7 +223,7 @@ public struct ServerCommand: ParsableCommand {
             let secret = try SecretsTable.parseClientSecret(try SecretsFile.readText(partnerSecretFile, what: "--partner-secret-file"), source: partnerSecretFile)
             pair.partner = PartnerConfiguration(
                 endpoint: try Endpoint(parsing: partner), clientId: partnerClient, secret: secret, maxUnpersistedBytes: try ByteSize.parse(partnerMaxUnpersisted),
-                partnerDown: PartnerDownPolicy(rawValue: partnerDown) ?? .durable)
+                partnerDown: PartnerDownPolicy(rawValue: partnerDown ?? (role == nil ? "durable" : "refuse")) ?? .durable)
         }
         pair.mirrorClient = mirrorClient ?? partnerClient
         pair.mirrorLog.maxBytes = try ByteSize.parse(mirrorLogMax)
@@ -185,7 +232,38 @@ public struct ServerCommand: ParsableCommand {
         pair.fenceCommand = fenceCommand
         pair.takeoverListen = try takeoverListen.map { try Endpoint(parsing: $0) }
         configuration.pair = pair
+        configuration.failover = try makeFailover()
         return configuration
+    }
+
+    /// The failover options, nil without --role.
+    func makeFailover() throws -> FailoverConfiguration? {
+        guard let role, let failoverRole = FailoverRole(rawValue: role) else { return nil }
+        guard let memberId, let heartbeatListen, let peerHeartbeat else {
+            throw ValidationError("--role needs --member-id, --heartbeat-listen and --peer-heartbeat")
+        }
+        guard let secretFile = heartbeatSecretFile ?? partnerSecretFile else {
+            throw ValidationError("--role needs --heartbeat-secret-file (or --partner-secret-file): heartbeats are authenticated")
+        }
+        let secret = try SecretsTable.parseClientSecret(try SecretsFile.readText(secretFile, what: "--heartbeat-secret-file"), source: secretFile)
+        var failover = FailoverConfiguration(
+            role: failoverRole, memberId: memberId, heartbeatListen: try Endpoint(parsing: heartbeatListen),
+            peerHeartbeat: try Endpoint(parsing: peerHeartbeat), secret: secret)
+        failover.intervalMilliseconds = heartbeatIntervalMilliseconds
+        failover.missLimit = heartbeatMisses
+        failover.service = serviceAddress.map { AddressHook(address: $0, interface: serviceInterface, command: addressHook) }
+        failover.etcd = try etcd.map { try EtcdClient.parse(url: $0) }
+        failover.etcdPrefix = etcdPrefix
+        failover.leaseTTLSeconds = leaseTTLSeconds
+        failover.leaseMarginMilliseconds = leaseMarginMilliseconds
+        try failover.validate()
+        if failoverRole == .monitor, mirrorClient ?? partnerClient == nil || partnerPortion == nil || fenceCommand == nil || takeoverListen == nil {
+            throw ValidationError("--role monitor takes over through the pair: it needs --mirror-client (or --partner-client), --partner-portion, --fence-command and --takeover-listen (the service address's HOST:PORT)")
+        }
+        if failoverRole == .primary, partner == nil {
+            throw ValidationError("--role primary needs --partner (the monitor's HOST:PORT): a takeover replays the monitor's mirror log, so every acknowledged write must be in it")
+        }
+        return failover
     }
 
     /// Named `execute`, not `run`: see main.swift.

@@ -1,5 +1,6 @@
 import NIOCore
 import PMUCore
+import PMUFailover
 import PMUStore
 import PMUTransport
 
@@ -43,6 +44,14 @@ public struct ServerConfiguration: Sendable {
     /// Every WRITE is made durable (msync of its range) before it is acknowledged: how a server
     /// serves a taken-over portion, whose partner is gone, keeping the one-machine-loss promise.
     public var durableWrites = false
+    /// `--role` and the heartbeat, authority and address options (issue 13); nil: no failover.
+    public var failover: FailoverConfiguration?
+    /// Asked as each WRITE arrives (set from the failover controller): a refusal (NOT_PRIMARY,
+    /// LEASE_LAPSED) answers the write without touching the region. Carried into a taken-over
+    /// portion's configuration, so the portion a monitor serves after a takeover is gated too.
+    public var writeGate: (@Sendable () -> PMUError?)?
+    /// The failover controller's status, shown by `pmuctl pair status` under "failover".
+    public var failoverStatus: (@Sendable () -> FailoverController.Status)?
 
     public init() {}
 

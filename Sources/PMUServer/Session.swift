@@ -255,6 +255,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                 throw PMUError(.protocolViolation, "this connection is already authenticated")
 
             case .write(let key, let offset, let data):
+                if let refusal = state.configuration.writeGate?() { throw refusal }
                 if state.configuration.durableWrites {
                     // A taken-over portion has no partner: durable before acknowledged.
                     try writeDurably(key: key, offset: offset, data: data, id: id)
