@@ -127,15 +127,22 @@ public final class EtcdClient: Sendable {
         let eventLoop = group.next()
         let promise = eventLoop.makePromise(of: (Int, [UInt8]).self)
         let timeout = TimeAmount.milliseconds(timeoutMilliseconds)
-        let channel = try await ClientBootstrap(group: eventLoop)
-            .connectTimeout(timeout)
-            .channelInitializer { channel in
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: eventLoop)
+                .connectTimeout(timeout)
+                .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(ResponseCollector(promise: promise, limit: Self.maxResponseBytes))
                 }
             }
-            .connect(host: endpoint.host, port: endpoint.port).get()
+                .connect(host: endpoint.host, port: endpoint.port).get()
+        } catch {
+            // The promise must be completed on every path (NIO traps on a leaked promise).
+            promise.fail(error)
+            throw error
+        }
         let deadline = eventLoop.scheduleTask(in: timeout) {
             // Through the collector, which completes the promise once.
             channel.pipeline.fireErrorCaught(PMUError(.timedOut, "etcd at \(self.endpoint) did not answer \(path) within \(self.timeoutMilliseconds) ms"))
