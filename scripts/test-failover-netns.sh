@@ -89,9 +89,15 @@ write_secrets() {
 }
 
 # server NS NAME ROLE OWN_IP PEER_IP PEER_NAME: data in $SCRATCH/NAME, log $SCRATCH/NAME.log.
+# The fence (STONITH on one machine): the old primary's host loses the service address (as a
+# powered-off machine would) and its process is killed by the pid in its LOCK; it succeeds only
+# once that process is gone.
+FENCE_KILL='pid=$(cat "$PMU_PORTION_DIR/LOCK" 2>/dev/null); [ -z "$pid" ] || kill -9 "$pid" 2>/dev/null; for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.02; done; exit 1'
+
 # The primary mirrors to the monitor (--partner); the monitor keeps the log and takes over.
 server() {
     local ns=$1 name=$2 role=$3 own=$4 peer=$5 peername=$6 mirror=()
+    local peerns=$([[ $name == a ]] && echo $NS_B || echo $NS_A)
     rm -f "$SCRATCH/$name.ready"
     [[ $role == primary ]] && mirror=(--partner "$peer:$PORT")
     ip netns exec "$ns" "$BIN/pmu-server" --role "$role" --member-id "$name" --data-dir "$SCRATCH/$name" \
@@ -99,7 +105,7 @@ server() {
         --listen "$([[ $role == primary ]] && echo $SERVICE || echo "$own"):$PORT" \
         "${mirror[@]}" --partner-client pair --partner-secret-file "$SCRATCH/pair.secret" --mirror-client pair \
         --partner-portion "$SCRATCH/$peername" --takeover-listen "$SERVICE:$PORT" \
-        --fence-command 'pid=$(cat "$PMU_PORTION_DIR/LOCK" 2>/dev/null); [ -z "$pid" ] || kill -9 "$pid" 2>/dev/null; for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.02; done; exit 1' \
+        --fence-command "ip -n $peerns addr del $SERVICE/24 dev eth0 2>/dev/null; $FENCE_KILL" \
         --heartbeat-listen "$own:7701" --peer-heartbeat "$peer:7701" --heartbeat-interval "${INTERVAL_MS:-100}" --heartbeat-misses "${MISSES:-3}" \
         --heartbeat-secret-file "$SCRATCH/pair.secret" --service-address "$SERVICE/24" --service-interface eth0 \
         --etcd http://10.77.0.254:2379 --etcd-prefix /pmu/fo --lease-ttl 2 --lease-margin 500 \
@@ -124,9 +130,10 @@ check() {
     ip netns exec $NS_C "$BIN/pmu-bench" failover-check --server "$SERVICE:$PORT" --client admin --secret-file "$SCRATCH/admin.secret" --ack-log "$1"
 }
 
-holder() { # which namespace holds the service address
-    for ns in $NS_A $NS_B; do ip -n "$ns" addr show dev eth0 | grep -q "$SERVICE/" && echo -n "$ns "; done
-    echo
+holder() { # which namespaces hold the service address, e.g. "pmufo-b"
+    local held=()
+    for ns in $NS_A $NS_B; do ip -n "$ns" addr show dev eth0 2>/dev/null | grep -q "inet $SERVICE/" && held+=("$ns"); done
+    echo "${held[*]:-none}"
 }
 
 start_pair() {
@@ -153,7 +160,7 @@ scenario_kill() {
     wait $wpid
     cat "$SCRATCH/kill.writer.json"
     echo "service address held by: $(holder)"
-    [[ $(holder) == "$NS_B " ]] || { echo "FAIL: the monitor does not hold the service address" >&2; exit 1; }
+    [[ $(holder) == "$NS_B" ]] || { echo "FAIL: the monitor does not hold the service address" >&2; exit 1; }
     check "$SCRATCH/kill.acks" | tee "$SCRATCH/kill.check.json"
     echo "PASS kill"
 }
@@ -187,7 +194,7 @@ NFT
     wait $wa || true
     cat "$SCRATCH/part-c.writer.json" "$SCRATCH/part-a.writer.json" 2>/dev/null || true
     echo "service address held by: $(holder)"
-    [[ $(holder) == "$NS_B " ]] || { echo "FAIL: service address held by: $(holder)" >&2; exit 1; }
+    [[ $(holder) == "$NS_B" ]] || { echo "FAIL: service address held by: $(holder)" >&2; exit 1; }
     # Writes acknowledged to the client beside the stale primary after the cut: none may exist
     # unless they reached the monitor (the ack log's times are relative to that writer's start).
     cat "$SCRATCH/part-c.acks" "$SCRATCH/part-a.acks" >"$SCRATCH/part.acks" 2>/dev/null || true

@@ -30,9 +30,8 @@ extension Connection {
     }
 }
 
-struct FailoverWriter: AsyncParsableCommand {
+struct FailoverWriter: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "failover-writer",
         abstract: "Write 4 KiB slots in order through the reconnecting client; log each acknowledged one (index, ms since start).")
     @Option var region: String
     @Option var count = 2000
@@ -40,10 +39,16 @@ struct FailoverWriter: AsyncParsableCommand {
     @Option(name: .customLong("slot-bytes")) var slotBytes = 4096
     @Option(name: .customLong("ack-log"), help: "Appended with one line per acknowledged write: REGION INDEX MILLISECONDS.") var ackLog: String
     @Option(name: .customLong("stop-file"), help: "Stop once this file exists (the test's signal).") var stopFile: String?
+    @Option(name: .customLong("max-backoff-ms"), help: "Longest pause between reconnection attempts.") var maxBackoffMilliseconds = 50
+    @Option(name: .customLong("attempt-ms"), help: "Connect + authenticate limit of one reconnection attempt.") var attemptMilliseconds = 250
     @OptionGroup var connection: Connection
 
-    func run() async throws {
-        let client = ReconnectingClient(try connection.configuration())
+    func execute() async throws {
+        let configuration = try connection.configuration()
+        var policy = ReconnectingClient.Policy(endpoints: [configuration.endpoint])
+        policy.maxBackoff = .milliseconds(maxBackoffMilliseconds)
+        policy.attemptTimeout = .milliseconds(attemptMilliseconds)
+        let client = ReconnectingClient(configuration, policy: policy)
         try await client.create(region, sizeBytes: UInt64(count * slotBytes))
         FileManager.default.createFile(atPath: ackLog, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: ackLog))
@@ -76,14 +81,14 @@ struct FailoverWriter: AsyncParsableCommand {
     }
 }
 
-struct FailoverCheck: AsyncParsableCommand {
+struct FailoverCheck: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "failover-check", abstract: "Read back every write an ack log names; exit 1 if any is missing or different.")
+        abstract: "Read back every write an ack log names; exit 1 if any is missing or different.")
     @Option(name: .customLong("ack-log")) var ackLog: String
     @Option(name: .customLong("slot-bytes")) var slotBytes = 4096
     @OptionGroup var connection: Connection
 
-    func run() async throws {
+    func execute() async throws {
         let text = try String(contentsOfFile: ackLog, encoding: .utf8)
         let client = ReconnectingClient(try connection.configuration())
         var opened = Set<String>()

@@ -389,12 +389,8 @@ do {
     case "striped": try await Striped.parse(Array(arguments.dropFirst())).execute()
     case "checkpoint": try await SingleCheckpoint.parse(Array(arguments.dropFirst())).execute()
     case "snapshot": try await SnapshotBench.parse(Array(arguments.dropFirst())).execute()
-    case "failover-writer":
-        var command = try FailoverWriter.parse(Array(arguments.dropFirst()))
-        try await command.run()
-    case "failover-check":
-        var command = try FailoverCheck.parse(Array(arguments.dropFirst()))
-        try await command.run()
+    case "failover-writer": try await FailoverWriter.parse(Array(arguments.dropFirst())).execute()
+    case "failover-check": try await FailoverCheck.parse(Array(arguments.dropFirst())).execute()
     default:
         FileHandle.standardError.write(Data("usage: pmu-bench small|bulk|concurrency|fenced-writes|list|regions|cleanup|erasure|striped|checkpoint|snapshot|failover-writer|failover-check [options]\n".utf8))
         exit(2)

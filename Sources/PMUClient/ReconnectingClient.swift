@@ -23,6 +23,11 @@ public actor ReconnectingClient {
         public var initialBackoff: Duration = .milliseconds(10)
         public var maxBackoff: Duration = .milliseconds(500)
         public var deadline: Duration = .seconds(15)
+        /// Connect + authenticate limit of one attempt while reconnecting (the configuration's
+        /// `connectTimeout` is used for the first connection). Short, because a SYN sent while
+        /// the service address moves goes to the old host's MAC and is retransmitted only after
+        /// TCP's initial 1 s timeout; a fresh attempt after the gratuitous ARP gets through at once.
+        public var attemptTimeout: Duration = .milliseconds(500)
 
         public init(endpoints: [Endpoint]) { self.endpoints = endpoints }
     }
@@ -141,6 +146,7 @@ public actor ReconnectingClient {
         while ContinuousClock.now - started < policy.deadline {
             var attempt = configuration
             attempt.endpoint = policy.endpoints[endpointIndex]
+            if lastReconnectReason != nil || last != nil { attempt.connectTimeout = min(configuration.connectTimeout, policy.attemptTimeout) }
             do throws(PMUError) {
                 let fresh = try await PMUClient.connect(attempt)
                 if lastReconnectReason != nil { reconnects += 1 }
