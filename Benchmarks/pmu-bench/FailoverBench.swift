@@ -32,19 +32,21 @@ extension Connection {
 
 struct FailoverWriter: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Write 4 KiB slots in order through the reconnecting client; log each acknowledged one (index, ms since start).")
+        abstract: "Write 4 KiB slots in order through the reconnecting client; log each acknowledged one (region, index, ms since start, wall-clock ms).")
     @Option var region: String
     @Option var count = 2000
     @Option var seconds = 20.0
     @Option(name: .customLong("slot-bytes")) var slotBytes = 4096
-    @Option(name: .customLong("ack-log"), help: "Appended with one line per acknowledged write: REGION INDEX MILLISECONDS.") var ackLog: String
+    @Option(name: .customLong("ack-log"), help: "Appended with one line per acknowledged write: REGION INDEX MS_SINCE_START WALL_MS.") var ackLog: String
     @Option(name: .customLong("stop-file"), help: "Stop once this file exists (the test's signal).") var stopFile: String?
     @Option(name: .customLong("max-backoff-ms"), help: "Longest pause between reconnection attempts.") var maxBackoffMilliseconds = 50
     @Option(name: .customLong("attempt-ms"), help: "Connect + authenticate limit of one reconnection attempt.") var attemptMilliseconds = 250
+    @Option(name: .customLong("request-timeout-ms"), help: "A write unanswered this long is given up and retried on a new connection (after a partition the old connection is silent until TCP retransmits reach the new host, 1.6-3.2 s later).") var requestTimeoutMilliseconds = 1000
     @OptionGroup var connection: Connection
 
     func execute() async throws {
-        let configuration = try connection.configuration()
+        var configuration = try connection.configuration()
+        configuration.requestTimeout = .milliseconds(requestTimeoutMilliseconds)
         var policy = ReconnectingClient.Policy(endpoints: [configuration.endpoint])
         policy.maxBackoff = .milliseconds(maxBackoffMilliseconds)
         policy.attemptTimeout = .milliseconds(attemptMilliseconds)
@@ -70,7 +72,8 @@ struct FailoverWriter: ParsableCommand {
             last = now
             written += 1
             let ms = Double((now - started).components.attoseconds) / 1e15 + Double((now - started).components.seconds) * 1000
-            log.write(Data("\(region) \(index) \(String(format: "%.1f", ms))\n".utf8))
+            let wall = UInt64(Date().timeIntervalSince1970 * 1000)
+            log.write(Data("\(region) \(index) \(String(format: "%.1f", ms)) \(wall)\n".utf8))
         }
         try log.close()
         emit([
