@@ -132,7 +132,12 @@ check() {
 
 holder() { # which namespaces hold the service address, e.g. "pmufo-b"
     local held=()
-    for ns in $NS_A $NS_B; do ip -n "$ns" addr show dev eth0 2>/dev/null | grep -q "inet $SERVICE/" && held+=("$ns"); done
+    local shown
+    for ns in $NS_A $NS_B; do
+        # Captured first: `ip ... | grep -q` under pipefail fails when grep's early exit gives ip SIGPIPE.
+        shown=$(ip -n "$ns" addr show dev eth0 2>/dev/null || true)
+        [[ $shown == *"inet $SERVICE/"* ]] && held+=("$ns")
+    done
     echo "${held[*]:-none}"
 }
 
@@ -159,6 +164,7 @@ scenario_kill() {
     touch "$SCRATCH/stop"
     wait $wpid
     cat "$SCRATCH/kill.writer.json"
+    [[ -x $BIN/pmuctl ]] && ip netns exec $NS_C "$BIN/pmuctl" pair status --server 10.77.0.2:$PORT --client admin --secret-file "$SCRATCH/admin.secret" | grep -A4 failover || true
     echo "service address held by: $(holder)"
     [[ $(holder) == "$NS_B" ]] || { echo "FAIL: the monitor does not hold the service address" >&2; exit 1; }
     check "$SCRATCH/kill.acks" | tee "$SCRATCH/kill.check.json"
