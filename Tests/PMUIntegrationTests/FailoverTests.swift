@@ -216,6 +216,39 @@ final class FailoverPair: @unchecked Sendable {
         await client.disconnect()
     }
 
+    /// A restarted primary whose monitor is gone too becomes primary only with the authority's
+    /// grant: refused while the last owner's (the monitor's) lease lives, granted once it lapsed,
+    /// with a newer epoch, serving what the monitor had acknowledged.
+    @Test func rebootWithTheMonitorGoneNeedsTheAuthoritysGrant() async throws {
+        let etcd = try await EtcdProcess()
+        let pair = try FailoverPair(etcd: etcd)
+        _ = try await pair.waitFor(pair.monitor, "monitor sees the primary") { $0["peerState"] as? String == "alive" }
+        pair.primary.kill9()
+        let taken = try await pair.waitFor(pair.monitor, "monitor took over") { $0["serving"] as? Bool == true }
+        let client = ReconnectingClient(pair.primary.configuration())
+        try await client.create("after", sizeBytes: 4096)
+        try await client.write("after", at: 0, Array("written on the monitor".utf8))
+        await client.disconnect()
+        pair.monitor.kill9()
+        // Its lease (2 s) is still alive: refused, with the reason.
+        #expect(throws: (any Error).self) { try pair.startPrimary() }
+        #expect(pair.primary.log.contains("NOT_PRIMARY"), "\(pair.primary.log.suffix(1500))")
+        let authority = Authority(etcd: EtcdClient(endpoint: etcd.endpoint, group: MultiThreadedEventLoopGroup.singleton), prefix: "/pmu/test", memberId: "probe")
+        var lapsed = false
+        for _ in 0..<60 where !lapsed {
+            try await Task.sleep(for: .milliseconds(100))
+            lapsed = try await !authority.memberPresent("mon")
+        }
+        #expect(lapsed)
+        try pair.startPrimary()
+        let granted = try await pair.waitFor(pair.primary, "primary granted") { $0["serving"] as? Bool == true }
+        #expect((granted["epoch"] as? Int ?? 0) > (taken["epoch"] as? Int ?? 0))
+        let check = ReconnectingClient(pair.primary.configuration())
+        try await check.open("after", rights: .read)
+        #expect(Array(buffer: try await check.read("after", at: 0, length: 22)) == Array("written on the monitor".utf8))
+        await check.disconnect()
+    }
+
     /// The authority's compare-and-set: of two claims against one revision only one wins, and
     /// the winner's revision is the new epoch; member keys vanish with their lease.
     @Test func authorityCompareAndSetAndLeases() async throws {
