@@ -12,9 +12,10 @@
 #            client on each side writes; the primary cannot mirror, so it acknowledges nothing;
 #            the monitor claims at etcd, fences (kills) the old primary, serves; after healing
 #            the restarted primary comes back as monitor; every acknowledged write is present.
-# rounds N:  N rounds of kill -9 (alternating which server is primary), failover time per round
-#            (the client's longest gap between two acknowledged writes) and p50/max; used by
-#            scripts/bench-failover.sh.
+# rounds N:  N rounds of kill -9, each on a fresh pair, failover time per round (the client's
+#            longest gap between two acknowledged writes) and p50/max; scripts/bench-failover.sh.
+# random N:  N rounds, each a seeded random choice of kill -9 or partition (healed after 1.5 s);
+#            after every round every acknowledged write of that round is read back.
 # Root only (namespaces, nft); prints SKIPPED otherwise. Everything it makes is removed by name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -141,6 +142,25 @@ holder() { # which namespaces hold the service address, e.g. "pmufo-b"
     echo "${held[*]:-none}"
 }
 
+# A partition of the primary's host: inside its namespace, drop everything but lo (inet and arp).
+cut_primary() {
+    ip netns exec $NS_A nft -f - <<'NFT'
+table inet pmufo {
+    chain in { type filter hook input priority 0; policy drop; iif lo accept; }
+    chain out { type filter hook output priority 0; policy drop; oif lo accept; }
+}
+table arp pmufo {
+    chain in { type filter hook input priority 0; policy drop; }
+    chain out { type filter hook output priority 0; policy drop; }
+}
+NFT
+}
+
+heal_primary() {
+    ip netns exec $NS_A nft delete table inet pmufo 2>/dev/null || true
+    ip netns exec $NS_A nft delete table arp pmufo 2>/dev/null || true
+}
+
 start_pair() {
     setup_network
     start_etcd
@@ -181,22 +201,12 @@ scenario_partition() {
     writer $NS_A part-a "$SCRATCH/part-a.acks" >"$SCRATCH/part-a.writer.json" 2>"$SCRATCH/part-a.writer.err" &
     local wa=$!
     sleep 1.5
-    ip netns exec $NS_A nft -f - <<'NFT'
-table inet pmufo {
-    chain in { type filter hook input priority 0; policy drop; iif lo accept; }
-    chain out { type filter hook output priority 0; policy drop; oif lo accept; }
-}
-table arp pmufo {
-    chain in { type filter hook input priority 0; policy drop; }
-    chain out { type filter hook output priority 0; policy drop; }
-}
-NFT
+    cut_primary
     local cut_ms; cut_ms=$(date +%s%3N)
     sleep 3
     local heal_ms; heal_ms=$(date +%s%3N)
     # Heal, and play the supervisor: the fenced (killed) primary restarts with its command line.
-    ip netns exec $NS_A nft delete table inet pmufo
-    ip netns exec $NS_A nft delete table arp pmufo
+    heal_primary
     if kill -0 "$PID_a" 2>/dev/null; then echo "FAIL: the stale primary was not fenced" >&2; exit 1; fi
     server $NS_A a primary 10.77.0.1 10.77.0.2 b
     wait_ready a
@@ -220,8 +230,10 @@ NFT
 }
 
 scenario_rounds() {
-    local rounds=$1 gaps=()
-    echo "== $rounds rounds of kill -9 under a writing client; failover time = the client's longest gap between two acknowledged writes"
+    local rounds=$1 mode=${2:-kill} gaps=() kind
+    local seed=${PMU_FAILOVER_SEED:-$$}
+    RANDOM=$seed
+    echo "== $rounds rounds of $mode under a writing client (seed $seed: PMU_FAILOVER_SEED=$seed replays the choices); failover time = the client's longest gap between two acknowledged writes"
     # Each round is a fresh pair: without issue 12's giveback a restarted primary is a monitor
     # with no portion to take over, so the next kill would take the only server holding the data.
     for round in $(seq "$rounds"); do
@@ -238,13 +250,17 @@ scenario_rounds() {
         writer $NS_C "round$round" "$SCRATCH/round.acks" >"$SCRATCH/round.json" &
         local wpid=$!
         sleep 0.7
-        kill -9 "$PID_a"
+        kind=kill
+        [[ $mode == random && $((RANDOM % 2)) == 1 ]] && kind=partition
+        if [[ $kind == kill ]]; then kill -9 "$PID_a"; else cut_primary; fi
         sleep 1.5
+        heal_primary
         touch "$SCRATCH/stop"
         wait $wpid
+        kill -0 "$PID_a" 2>/dev/null && { echo "FAIL: round $round ($kind): the old primary was not fenced" >&2; exit 1; }
         check "$SCRATCH/round.acks" >"$SCRATCH/round.check.json" || { cat "$SCRATCH/round.check.json"; echo "FAIL: round $round lost writes" >&2; exit 1; }
         gaps+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["max_gap_ms"])' "$SCRATCH/round.json")")
-        echo "round $round: gap ${gaps[-1]} ms, $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["checked"], "acknowledged writes checked,", d["lost"], "lost")' "$SCRATCH/round.check.json")"
+        echo "round $round ($kind): gap ${gaps[-1]} ms, $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["checked"], "acknowledged writes checked,", d["lost"], "lost")' "$SCRATCH/round.check.json")"
         for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
         for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
         PIDS=()
@@ -256,7 +272,8 @@ scenario_rounds() {
 case "${1:-all}" in
     kill) scenario_kill ;;
     partition) scenario_partition ;;
-    rounds) scenario_rounds "${2:-20}" ;;
+    rounds) scenario_rounds "${2:-20}" kill ;;
+    random) scenario_rounds "${2:-20}" random ;;
     all) scenario_kill; cleanup; PIDS=(); SCRATCH=$(mktemp -d /tmp/pmu-failover.XXXXXX); scenario_partition ;;
-    *) echo "usage: $0 [kill|partition|rounds N|all]" >&2; exit 2 ;;
+    *) echo "usage: $0 [kill|partition|rounds N|random N|all]" >&2; exit 2 ;;
 esac
