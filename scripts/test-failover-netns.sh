@@ -127,6 +127,15 @@ writer() { # NS REGION ACKLOG [extra]
         --region "$2" --ack-log "$3" --count "${COUNT:-20000}" --seconds "${SECONDS_LIMIT:-15}" --stop-file "$SCRATCH/stop" "${@:4}"
 }
 
+wait_acks() { # FILE N: until the writer has N acknowledged writes (bounded, 15 s), so a cut lands mid-stream
+    for _ in $(seq 150); do
+        [[ -f $1 && $(wc -l <"$1") -ge $2 ]] && return
+        sleep 0.1
+    done
+    echo "FAIL: the writer never got $2 writes acknowledged before the cut" >&2
+    exit 1
+}
+
 check() {
     ip netns exec $NS_C "$BIN/pmu-bench" failover-check --server "$SERVICE:$PORT" --client admin --secret-file "$SCRATCH/admin.secret" --ack-log "$1"
 }
@@ -178,7 +187,8 @@ scenario_kill() {
     rm -f "$SCRATCH/stop"
     writer $NS_C kill "$SCRATCH/kill.acks" >"$SCRATCH/kill.writer.json" &
     local wpid=$!
-    sleep 1.5
+    wait_acks "$SCRATCH/kill.acks" 50
+    sleep 0.5
     kill -9 "$PID_a"
     sleep 3
     touch "$SCRATCH/stop"
@@ -200,7 +210,9 @@ scenario_partition() {
     # A client beside the primary, inside its namespace: it keeps reaching the stale primary.
     writer $NS_A part-a "$SCRATCH/part-a.acks" >"$SCRATCH/part-a.writer.json" 2>"$SCRATCH/part-a.writer.err" &
     local wa=$!
-    sleep 1.5
+    wait_acks "$SCRATCH/part-c.acks" 50
+    wait_acks "$SCRATCH/part-a.acks" 50
+    sleep 0.3
     cut_primary
     local cut_ms; cut_ms=$(date +%s%3N)
     sleep 3
@@ -249,7 +261,8 @@ scenario_rounds() {
         rm -f "$SCRATCH/stop" "$SCRATCH/round.acks"
         writer $NS_C "round$round" "$SCRATCH/round.acks" >"$SCRATCH/round.json" &
         local wpid=$!
-        sleep 0.7
+        wait_acks "$SCRATCH/round.acks" 50
+        sleep 0.3
         kind=kill
         [[ $mode == random && $((RANDOM % 2)) == 1 ]] && kind=partition
         if [[ $kind == kill ]]; then kill -9 "$PID_a"; else cut_primary; fi
