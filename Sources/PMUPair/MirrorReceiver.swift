@@ -216,6 +216,10 @@ public final class MirrorReceiver: @unchecked Sendable {
         public var owner: String
         public var ownerLastHeardMilliseconds: UInt64?
         public var ownerGoneSinceMilliseconds: UInt64?
+        /// Records appended since the log was created, and fdatasyncs since this server opened
+        /// it: with group commit, one sync answers many appends.
+        public var appendedRecords: UInt64
+        public var dataSyncs: UInt64
     }
 
     public var status: [PortionStatus] {
@@ -229,7 +233,8 @@ public final class MirrorReceiver: @unchecked Sendable {
                     portion: portion, mirroring: attached[portion] != nil, takenOver: access(takenOverMarker(portion), F_OK) == 0,
                     segments: log.segments, allocatedBytes: log.allocatedBytes, usedBytes: log.usedBytes, records: log.records,
                     liveRecords: log.liveRecords, trimmedThrough: log.trimmedThrough, highestSequence: log.maxOrigin,
-                    owner: owner, ownerLastHeardMilliseconds: heard, ownerGoneSinceMilliseconds: detachedSince[portion])
+                    owner: owner, ownerLastHeardMilliseconds: heard, ownerGoneSinceMilliseconds: detachedSince[portion],
+                    appendedRecords: log.nextSequence - 1, dataSyncs: log.dataSyncs)
             }
         }
     }

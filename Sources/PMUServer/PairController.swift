@@ -49,17 +49,24 @@ final class PairController: Sendable {
         let store = runtime.store
         sender = settings.partner.map {
             MirrorSender(configuration: $0, portion: portion, instance: instance, logger: logger, group: runtime.group) { (regions: [UInt64]?) throws(PMUError) in
-                let ids = regions ?? store.list(after: "", limit: Int.max).records.map(\.id)
-                for id in ids {
-                    guard let mapping = try? store.mapping(id: id) else { continue } // deleted meanwhile
-                    try mapping.persist(offset: 0, length: mapping.sizeBytes)
-                }
+                _ = try Self.persist(store, regions: regions)
             }
         }
         receiver = try settings.receives
             ? MirrorReceiver(dataDirectory: configuration.dataDirectory, ownPortion: portion, instance: instance, logConfiguration: settings.mirrorLog, logger: logger,
                 silentAfterMilliseconds: UInt64(settings.partnerTimeout.components.seconds) * 1000 + UInt64(settings.partnerTimeout.components.attoseconds / 1_000_000_000_000_000))
             : nil
+    }
+
+    /// msyncs whole regions (nil: every region); returns how many (a region deleted meanwhile is skipped).
+    static func persist(_ store: RegionStore, regions: [UInt64]?) throws(PMUError) -> Int {
+        var count = 0
+        for id in regions ?? store.list(after: "", limit: Int.max).records.map(\.id) {
+            guard let mapping = try? store.mapping(id: id) else { continue }
+            try mapping.persist(offset: 0, length: mapping.sizeBytes)
+            count += 1
+        }
+        return count
     }
 
     func start() async throws(PMUError) {
@@ -179,12 +186,7 @@ final class PairController: Sendable {
         let persisted: Int
         do {
             persisted = try await runtime.metadataPool.runIfActive { () throws -> Int in
-                var count = 0
-                for record in store.list(after: "", limit: Int.max).records {
-                    guard let mapping = try? store.mapping(id: record.id) else { continue }
-                    try mapping.persist(offset: 0, length: mapping.sizeBytes)
-                    count += 1
-                }
+                let count = try Self.persist(store, regions: nil)
                 directory.releaseLock()
                 try receiver.endTakeover(portion: portion)
                 return count
