@@ -41,4 +41,16 @@ kill -9 "$owner"    # A's machine is lost: its unpersisted write is gone with it
 "$BIN/pmuctl" pair takeover --server 127.0.0.1:7792
 "$BIN/pmuctl" read demo --offset 0 --length 45 --server 127.0.0.1:7791
 "$BIN/pmuctl" pair status --server 127.0.0.1:7792
+# A is repaired: B gives its portion back, A starts on it again and mirrors to B again.
+"$BIN/pmuctl" pair giveback --server 127.0.0.1:7792
+set +x
+PMU_ALLOW_TEST_MODES=1 "$BIN/pmu-server" --data-dir a --listen 127.0.0.1:7791 --secrets secrets \
+    --partner 127.0.0.1:7792 --partner-client pair --partner-secret-file pair.secret \
+    --test-volatile-until-persist --ready-file a2.ready 2>> a.log &
+pids+=($!)
+wait_ready a2.ready
+for _ in $(seq 50); do "$BIN/pmuctl" pair status --json --server 127.0.0.1:7791 | grep -q '"connected":true' && break; sleep 0.1; done
+set -x
+"$BIN/pmuctl" pair status --server 127.0.0.1:7791
+"$BIN/pmuctl" read demo --offset 0 --length 45 --server 127.0.0.1:7791
 set +x

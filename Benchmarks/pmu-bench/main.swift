@@ -147,6 +147,7 @@ struct Concurrency: ParsableCommand {
     @Option var clients = 16
     @Option var seconds = 3.0
     @Option var size = 4096
+    @Flag(help: "WRITE without PERSIST (on a mirrored server: acknowledged once in the partner's log too).") var acknowledged = false
     @Option(help: "Bytes of each region the writes cycle through (small: rewrites already-written blocks).") var span = 16 << 20
     @OptionGroup var connection: Connection
 
@@ -154,6 +155,7 @@ struct Concurrency: ParsableCommand {
         let connection = self.connection
         let size = self.size
         let span = self.span
+        let acknowledged = self.acknowledged
         // Set-up (connect, create and preallocate each region) happens before the clock starts:
         // creates fsync, and timing them would measure set-up, not durable writes.
         let sessions = try await openSessions(clients, connection) { client, index in
@@ -171,7 +173,11 @@ struct Concurrency: ParsableCommand {
                         while ContinuousClock.now < deadline, i < 1_000_000 {
                             let offset = UInt64((i % max(1, (span - size) / 4096 + 1)) * 4096)
                             let start = ContinuousClock.now
-                            try await client.writeDurably(region, at: offset, payload)
+                            if acknowledged {
+                                try await client.write(region, at: offset, payload)
+                            } else {
+                                try await client.writeDurably(region, at: offset, payload)
+                            }
                             samples.append(microseconds(since: start))
                             i += 1
                         }

@@ -1,4 +1,6 @@
 import NIOCore
+import NIOPosix
+import PMUTransport
 import PMUCore
 
 /// Server-to-server mirroring and pair administration (docs/WIRE_PROTOCOL.md, "Mirroring").
@@ -18,6 +20,42 @@ extension PMUClient {
         guard case .ok = try await call(.mirrorAppend(append)) else { throw PMUError(.protocolViolation, "unexpected reply to MIRROR_APPEND") }
     }
 
+    /// MIRROR_APPEND without a task, for pmu-server's event loops: written at once, and the
+    /// future completes on the connection's event loop (`taskExecutor`'s) when the partner
+    /// answers; called on that loop, the whole round trip takes no thread hop. Takes the task
+    /// path when every request place is taken.
+    public func mirrorAppendNow(_ append: MirrorAppend) -> EventLoopFuture<Void> {
+        sendNowExpectingOK(.mirrorAppend(append)) { [self] () async throws(PMUError) in try await mirrorAppend(append) }
+    }
+
+    /// MIRROR_TRIM the same way (pmu-server's heartbeat on its mirror channel).
+    public func mirrorTrimNow(through: UInt64) -> EventLoopFuture<Void> {
+        sendNowExpectingOK(.mirrorTrim(through: through)) { [self] () async throws(PMUError) in try await mirrorTrim(through: through) }
+    }
+
+    private func sendNowExpectingOK(_ request: Request, orWait: @escaping @Sendable () async throws(PMUError) -> Void) -> EventLoopFuture<Void> {
+        if let tcp = transport as? TCPClientTransport, let reply = tcp.sendNow(request) {
+            return reply.flatMapThrowing { response in
+                switch response {
+                case .ok: return
+                case .error(let error): throw error
+                default: throw PMUError(.protocolViolation, "unexpected reply to \(request.opcode)")
+                }
+            }.flatMapErrorThrowing { error in throw Self.pmuError(error) }
+        }
+        let loop = (transport as? TCPClientTransport)?.eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
+        let promise = loop.makePromise(of: Void.self)
+        Task {
+            do throws(PMUError) {
+                try await orWait()
+                promise.succeed()
+            } catch {
+                promise.fail(error)
+            }
+        }
+        return promise.futureResult
+    }
+
     public func mirrorTrim(through: UInt64) async throws(PMUError) {
         guard case .ok = try await call(.mirrorTrim(through: through)) else { throw PMUError(.protocolViolation, "unexpected reply to MIRROR_TRIM") }
     }
@@ -31,6 +69,12 @@ extension PMUClient {
     /// Returns the takeover report as a JSON object once the portion is being served.
     public func pairTakeover() async throws(PMUError) -> String {
         try await jsonReply(.pairTakeover)
+    }
+
+    /// PAIR_GIVEBACK: hand the taken-over portion back (stop serving it, persist, release it,
+    /// clear the takeover), so its recovered owner can start on it and mirror again.
+    public func pairGiveback() async throws(PMUError) -> String {
+        try await jsonReply(.pairGiveback)
     }
 
     private func jsonReply(_ request: Request) async throws(PMUError) -> String {

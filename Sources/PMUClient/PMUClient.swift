@@ -50,7 +50,7 @@ public struct ClientConfiguration: Sendable {
 /// being killed (kill -9), but not the server machine losing power.
 public final class PMUClient: Sendable {
     public let configuration: ClientConfiguration
-    private let transport: any ClientTransport
+    let transport: any ClientTransport
     /// The same transport when it moves region data one-sided (verbs).
     private let oneSided: (any OneSidedTransport)?
     /// "tcp" or "rdma (rxe0 port 1)": what this client ended up using.

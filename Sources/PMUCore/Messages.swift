@@ -137,6 +137,9 @@ public enum Request: Sendable, Equatable {
     case pairStatus
     /// Take over the partner's portion now: fence, replay, persist, serve. DATA reply with JSON.
     case pairTakeover
+    /// Give the taken-over portion back to its recovered owner: stop serving it, persist it,
+    /// release it, clear the takeover. DATA reply with JSON.
+    case pairGiveback
 
     public var opcode: Opcode {
         switch self {
@@ -156,6 +159,7 @@ public enum Request: Sendable, Equatable {
         case .mirrorTrim: .mirrorTrim
         case .pairStatus: .pairStatus
         case .pairTakeover: .pairTakeover
+        case .pairGiveback: .pairGiveback
         }
     }
 }
@@ -227,6 +231,7 @@ public enum Opcode: UInt8, Sendable {
     case mirrorTrim = 0x22
     case pairStatus = 0x23
     case pairTakeover = 0x24
+    case pairGiveback = 0x25
 
     case ok = 0x80
     case challenge = 0x81

@@ -6,8 +6,8 @@ import PMUCore
 /// `pmuctl pair`: the state of a server's pair, and takeover of its partner's portion.
 struct PairCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "pair", abstract: "Write mirroring between two servers: status and takeover.",
-        subcommands: [Status.self, Takeover.self])
+        commandName: "pair", abstract: "Write mirroring between two servers: status, takeover and giveback.",
+        subcommands: [Status.self, Takeover.self, Giveback.self])
 
     struct Status: PMUCtlCommand {
         static let configuration = CommandConfiguration(abstract: "Roles, mirror channel (lag, unpersisted bytes, last trim) and mirror logs of a server.")
@@ -32,6 +32,20 @@ struct PairCommand: ParsableCommand {
         }
     }
 
+    struct Giveback: PMUCtlCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Hand a taken-over portion back to its recovered owner: stop serving it, persist it, release it.",
+            discussion: "Run against the server that took the portion over (--server). When it returns, start the owner on its data directory: it mirrors to this server again.")
+        @OptionGroup var connection: ConnectionOptions
+
+        func execute() async throws {
+            try await PairCommand.run(connection, { try await $0.pairGiveback() }) { json in
+                let report = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any] ?? [:]
+                print("gave portion \(report["portion"] ?? "?") (\(report["portionDirectory"] ?? "?")) back: \(report["regionsPersisted"] ?? 0) regions persisted in \(report["milliseconds"] ?? 0) ms; start its owner now")
+            }
+        }
+    }
+
     /// The server answers JSON: printed as is with --json, else summarised.
     static func run(_ connection: ConnectionOptions, _ call: (PMUClient) async throws -> String, summary: (String) -> Void) async throws {
         let json = try await withClient(connection, call)
@@ -45,10 +59,10 @@ struct PairCommand: ParsableCommand {
         }
         print("portion \(status["portion"] ?? "?") (\(status["dataDirectory"] ?? "?")): \((status["role"] as? [String] ?? []).joined(separator: ", "))")
         if let mirror = status["mirroringTo"] as? [String: Any] {
-            print("  mirroring to \(mirror["partner"] ?? "?"): \((mirror["connected"] as? Bool) == true ? "connected" : "NOT connected (\(mirror["lastError"] ?? ""))"), unpersisted \(mirror["unpersistedWrites"] ?? 0) writes / \(mirror["unpersistedBytes"] ?? 0) bytes, trimmed through \(mirror["trimmedThrough"] ?? 0)")
+            print("  mirroring to \(mirror["partner"] ?? "?"): \((mirror["connected"] as? Bool) == true ? "connected (\(mirror["channels"] ?? 0) channels)" : "NOT connected (\(mirror["lastError"] ?? ""))"), unpersisted \(mirror["unpersistedWrites"] ?? 0) writes / \(mirror["unpersistedBytes"] ?? 0) bytes, trimmed through \(mirror["trimmedThrough"] ?? 0)")
         }
         for log in status["mirrorLogs"] as? [[String: Any]] ?? [] {
-            print("  mirror log of \(log["portion"] ?? "?"): \(log["liveRecords"] ?? 0) live records, \(log["usedBytes"] ?? 0) bytes in \(log["segments"] ?? 0) segments\((log["takenOver"] as? Bool) == true ? ", TAKEN OVER" : "")\((log["mirroring"] as? Bool) == true ? ", owner connected" : "")")
+            print("  mirror log of \(log["portion"] ?? "?"): \(log["liveRecords"] ?? 0) live records, \(log["usedBytes"] ?? 0) bytes in \(log["segments"] ?? 0) segments\((log["takenOver"] as? Bool) == true ? ", TAKEN OVER" : ""), owner \(log["owner"] ?? "?")")
         }
         if let taken = status["takenOver"] as? [String: Any] {
             print("  serving taken-over portion \(taken["portion"] ?? "?") at \(taken["serving"] ?? "?")")

@@ -74,6 +74,9 @@ public struct LogStatus: Sendable, Equatable {
     /// Records with an origin at most this are no longer needed.
     public var trimmedThrough: UInt64
     public var maxOrigin: UInt64
+    /// fdatasyncs of records done since the log was opened (group commit makes it fewer than
+    /// the records appended).
+    public var dataSyncs: UInt64 = 0
 }
 
 /// A file-backed append-only log of `LogRecord`s (docs/DATA_FILES.md, "The append-only log").
@@ -104,6 +107,11 @@ public final class AppendLog: @unchecked Sendable {
     private var active: Int32 = -1
     /// Set by `seal`: every later append throws it.
     private var sealed: PMUError? = nil
+    /// Group commit (`appendUnsynced` + `sync(through:)`): every record up to this sequence is on
+    /// stable storage. `syncLock` is held across one fdatasync, never with `lock` held.
+    private var durableThrough: UInt64 = 0
+    private var dataSyncs: UInt64 = 0
+    private let syncLock = NIOLock()
 
     private struct Segment {
         var firstSequence: UInt64
@@ -153,6 +161,7 @@ public final class AppendLog: @unchecked Sendable {
             nextSequence = first + UInt64(scan.records.count)
         }
         repairedTornBytes = repaired
+        durableThrough = nextSequence - 1
         if let last = segments.last {
             active = open(last.path, O_RDWR | O_CLOEXEC)
             guard active >= 0 else { throw LogIO.error("cannot open log segment", last.path) }
@@ -184,7 +193,7 @@ public final class AppendLog: @unchecked Sendable {
                 segments: segments.count, allocatedBytes: segments.reduce(0) { $0 + UInt64($1.sizeBytes) },
                 usedBytes: segments.reduce(0) { $0 + UInt64($1.usedBytes) }, records: segments.reduce(0) { $0 + $1.records },
                 liveRecords: segments.reduce(0) { count, segment in count + segment.origins.lazy.filter { $0 > self.trimmedThrough }.count }, nextSequence: nextSequence, trimmedThrough: trimmedThrough,
-                maxOrigin: segments.map(\.maxOrigin).max() ?? 0)
+                maxOrigin: segments.map(\.maxOrigin).max() ?? 0, dataSyncs: dataSyncs)
         }
     }
 
@@ -193,6 +202,48 @@ public final class AppendLog: @unchecked Sendable {
     /// sequence of the last one.
     @discardableResult
     public func append(_ entries: [LogEntry]) throws(PMUError) -> UInt64 {
+        try append(entries, syncing: configuration.sync == .dataSync)
+    }
+
+    /// Group commit, first half: appends like `append` but returns before any fdatasync (with
+    /// `.dataSync`, a segment that fills up is still synced before the next one starts, so only
+    /// the active segment can hold unsynced records). Pass the returned sequence to
+    /// `sync(through:)` before acknowledging the records.
+    public func appendUnsynced(_ entries: [LogEntry]) throws(PMUError) -> UInt64 {
+        try append(entries, syncing: false)
+    }
+
+    /// Group commit, second half: returns once every record up to `sequence` is on stable storage
+    /// (at once with `.pageCache`, whose promise is the page cache). One fdatasync covers every
+    /// record appended before it starts: callers arriving while one runs wait for it, and the
+    /// first of them then syncs for all who came meanwhile.
+    public func sync(through sequence: UInt64) throws(PMUError) {
+        guard configuration.sync == .dataSync, lock.withLock({ durableThrough < sequence }) else { return }
+        try syncLock.withTypedLock { () throws(PMUError) in
+            let target = try lock.withTypedLock { () throws(PMUError) -> (fd: Int32, through: UInt64, path: String)? in
+                guard durableThrough < sequence else { return nil }
+                guard active >= 0, let last = segments.last else {
+                    // No active segment: the rest were synced when their segment closed, or trimmed.
+                    durableThrough = nextSequence - 1
+                    return nil
+                }
+                // A duplicate, so a trim closing the active segment meanwhile cannot pull the
+                // descriptor from under the fdatasync.
+                let fd = dup(active)
+                guard fd >= 0 else { throw LogIO.error("cannot duplicate the descriptor of log segment", last.path) }
+                return (fd, nextSequence - 1, last.path)
+            }
+            guard let target else { return }
+            defer { close(target.fd) }
+            try LogIO.dataSync(target.fd, target.path)
+            lock.withLock {
+                durableThrough = max(durableThrough, target.through)
+                dataSyncs += 1
+            }
+        }
+    }
+
+    private func append(_ entries: [LogEntry], syncing: Bool) throws(PMUError) -> UInt64 {
         try lock.withTypedLock { () throws(PMUError) -> UInt64 in
             if let sealed { throw sealed }
             for entry in entries where entry.payload.count > configuration.maxPayloadBytes {
@@ -221,7 +272,10 @@ public final class AppendLog: @unchecked Sendable {
                 let encoded = LogRecordFormat.encode(record)
                 if segments.isEmpty || segments[segments.count - 1].usedBytes + encoded.count > segments[segments.count - 1].sizeBytes {
                     if active >= 0 {
-                        if configuration.sync == .dataSync { try LogIO.dataSync(active, segments[segments.count - 1].path) }
+                        if configuration.sync == .dataSync {
+                            try LogIO.dataSync(active, segments[segments.count - 1].path)
+                            dataSyncs += 1
+                        }
                         toSync.remove(active)
                         close(active)
                         active = -1
@@ -237,8 +291,12 @@ public final class AppendLog: @unchecked Sendable {
                 nextSequence += 1
                 toSync.insert(active)
             }
-            if configuration.sync == .dataSync, let last = segments.last {
-                for fd in toSync { try LogIO.dataSync(fd, last.path) }
+            if syncing, let last = segments.last {
+                for fd in toSync {
+                    try LogIO.dataSync(fd, last.path)
+                    dataSyncs += 1
+                }
+                durableThrough = nextSequence - 1
             }
             return nextSequence - 1
         }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -16,7 +17,8 @@ import PMUCore
 /// - `fdatasync` (default): each MIRROR_APPEND is synced before it is answered; survives the
 ///   loss of this machine too (with the owner up, one machine may be lost either way).
 ///
-/// At most one connection mirrors a portion at a time; a portion that was taken over refuses
+/// One owner mirrors a portion at a time, over one connection per event loop of the owner (all
+/// from the same server instance); a portion that was taken over refuses
 /// every later MIRROR_OPEN (the stale owner is fenced), and this server's own portion is never
 /// accepted as a mirror.
 public final class MirrorReceiver: @unchecked Sendable {
@@ -27,11 +29,19 @@ public final class MirrorReceiver: @unchecked Sendable {
     private let logger: Logger
     private let lock = NIOLock()
     private var logs: [String: AppendLog] = [:]
-    /// portion -> the connection mirroring it now.
-    private var attached: [String: UInt64] = [:]
+    /// portion -> the owner instance mirroring it now and its connections.
+    private var attached: [String: (instance: [UInt8], connections: Set<UInt64>)] = [:]
     private var byConnection: [UInt64: String] = [:]
+    /// portion -> when its owner was last heard from (any MIRROR_* request; the owner sends a
+    /// heartbeat every third of its --partner-timeout), and when its last channel closed.
+    private var lastHeard: [String: UInt64] = [:]
+    private var detachedSince: [String: UInt64] = [:]
+    /// How long an attached owner may be silent before pair status calls it silent (this
+    /// server's --partner-timeout; owners send a heartbeat every third of theirs).
+    public let silentAfterMilliseconds: UInt64
 
-    public init(dataDirectory: String, ownPortion: String, instance: [UInt8], logConfiguration: AppendLogConfiguration, logger: Logger) throws(PMUError) {
+    public init(dataDirectory: String, ownPortion: String, instance: [UInt8], logConfiguration: AppendLogConfiguration, logger: Logger, silentAfterMilliseconds: UInt64 = 3000) throws(PMUError) {
+        self.silentAfterMilliseconds = silentAfterMilliseconds
         self.directory = dataDirectory + "/mirror"
         self.ownPortion = ownPortion
         self.instance = instance
@@ -76,24 +86,27 @@ public final class MirrorReceiver: @unchecked Sendable {
             if access(takenOverMarker(portion), F_OK) == 0 {
                 throw PMUError(.fenced, "portion \(portion) was taken over by this server; the old owner must not serve it again until it rejoins (stop it; its data directory is served by its partner now)")
             }
-            if let other = attached[portion], other != connection {
-                throw PMUError(.regionExists, "portion \(portion) is already mirrored here by another connection (\(other)): two servers claim the same portion")
+            if let other = attached[portion], other.instance != instance {
+                throw PMUError(.regionExists, "portion \(portion) is already mirrored here by another server (connections \(other.connections.sorted())): two servers claim the same portion")
             }
             if let previous = byConnection[connection], previous != portion {
                 throw PMUError(.protocolViolation, "this connection already mirrors portion \(previous)")
             }
             let log = try logLocked(portion)
-            attached[portion] = connection
+            attached[portion, default: (instance, [])].connections.insert(connection)
             byConnection[connection] = portion
+            lastHeard[portion] = PairClock.nowMilliseconds()
+            detachedSince[portion] = nil
             return log.status.maxOrigin
         }
     }
 
     private func attachedLog(_ connection: UInt64, _ what: String) throws(PMUError) -> (String, AppendLog) {
         try lock.withTypedLock { () throws(PMUError) -> (String, AppendLog) in
-            guard let portion = byConnection[connection], attached[portion] == connection, let log = logs[portion] else {
+            guard let portion = byConnection[connection], attached[portion]?.connections.contains(connection) == true, let log = logs[portion] else {
                 throw PMUError(.fenced, "\(what) on a connection that does not mirror a portion (send MIRROR_OPEN first; a portion that was taken over refuses its old owner)")
             }
+            lastHeard[portion] = PairClock.nowMilliseconds()
             return (portion, log)
         }
     }
@@ -103,13 +116,22 @@ public final class MirrorReceiver: @unchecked Sendable {
 
     /// MIRROR_APPEND: the record is in the log (and synced, per policy) when this returns.
     public func append(_ append: MirrorAppend, connection: UInt64) throws(PMUError) {
+        try appendForGroupCommit(append, connection: connection)?()
+    }
+
+    /// MIRROR_APPEND with group commit: the record is written now (no sync); the returned
+    /// closure, run off the event loop, returns once it is synced (one fdatasync for every
+    /// record pending then). nil when nothing is to be synced (page-cache policy, or the record
+    /// was already trimmed).
+    public func appendForGroupCommit(_ append: MirrorAppend, connection: UInt64) throws(PMUError) -> (@Sendable () throws(PMUError) -> Void)? {
         let (_, log) = try attachedLog(connection, "MIRROR_APPEND")
         guard append.data.readableBytes <= logConfiguration.maxPayloadBytes else {
             throw PMUError(.requestTooLarge, "MIRROR_APPEND of \(append.data.readableBytes) bytes exceeds the mirror log's record limit of \(logConfiguration.maxPayloadBytes)")
         }
-        // Already trimmed (the owner persisted it while this append was in flight): nothing to keep.
-        guard append.sequence > log.trimmedThroughOrigin else { return }
-        try log.append([LogEntry(origin: append.sequence, regionId: append.regionId, epoch: append.epoch, offset: append.offset, payload: Array(append.data.readableBytesView))])
+        guard append.sequence > log.trimmedThroughOrigin else { return nil }
+        let sequence = try log.appendUnsynced([LogEntry(origin: append.sequence, regionId: append.regionId, epoch: append.epoch, offset: append.offset, payload: Array(append.data.readableBytesView))])
+        guard logConfiguration.sync == .dataSync else { return nil }
+        return { () throws(PMUError) in try log.sync(through: sequence) }
     }
 
     public func trim(through: UInt64, connection: UInt64) throws(PMUError) {
@@ -119,8 +141,12 @@ public final class MirrorReceiver: @unchecked Sendable {
 
     public func connectionClosed(_ connection: UInt64) {
         lock.withLock {
-            if let portion = byConnection.removeValue(forKey: connection), attached[portion] == connection {
+            if let portion = byConnection.removeValue(forKey: connection), attached[portion]?.connections.remove(connection) != nil,
+                attached[portion]?.connections.isEmpty == true
+            {
                 attached[portion] = nil
+                detachedSince[portion] = PairClock.nowMilliseconds()
+                logger.warning("the owner of a mirrored portion closed its last mirror channel (owner down or restarting)", metadata: ["portion": "\(portion)"])
             }
         }
     }
@@ -142,11 +168,35 @@ public final class MirrorReceiver: @unchecked Sendable {
                 _ = fsync(dir)
                 close(dir)
             }
-            if let connection = attached.removeValue(forKey: portion) { byConnection[connection] = nil }
+            for connection in attached.removeValue(forKey: portion)?.connections ?? [] { byConnection[connection] = nil }
             // An append past its connection check may be writing now: sealing waits for it, and
             // refuses the rest, so the replay that follows sees every record ever acknowledged.
             log.seal(PMUError(.fenced, "portion \(portion) is being taken over by this server; its old owner's writes are refused"))
             return log
+        }
+    }
+
+    /// Giveback, last step: the portion is its owner's again. Its takeover mark goes first (a
+    /// crash after it leaves a stale log that the owner's next MIRROR_OPEN trims without replay,
+    /// which is safe: every record was replayed and persisted at takeover, and the writes served
+    /// since were durable before they were acknowledged), then its sealed log.
+    public func endTakeover(portion: String) throws(PMUError) {
+        try lock.withTypedLock { () throws(PMUError) in
+            guard access(takenOverMarker(portion), F_OK) == 0 else {
+                throw PMUError(.invalidArgument, "portion \(portion) was not taken over by this server; nothing to give back")
+            }
+            guard unlink(takenOverMarker(portion)) == 0 else {
+                throw PMUError(.ioError, "cannot remove takeover marker \(takenOverMarker(portion)) (errno \(errno))")
+            }
+            let dir = Glibc.open(directory, O_DIRECTORY | O_RDONLY | O_CLOEXEC)
+            if dir >= 0 {
+                _ = fsync(dir)
+                close(dir)
+            }
+            logs[portion] = nil
+            try? FileManager.default.removeItem(atPath: logPath(portion))
+            lastHeard[portion] = nil
+            detachedSince[portion] = nil
         }
     }
 
@@ -161,16 +211,30 @@ public final class MirrorReceiver: @unchecked Sendable {
         public var liveRecords: Int
         public var trimmedThrough: UInt64
         public var highestSequence: UInt64
+        /// "mirroring" (heard from within the owner's timeout), "silent" (attached, but nothing
+        /// heard for longer: its machine or network may be gone), "gone" (no channel open).
+        public var owner: String
+        public var ownerLastHeardMilliseconds: UInt64?
+        public var ownerGoneSinceMilliseconds: UInt64?
+        /// Records appended since the log was created, and fdatasyncs since this server opened
+        /// it: with group commit, one sync answers many appends.
+        public var appendedRecords: UInt64
+        public var dataSyncs: UInt64
     }
 
     public var status: [PortionStatus] {
         lock.withLock {
-            logs.keys.sorted().map { portion in
+            let now = PairClock.nowMilliseconds()
+            return logs.keys.sorted().map { portion in
                 let log = logs[portion]!.status
+                let heard = lastHeard[portion]
+                let owner = attached[portion] == nil ? "gone" : now &- (heard ?? 0) > silentAfterMilliseconds ? "silent" : "mirroring"
                 return PortionStatus(
                     portion: portion, mirroring: attached[portion] != nil, takenOver: access(takenOverMarker(portion), F_OK) == 0,
                     segments: log.segments, allocatedBytes: log.allocatedBytes, usedBytes: log.usedBytes, records: log.records,
-                    liveRecords: log.liveRecords, trimmedThrough: log.trimmedThrough, highestSequence: log.maxOrigin)
+                    liveRecords: log.liveRecords, trimmedThrough: log.trimmedThrough, highestSequence: log.maxOrigin,
+                    owner: owner, ownerLastHeardMilliseconds: heard, ownerGoneSinceMilliseconds: detachedSince[portion],
+                    appendedRecords: log.nextSequence - 1, dataSyncs: log.dataSyncs)
             }
         }
     }

@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import PMUClient
 import PMUCore
 
@@ -19,13 +20,18 @@ public struct PartnerConfiguration: Sendable {
     public var maxUnpersistedBytes: UInt64
     /// What a WRITE does while the partner cannot be reached (`--partner-down`).
     public var partnerDown: PartnerDownPolicy
+    /// A mirror channel that has not answered a heartbeat (sent every third of this while idle
+    /// or busy) for this long is declared dead, and --partner-down applies (`--partner-timeout`).
+    /// A closed connection is noticed at once.
+    public var partnerTimeout: Duration
 
-    public init(endpoint: Endpoint, clientId: String, secret: [UInt8], maxUnpersistedBytes: UInt64 = 96 << 20, partnerDown: PartnerDownPolicy = .durable) {
+    public init(endpoint: Endpoint, clientId: String, secret: [UInt8], maxUnpersistedBytes: UInt64 = 96 << 20, partnerDown: PartnerDownPolicy = .durable, partnerTimeout: Duration = .seconds(3)) {
         self.endpoint = endpoint
         self.clientId = clientId
         self.secret = secret
         self.maxUnpersistedBytes = maxUnpersistedBytes
         self.partnerDown = partnerDown
+        self.partnerTimeout = partnerTimeout
     }
 }
 
@@ -54,13 +60,25 @@ public enum WriteOutcome: Sendable, Equatable {
 /// to overlapping bytes get sequences in the order they landed; the partner replays by sequence.
 /// The sequence is taken after the copy, so a PERSIST whose mark covers a sequence was issued
 /// after that write's bytes were in the mapping, and its msync covers them.
+///
+/// Channels: one connection to the partner per event loop of the server's group, so a session
+/// mirrors on its own loop's connection and a mirrored write takes no thread hop on this server
+/// (the partner sorts records by sequence at replay, so the order across channels is free).
+/// They fail and reconnect together.
 public final class MirrorSender: @unchecked Sendable {
     public let configuration: PartnerConfiguration
     public let portion: String
     private let instance: [UInt8]
     private let logger: Logger
     private let lock = NIOLock()
-    private var client: PMUClient?
+    /// The mirror channels, one per event loop (all or none): `client` is the first.
+    private var channels: [(loop: any EventLoop, client: PMUClient)] = []
+    private var client: PMUClient? { channels.first?.client }
+    private let group: (any EventLoopGroup)?
+    private var heartbeat: RepeatedTask?
+    /// When the heartbeat in flight was sent (nil: none in flight).
+    private var heartbeatSentNanoseconds: UInt64?
+    private var lastHeartbeatMilliseconds: UInt64 = 0
     private var failure: PMUError? = PMUError(.serverUnavailable, "not connected to the partner yet")
     private var reconnecting = false
     private var stopped = false
@@ -81,8 +99,11 @@ public final class MirrorSender: @unchecked Sendable {
     /// Makes whole regions durable here (msync), nil meaning every region: the resync.
     private let persistRegions: @Sendable ([UInt64]?) throws(PMUError) -> Void
 
-    public init(configuration: PartnerConfiguration, portion: String, instance: [UInt8], logger: Logger, persistRegions: @escaping @Sendable ([UInt64]?) throws(PMUError) -> Void) {
+    /// `group`: the server's event loops, one mirror channel each (nil: one channel on NIO's
+    /// singleton group).
+    public init(configuration: PartnerConfiguration, portion: String, instance: [UInt8], logger: Logger, group: (any EventLoopGroup)? = nil, persistRegions: @escaping @Sendable ([UInt64]?) throws(PMUError) -> Void) {
         self.configuration = configuration
+        self.group = group
         self.portion = portion
         self.instance = instance
         self.logger = logger
@@ -105,12 +126,14 @@ public final class MirrorSender: @unchecked Sendable {
     }
 
     public func stop() async {
-        let client = lock.withLock { () -> PMUClient? in
+        let clients = lock.withLock { () -> [PMUClient] in
             stopped = true
-            defer { self.client = nil }
-            return self.client
+            heartbeat?.cancel()
+            heartbeat = nil
+            defer { channels = [] }
+            return channels.map(\.client)
         }
-        await client?.disconnect()
+        for client in clients { await client.disconnect() }
     }
 
     static func isPermanent(_ error: PMUError) -> Bool {
@@ -121,29 +144,31 @@ public final class MirrorSender: @unchecked Sendable {
         var clientConfiguration = ClientConfiguration(endpoint: configuration.endpoint, clientId: configuration.clientId, secret: configuration.secret)
         clientConfiguration.connectTimeout = .seconds(5)
         clientConfiguration.requestTimeout = .seconds(10)
-        let client: PMUClient
+        let loops: [any EventLoop] = group.map { Array($0.makeIterator()) } ?? [MultiThreadedEventLoopGroup.singleton.next()]
+        var opened: [(loop: any EventLoop, client: PMUClient)] = []
+        var highest: UInt64 = 0
         do throws(PMUError) {
-            client = try await PMUClient.connect(clientConfiguration)
-        } catch where error.code == .authenticationFailed {
-            throw PMUError(.authenticationFailed, "partner \(configuration.endpoint) refused --partner-client '\(configuration.clientId)': \(error.message). Both servers' secrets files must hold that id with the secret in --partner-secret-file")
-        }
-        let highest: UInt64
-        do throws(PMUError) {
-            highest = try await client.mirrorOpen(portion: portion, instance: instance)
+            for loop in loops {
+                let client: PMUClient
+                do throws(PMUError) {
+                    client = try await PMUClient.connect(clientConfiguration, group: loop)
+                } catch where error.code == .authenticationFailed {
+                    throw PMUError(.authenticationFailed, "partner \(configuration.endpoint) refused --partner-client '\(configuration.clientId)': \(error.message). Both servers' secrets files must hold that id with the secret in --partner-secret-file")
+                }
+                opened.append((loop, client))
+                highest = max(highest, try await client.mirrorOpen(portion: portion, instance: instance))
+            }
+            try await resync(opened[0].client, highest: highest)
         } catch {
-            await client.disconnect()
-            throw error
-        }
-        do throws(PMUError) {
-            try await resync(client, highest: highest)
-        } catch {
-            await client.disconnect()
+            for (_, client) in opened { await client.disconnect() }
             throw error
         }
         lock.withLock {
-            self.client = client
+            channels = opened
             failure = nil
             degradedSinceMilliseconds = nil
+            heartbeatSentNanoseconds = nil
+            startHeartbeatLocked(on: opened[0].loop)
         }
         logger.info("mirroring to partner", metadata: ["partner": "\(configuration.endpoint)", "portion": "\(portion)", "nextSequence": "\(nextSequence)"])
     }
@@ -212,17 +237,60 @@ public final class MirrorSender: @unchecked Sendable {
     }
 
     private func channelFailed(_ failed: PMUClient, _ error: PMUError) {
-        let dropped = lock.withLock { () -> Bool in
+        let dropped = lock.withLock { () -> [PMUClient] in
             if error.code == .fenced { superseded = error }
-            guard client === failed else { return false }
-            client = nil
+            guard channels.contains(where: { $0.client === failed }) else { return [] }
+            defer { channels = [] }
             failure = error
-            return true
+            heartbeat?.cancel()
+            heartbeat = nil
+            return channels.map(\.client)
         }
-        if dropped {
-            logger.warning("mirror channel to partner failed; mirrored writes are refused until it reconnects", metadata: ["error": "\(error)"])
-            Task { await failed.disconnect() }
+        if !dropped.isEmpty {
+            logger.warning("mirror channel to partner failed; --partner-down \(configuration.partnerDown.rawValue) applies until it reconnects", metadata: ["error": "\(error)"])
+            Task { for client in dropped { await client.disconnect() } }
             scheduleReconnect()
+        }
+    }
+
+    /// Every third of --partner-timeout: a no-op MIRROR_TRIM (through what is already trimmed)
+    /// on the first channel. One still unanswered after the timeout declares the channel dead,
+    /// which also covers a partner machine that vanished without closing its connections.
+    private func startHeartbeatLocked(on loop: any EventLoop) {
+        heartbeat?.cancel()
+        let timeout = configuration.partnerTimeout
+        let interval = TimeAmount(timeout / 3)
+        heartbeat = loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [weak self] _ in
+            self?.heartbeatTick(timeout: timeout)
+        }
+    }
+
+    private func heartbeatTick(timeout: Duration) {
+        let now = DispatchTimeNanoseconds.now()
+        let due = lock.withLock { () -> (PMUClient, UInt64, Bool)? in
+            guard let client else { return nil }
+            if let sent = heartbeatSentNanoseconds {
+                return Duration.nanoseconds(Int64(clamping: now &- sent)) > timeout ? (client, trimmedThrough, true) : nil
+            }
+            heartbeatSentNanoseconds = now
+            return (client, trimmedThrough, false)
+        }
+        guard let (client, through, overdue) = due else { return }
+        if overdue {
+            channelFailed(client, PMUError(.timedOut, "partner \(configuration.endpoint) did not answer a heartbeat within \(timeout) (--partner-timeout)"))
+            return
+        }
+        client.mirrorTrimNow(through: through).whenComplete { [weak self] result in
+            guard let self else { return }
+            switch result {
+            case .success:
+                self.lock.withLock {
+                    self.heartbeatSentNanoseconds = nil
+                    self.lastHeartbeatMilliseconds = PairClock.nowMilliseconds()
+                }
+            case .failure(let error):
+                self.channelFailed(client, (error as? PMUError) ?? PMUError(.connectionClosed, "\(error)"))
+            }
         }
     }
 
@@ -256,7 +324,7 @@ public final class MirrorSender: @unchecked Sendable {
             return lock.withLock {
                 let sequence = nextSequence
                 nextSequence += 1
-                guard let client else {
+                guard let client = channels.first(where: { $0.loop.inEventLoop })?.client ?? client else {
                     // Degraded: made durable here by the caller; nothing for the partner to replay.
                     degradedWrites += 1
                     if degradedSinceMilliseconds == nil { degradedSinceMilliseconds = PairClock.nowMilliseconds() }
@@ -277,13 +345,14 @@ public final class MirrorSender: @unchecked Sendable {
             let promise = eventLoop.makePromise(of: WriteOutcome.self)
             let append = MirrorAppend(sequence: sequence, regionId: regionId, epoch: epoch, offset: offset, data: data)
             let policy = configuration.partnerDown
-            // On the mirror connection's event loop: no hop through the global executor.
-            Task(executorPreference: client.taskExecutor) {
-                do throws(PMUError) {
-                    try await client.mirrorAppend(append)
+            // Written now on this loop's channel; the reply completes on the same loop.
+            client.mirrorAppendNow(append).whenComplete { result in
+                switch result {
+                case .success:
                     self.lock.withLock { self.acknowledged += 1 }
                     promise.succeed(.mirrored)
-                } catch {
+                case .failure(let failure):
+                    let error = (failure as? PMUError) ?? PMUError(.connectionClosed, "\(failure)")
                     if error.code != .logFull { self.channelFailed(client, error) }
                     if policy == .durable, ![.logFull, .fenced].contains(error.code) {
                         // The partner went away with this write in flight: degraded for it too.
@@ -372,6 +441,10 @@ public final class MirrorSender: @unchecked Sendable {
         public var degradedWrites: UInt64
         public var degradedSinceMilliseconds: UInt64?
         public var superseded: String?
+        /// Mirror channels open (one per event loop) and the last answered heartbeat.
+        public var channels: Int
+        public var lastHeartbeatMilliseconds: UInt64
+        public var partnerTimeoutMilliseconds: UInt64
     }
 
     public var status: Status {
@@ -381,7 +454,9 @@ public final class MirrorSender: @unchecked Sendable {
                 unpersistedWrites: unpersisted.values.reduce(0) { $0 + $1.count }, unpersistedBytes: unpersistedBytes,
                 trimmedThrough: trimmedThrough, lastTrimMilliseconds: lastTrimMilliseconds, acknowledgedWrites: acknowledged, refusedWrites: refused,
                 partnerDownPolicy: configuration.partnerDown.rawValue, degradedWrites: degradedWrites,
-                degradedSinceMilliseconds: degradedSinceMilliseconds, superseded: superseded.map { "\($0)" })
+                degradedSinceMilliseconds: degradedSinceMilliseconds, superseded: superseded.map { "\($0)" },
+                channels: channels.count, lastHeartbeatMilliseconds: lastHeartbeatMilliseconds,
+                partnerTimeoutMilliseconds: UInt64(configuration.partnerTimeout.components.seconds) * 1000 + UInt64(configuration.partnerTimeout.components.attoseconds / 1_000_000_000_000_000))
         }
     }
 }
@@ -391,5 +466,14 @@ enum PairClock {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
+    }
+}
+
+/// A monotonic clock for timeouts (CLOCK_MONOTONIC, nanoseconds).
+enum DispatchTimeNanoseconds {
+    static func now() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
     }
 }

@@ -26,6 +26,7 @@ final class PairController: Sendable {
         var report: TakeoverReport
         var transport: any ServerTransport
         var directory: DataDirectory
+        var store: RegionStore
     }
 
     struct Runtime: Sendable {
@@ -48,17 +49,25 @@ final class PairController: Sendable {
         let instance = PortionIdentity.randomInstance()
         let store = runtime.store
         sender = settings.partner.map {
-            MirrorSender(configuration: $0, portion: portion, instance: instance, logger: logger) { (regions: [UInt64]?) throws(PMUError) in
-                let ids = regions ?? store.list(after: "", limit: Int.max).records.map(\.id)
-                for id in ids {
-                    guard let mapping = try? store.mapping(id: id) else { continue } // deleted meanwhile
-                    try mapping.persist(offset: 0, length: mapping.sizeBytes)
-                }
+            MirrorSender(configuration: $0, portion: portion, instance: instance, logger: logger, group: runtime.group) { (regions: [UInt64]?) throws(PMUError) in
+                _ = try Self.persist(store, regions: regions)
             }
         }
         receiver = try settings.receives
-            ? MirrorReceiver(dataDirectory: configuration.dataDirectory, ownPortion: portion, instance: instance, logConfiguration: settings.mirrorLog, logger: logger)
+            ? MirrorReceiver(dataDirectory: configuration.dataDirectory, ownPortion: portion, instance: instance, logConfiguration: settings.mirrorLog, logger: logger,
+                silentAfterMilliseconds: UInt64(settings.partnerTimeout.components.seconds) * 1000 + UInt64(settings.partnerTimeout.components.attoseconds / 1_000_000_000_000_000))
             : nil
+    }
+
+    /// msyncs whole regions (nil: every region); returns how many (a region deleted meanwhile is skipped).
+    static func persist(_ store: RegionStore, regions: [UInt64]?) throws(PMUError) -> Int {
+        var count = 0
+        for id in regions ?? store.list(after: "", limit: Int.max).records.map(\.id) {
+            guard let mapping = try? store.mapping(id: id) else { continue }
+            try mapping.persist(offset: 0, length: mapping.sizeBytes)
+            count += 1
+        }
+        return count
     }
 
     func start() async throws(PMUError) {
@@ -148,8 +157,54 @@ final class PairController: Sendable {
         }
         report.serving = "\(bound)"
         done = true
-        served.withLockedValue { $0 = Served(report: report, transport: transport, directory: dataDirectory) }
+        served.withLockedValue { $0 = Served(report: report, transport: transport, directory: dataDirectory, store: store) }
         logger.notice("serving taken-over portion", metadata: ["portion": "\(report.portion)", "address": "\(bound)"])
+        return Self.json(report)
+    }
+
+    struct GivebackReport: Codable {
+        var portion: String
+        var portionDirectory: String
+        var regionsPersisted: Int
+        var milliseconds: UInt64
+    }
+
+    /// PAIR_GIVEBACK (ONTAP's giveback): the recovered owner is to serve its portion again.
+    /// Stops the portion's listener and closes its connections (a write not answered by then
+    /// was not acknowledged; every one answered was durable first), makes every region durable,
+    /// releases the portion's LOCK and clears the takeover, so the owner may start on its
+    /// portion, MIRROR_OPEN here and mirror again. Start the owner after this returns.
+    func giveback() async throws(PMUError) -> String {
+        guard let receiver else {
+            throw PMUError(.invalidArgument, "this server keeps no mirror logs; it cannot have taken a portion over")
+        }
+        guard let taken = served.withLockedValue({ $0 }) else {
+            throw PMUError(.invalidArgument, "this server serves no taken-over portion (pmuctl pair status shows what it serves); nothing to give back")
+        }
+        let started = DispatchTime.now().uptimeNanoseconds
+        await taken.transport.stop()
+        // Requests already taken off those connections finish on their event loops first.
+        for loop in runtime.group.makeIterator() { try? await loop.submit {}.get() }
+        let store = taken.store
+        let directory = taken.directory
+        let portion = taken.report.portion
+        let persisted: Int
+        do {
+            persisted = try await runtime.metadataPool.runIfActive { () throws -> Int in
+                let count = try Self.persist(store, regions: nil)
+                directory.releaseLock()
+                try receiver.endTakeover(portion: portion)
+                return count
+            }
+        } catch {
+            throw PMUError((error as? PMUError)?.code ?? .internalError, "giveback of portion \(portion) stopped serving it but did not finish: \((error as? PMUError)?.message ?? "\(error)"); run pmuctl pair giveback again before starting its owner")
+        }
+        served.withLockedValue { $0 = nil }
+        takingOver.withLockedValue { $0 = false }
+        let report = GivebackReport(
+            portion: portion, portionDirectory: directory.path, regionsPersisted: persisted,
+            milliseconds: (DispatchTime.now().uptimeNanoseconds - started) / 1_000_000)
+        logger.notice("gave the taken-over portion back; its owner may start on it", metadata: ["portion": "\(portion)", "regions": "\(persisted)"])
         return Self.json(report)
     }
 }

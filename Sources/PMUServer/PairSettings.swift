@@ -19,6 +19,8 @@ public struct PairSettings: Sendable {
     /// `--takeover-listen`: where the taken-over portion is served (the failed owner's address,
     /// so its clients reconnect to the same endpoint).
     public var takeoverListen: Endpoint?
+    /// `--partner-timeout-ms`: how long a mirror channel may be silent before it counts as dead.
+    public var partnerTimeout: Duration = .seconds(3)
 
     public init() {}
 

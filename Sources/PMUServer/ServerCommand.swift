@@ -92,6 +92,9 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("partner-down"), help: "While the partner is unreachable: durable (each write is msync'd here before it is acknowledged) or refuse (writes fail SERVER_UNAVAILABLE). Default durable; refuse with --role (a primary cut off from its monitor must not acknowledge what a takeover would not replay).")
     var partnerDown: String?
 
+    @Option(name: .customLong("partner-timeout-ms"), help: "A mirror channel silent this long (heartbeats every third of it) is declared dead: the owner applies --partner-down, the partner reports its owner silent in pair status (100...600000).")
+    var partnerTimeoutMilliseconds = 3000
+
     @Option(name: .customLong("mirror-client"), help: "Client id allowed to mirror its portion into this server (default: --partner-client).")
     var mirrorClient: String?
 
@@ -177,12 +180,18 @@ public struct ServerCommand: ParsableCommand {
                 throw ValidationError("--partner needs --partner-client and --partner-secret-file (the partner authenticates this server like any client)")
             }
             guard transport == "tcp" else {
-                // One-sided RDMA writes bypass the server's CPU: they cannot be mirrored write by write (issue 12 item 6, not built).
-                throw ValidationError("--partner needs --transport tcp: writes over RDMA verbs are one-sided and cannot be mirrored yet")
+                // The verbs rule (ARCHITECTURE "Write mirroring"): a one-sided RDMA WRITE lands in
+                // region memory without this server's CPU, so it cannot be mirrored before it is
+                // acknowledged; a mirrored server offers no verbs at all rather than weaken
+                // "acknowledged means in two servers".
+                throw ValidationError("--partner needs --transport tcp: a mirrored server does not serve RDMA verbs, whose one-sided writes bypass it and could not be mirrored before they are acknowledged (verbs clients with --transport auto fall back to TCP)")
             }
             guard try Endpoint(parsing: partner) != (try Endpoint(parsing: listen)) else {
                 throw ValidationError("--partner \(partner) is this server's own --listen address; a partner must be another server")
             }
+        }
+        if (mirrorClient != nil || partnerClient != nil) && transport != "tcp" {
+            throw ValidationError("--mirror-client/--partner-client need --transport tcp: the owner mirrors into this server over TCP, and a taken-over portion is served over TCP (a mirrored portion never serves RDMA verbs)")
         }
         if testVolatileUntilPersist && getenv("PMU_ALLOW_TEST_MODES").map({ String(cString: $0) }) != "1" {
             throw ValidationError("--test-volatile-until-persist is a fault-injection test mode that loses acknowledged writes on a crash; it is refused unless PMU_ALLOW_TEST_MODES=1")
@@ -194,6 +203,7 @@ public struct ServerCommand: ParsableCommand {
             guard FailoverRole(rawValue: role) != nil else { throw ValidationError("--role must be primary or monitor") }
             _ = try makeFailover()
         }
+        guard (100...600_000).contains(partnerTimeoutMilliseconds) else { throw ValidationError("--partner-timeout-ms must be 100...600000") }
         guard PartnerDownPolicy(rawValue: partnerDown ?? "durable") != nil else { throw ValidationError("--partner-down must be durable or refuse") }
         guard LogSyncPolicy(rawValue: mirrorSync) != nil else { throw ValidationError("--mirror-sync must be fdatasync or page-cache") }
     }
@@ -223,8 +233,10 @@ public struct ServerCommand: ParsableCommand {
             let secret = try SecretsTable.parseClientSecret(try SecretsFile.readText(partnerSecretFile, what: "--partner-secret-file"), source: partnerSecretFile)
             pair.partner = PartnerConfiguration(
                 endpoint: try Endpoint(parsing: partner), clientId: partnerClient, secret: secret, maxUnpersistedBytes: try ByteSize.parse(partnerMaxUnpersisted),
-                partnerDown: PartnerDownPolicy(rawValue: partnerDown ?? (role == nil ? "durable" : "refuse")) ?? .durable)
+                partnerDown: PartnerDownPolicy(rawValue: partnerDown ?? (role == nil ? "durable" : "refuse")) ?? .durable,
+                partnerTimeout: .milliseconds(partnerTimeoutMilliseconds))
         }
+        pair.partnerTimeout = .milliseconds(partnerTimeoutMilliseconds)
         pair.mirrorClient = mirrorClient ?? partnerClient
         pair.mirrorLog.maxBytes = try ByteSize.parse(mirrorLogMax)
         pair.mirrorLog.sync = LogSyncPolicy(rawValue: mirrorSync) ?? .dataSync

@@ -68,12 +68,13 @@ extension Session {
                 throw PMUError(.accessDenied, "pair status is for admins and the pair's mirror client")
             }
             reply(id, .data(ByteBuffer(string: pair.statusJSON())))
-        case .pairTakeover:
-            guard isAdmin else { throw PMUError(.accessDenied, "only an admin may take over the partner's portion") }
+        case .pairTakeover, .pairGiveback:
+            guard isAdmin else { throw PMUError(.accessDenied, "only an admin may take over the partner's portion or give it back") }
             let promise = info.eventLoop.makePromise(of: Response.self)
+            let giveback = request == .pairGiveback
             Task {
                 do throws(PMUError) {
-                    promise.succeed(.data(ByteBuffer(string: try await pair.takeover())))
+                    promise.succeed(.data(ByteBuffer(string: giveback ? try await pair.giveback() : try await pair.takeover())))
                 } catch {
                     promise.succeed(.error(error))
                 }
@@ -93,10 +94,18 @@ extension Session {
             data.writeInteger(highest, endianness: .little)
             reply(id, .data(data))
         case .mirrorAppend(let append) where receiver.appendBlocks:
-            // fdatasync: off the event loop, later requests of this connection wait (in order).
-            runBlocking(id) { () throws(PMUError) -> Response in
-                try receiver.append(append, connection: connection)
-                return .ok
+            // Group commit: written now, in arrival order; synced off the event loop while this
+            // connection's next appends are written, so one fdatasync answers all of them.
+            guard let sync = try receiver.appendForGroupCommit(append, connection: connection) else { return reply(id, .ok) }
+            pool.runIfActive(eventLoop: info.eventLoop) { () -> Response in
+                do throws(PMUError) {
+                    try sync()
+                    return .ok
+                } catch {
+                    return .error(error)
+                }
+            }.whenComplete { [self] result in
+                self.reply(id, (try? result.get()) ?? .error(PMUError(.shuttingDown, "server is shutting down")))
             }
         case .mirrorAppend(let append):
             try receiver.append(append, connection: connection)

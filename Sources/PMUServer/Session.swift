@@ -371,7 +371,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                     return .ok
                 }
 
-            case .mirrorOpen, .mirrorAppend, .mirrorTrim, .pairStatus, .pairTakeover:
+            case .mirrorOpen, .mirrorAppend, .mirrorTrim, .pairStatus, .pairTakeover, .pairGiveback:
                 try pairRequest(request, id: id, clientId: clientId, isAdmin: isAdmin)
             }
         } catch {

@@ -11,7 +11,7 @@ import PMUCore
 ///     DIR/regions/ID.tmp   a region file whose create has not committed yet
 public final class DataDirectory: @unchecked Sendable {
     public let path: String
-    private let lockFD: Int32
+    private var lockFD: Int32
 
     var catalogPath: String { path + "/catalog" }
     var catalogTempPath: String { path + "/catalog.new" }
@@ -61,8 +61,15 @@ public final class DataDirectory: @unchecked Sendable {
         }
     }
 
+    /// Releases the LOCK before this object goes (a partner giving a taken-over portion back:
+    /// its owner may start on it right after). Nothing may write the directory after this.
+    public func releaseLock() {
+        if lockFD >= 0 { close(lockFD) }
+        lockFD = -1
+    }
+
     deinit {
         // Closing the descriptor releases the flock; the LOCK file itself stays (its presence means nothing).
-        close(lockFD)
+        if lockFD >= 0 { close(lockFD) }
     }
 }

@@ -81,12 +81,7 @@ final class RequestTable<Waiter>: @unchecked Sendable {
     /// if the calling task is cancelled while waiting.
     func reserve(_ what: String) async throws(PMUError) -> UInt64 {
         let entry = Entry(waiter: nil, deadline: limits.requestTimeout.map { NIODeadline.now() + TimeAmount($0) }, what: what)
-        let immediate: Result<UInt64, PMUError>? = state.withLockedValue { state in
-            if let failure = state.failure { return .failure(failure) }
-            guard state.entries.count < limits.maxPendingRequests, state.queued.isEmpty else { return nil }
-            return .success(Self.insert(&state, entry))
-        }
-        if let immediate { return try immediate.get() }
+        if let immediate = reserveNow(entry) { return try immediate.get() }
         let ticket = state.withLockedValue { state -> UInt64 in
             defer { state.nextTicket &+= 1 }
             return state.nextTicket
@@ -111,6 +106,20 @@ final class RequestTable<Waiter>: @unchecked Sendable {
             waiter?.resume(returning: .failure(Self.cancelled(waitingWhat)))
         }
         return try result.get()
+    }
+
+    /// The same without waiting, for callers outside a task: nil when every place is taken (or
+    /// others already wait for one), and the caller must take the waiting path.
+    func reserveNow(_ what: String) -> Result<UInt64, PMUError>? {
+        reserveNow(Entry(waiter: nil, deadline: limits.requestTimeout.map { NIODeadline.now() + TimeAmount($0) }, what: what))
+    }
+
+    private func reserveNow(_ entry: Entry) -> Result<UInt64, PMUError>? {
+        state.withLockedValue { state in
+            if let failure = state.failure { return .failure(failure) }
+            guard state.entries.count < limits.maxPendingRequests, state.queued.isEmpty else { return nil }
+            return .success(Self.insert(&state, entry))
+        }
     }
 
     private static func insert(_ state: inout State, _ entry: Entry) -> UInt64 {

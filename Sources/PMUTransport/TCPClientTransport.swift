@@ -99,6 +99,28 @@ public final class TCPClientTransport: ClientTransport, @unchecked Sendable {
         }
     }
 
+    /// Writes the request at once, without a task, and returns the future of its reply, completed
+    /// on this connection's event loop; nil when `maxPendingRequests` are in flight (use `send`,
+    /// which waits for a place). For callers already on an event loop (pmu-server mirroring its
+    /// writes): no task, no continuation, and no thread hop when called on `eventLoop`.
+    public func sendNow(_ request: Request) -> EventLoopFuture<Response>? {
+        switch pending.reserveNow("\(request.opcode)") {
+        case nil:
+            return nil
+        case .failure(let error)?:
+            return channel.eventLoop.makeFailedFuture(error)
+        case .success(let id)?:
+            let promise = channel.eventLoop.makePromise(of: Response.self)
+            guard pending.attach(id, promise) else {
+                let error = pending.failure ?? RequestTable<EventLoopPromise<Response>>.cancelled("\(request.opcode)")
+                promise.fail(error)
+                return promise.futureResult
+            }
+            TCPFrameWriter.write(Frame(requestId: id, message: request), to: channel, flush: true)
+            return promise.futureResult
+        }
+    }
+
     public func close() async {
         sweep?.cancel()
         try? await channel.close()
@@ -120,6 +142,7 @@ final class PendingReplies: @unchecked Sendable {
     var failure: PMUError? { table.failure }
 
     func reserve(_ what: String) async throws(PMUError) -> UInt64 { try await table.reserve(what) }
+    func reserveNow(_ what: String) -> Result<UInt64, PMUError>? { table.reserveNow(what) }
     func attach(_ id: UInt64, _ promise: EventLoopPromise<Response>) -> Bool { table.attach(id, promise) }
     func cancel(_ id: UInt64) -> EventLoopPromise<Response>? { table.cancel(id) }
     func expired() -> String? { table.expired() }

@@ -34,6 +34,7 @@ let sampleRequests: [Request] = [
     .mirrorTrim(through: .max),
     .pairStatus,
     .pairTakeover,
+    .pairGiveback,
 ]
 
 let sampleResponses: [Response] = [

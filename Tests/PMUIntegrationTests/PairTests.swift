@@ -164,6 +164,50 @@ func pattern(_ seed: Int, _ count: Int = 4096) -> [UInt8] {
         await client.disconnect()
     }
 
+    /// A dead mirror channel: a partner that stops answering but leaves its connections open
+    /// (SIGSTOP: as when its machine or network is gone) is declared dead by the owner's
+    /// heartbeat within --partner-timeout-ms, and --partner-down applies (here durable: writes
+    /// go on, each msync'd here). The pair heals when the partner answers again. The partner in
+    /// turn reports a silent owner, and a gone one once its channels close.
+    @Test func deadMirrorChannelIsDetectedOnBothSides() async throws {
+        let pair = try TestPair(ownerArguments: ["--partner-timeout-ms", "600"], partnerArguments: ["--partner-timeout-ms", "600"])
+        let partnerPid = pair.partner.process.processIdentifier
+        let ownerPid = pair.owner.process.processIdentifier
+        defer {
+            // A stopped process would never see the SIGTERM of the clean-up.
+            kill(partnerPid, SIGCONT)
+            kill(ownerPid, SIGCONT)
+        }
+        let client = try await pair.owner.client()
+        let handle = try await client.createRegion("watched", sizeBytes: 1 << 20)
+        try await client.write(handle, at: 0, pattern(1))
+        let healthy = try await pair.waitForOwner { ($0["lastHeartbeatMilliseconds"] as? Int ?? 0) > 0 }
+        #expect(healthy["connected"] as? Bool == true)
+        #expect((healthy["channels"] as? Int ?? 0) >= 1)
+
+        kill(partnerPid, SIGSTOP)
+        let down = try await pair.waitForOwner { $0["connected"] as? Bool == false }
+        #expect("\(down["lastError"] ?? "")".contains("heartbeat"), "\(down)")
+        // Degraded: the write is acknowledged, made durable here first.
+        try await client.write(handle, at: 4096, pattern(2))
+        let degraded = try #require(try await pair.status(pair.owner)["mirroringTo"] as? [String: Any])
+        #expect((degraded["degradedWrites"] as? Int ?? 0) >= 1)
+        #expect(degraded["degradedSinceMilliseconds"] as? Int != nil)
+        kill(partnerPid, SIGCONT)
+        _ = try await pair.waitForOwner { $0["connected"] as? Bool == true }
+
+        // The partner's side: a silent owner, then a gone one.
+        #expect(try await pair.waitForLog { $0["owner"] as? String == "mirroring" }["owner"] as? String == "mirroring")
+        kill(ownerPid, SIGSTOP)
+        let silent = try await pair.waitForLog { $0["owner"] as? String == "silent" }
+        #expect(silent["owner"] as? String == "silent", "\(silent)")
+        kill(ownerPid, SIGCONT)
+        await client.disconnect()
+        pair.owner.kill9()
+        let gone = try await pair.waitForLog { $0["owner"] as? String == "gone" }
+        #expect(gone["ownerGoneSinceMilliseconds"] as? Int != nil, "\(gone)")
+    }
+
     @Test func partnerWithWrongCredentialsFailsTheStart() throws {
         let pair = try TestPair()
         let wrong = pair.scratch.path + "/wrong.secret"
@@ -223,6 +267,22 @@ func pattern(_ seed: Int, _ count: Int = 4096) -> [UInt8] {
             #expect(error.code == .invalidArgument, "\(error)")
         }
         await mirror.disconnect()
+    }
+
+    /// The verbs rule: neither server of a pair serves RDMA verbs (one-sided writes would be
+    /// acknowledged without being mirrored); each refuses to start, saying why, before it
+    /// touches a device or its data directory.
+    @Test func pairedServersRefuseVerbs() throws {
+        let scratch = Scratch()
+        for (role, extra) in [("--partner", ["--partner", "127.0.0.1:\(freePort())", "--partner-client", "pair", "--partner-secret-file", scratch.path + "/pair.secret"]),
+                              ("--mirror-client", ["--mirror-client", "pair"])] {
+            for transport in ["rdma", "auto"] {
+                let result = try run(binDirectory + "/pmu-server", ["--data-dir", scratch.path + "/verbs", "--listen", "127.0.0.1:\(freePort())", "--transport", transport] + extra, timeoutSeconds: 60)
+                #expect(result.status != 0, "\(role) with --transport \(transport) started")
+                #expect(result.stderr.contains("need") && result.stderr.contains("--transport tcp"), "\(role) \(transport): \(result.stderr)")
+            }
+        }
+        #expect(!FileManager.default.fileExists(atPath: scratch.path + "/verbs"))
     }
 
     @Test func partnerThatIsItselfFailsTheStart() throws {

@@ -53,7 +53,45 @@ import Testing
         #expect(mirror.status.first?.liveRecords == 1)
         // The claimant leaves: another may open; it learns the highest sequence held.
         mirror.connectionClosed(1)
+        #expect(mirror.status.first?.owner == "gone")
+        #expect(mirror.status.first?.ownerGoneSinceMilliseconds != nil)
         #expect(try mirror.open(portion: owner, instance: ownerInstance, connection: 3) == 2)
+        #expect(mirror.status.first?.owner == "mirroring")
+    }
+
+    /// An owner mirrors over one channel per event loop: the same instance may attach several
+    /// connections, each appending (in any order; replay sorts by sequence). The portion counts
+    /// as mirrored until its last channel closes.
+    @Test func oneOwnerMayMirrorOverSeveralChannels() throws {
+        let dir = scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var synced = config
+        synced.sync = .dataSync
+        let mirror = try MirrorReceiver(dataDirectory: dir, ownPortion: own, instance: myInstance, logConfiguration: synced, logger: quiet)
+        #expect(try mirror.open(portion: owner, instance: ownerInstance, connection: 1) == 0)
+        #expect(try mirror.open(portion: owner, instance: ownerInstance, connection: 2) == 0)
+        try mirror.append(append(2), connection: 2)
+        try mirror.append(append(1), connection: 1)
+        // Group commit path: written, then synced by the returned step.
+        let sync = try #require(try mirror.appendForGroupCommit(append(3), connection: 2))
+        try sync()
+        #expect(mirror.status.first?.liveRecords == 3)
+        #expect(try mirror.log(portion: owner).status.dataSyncs == 3)
+        // Under page-cache there is nothing to sync.
+        try FileManager.default.createDirectory(atPath: dir + "/cached", withIntermediateDirectories: true)
+        let cached = try receiver(dir + "/cached")
+        _ = try cached.open(portion: owner, instance: ownerInstance, connection: 9)
+        #expect(try cached.appendForGroupCommit(append(1), connection: 9) == nil)
+        mirror.connectionClosed(1)
+        #expect(mirror.status.first?.mirroring == true)
+        try mirror.append(append(4), connection: 2)
+        #expect(throws: PMUError.self) { try mirror.append(append(5), connection: 1) } // that channel closed
+        mirror.connectionClosed(2)
+        #expect(mirror.status.first?.mirroring == false)
+        #expect(mirror.status.first?.owner == "gone")
+        var origins: [UInt64] = []
+        try mirror.log(portion: owner).replay { origins.append($0.origin) }
+        #expect(origins == [2, 1, 3, 4])
     }
 
     @Test func takenOverPortionStaysRefusedAfterRestartAndItsLogIsSealed() throws {
