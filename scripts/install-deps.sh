@@ -2,10 +2,13 @@
 # Installs the Debian packages PMU builds against (rdma-core and ISA-L headers, pkg-config) and
 # what the verbs transport needs at run time: the rdma-core userspace providers (rxe, mlx5, ...;
 # without them ibv_get_device_list finds no device even where the kernel has one).
+# Tests also need Prometheus and promtool (the metrics test starts its own Prometheus on
+# 127.0.0.1; Debian's package may also enable a system one where systemd runs, which the tests
+# neither use nor touch) and curl (scrapes and Prometheus's HTTP API).
 # Idempotent: does nothing when they are present. Uses sudo when not root.
 set -euo pipefail
 
-packages=(libibverbs-dev librdmacm-dev libisal-dev pkg-config ibverbs-providers rdma-core)
+packages=(libibverbs-dev librdmacm-dev libisal-dev pkg-config ibverbs-providers rdma-core prometheus curl)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

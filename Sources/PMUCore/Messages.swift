@@ -137,6 +137,8 @@ public enum Request: Sendable, Equatable {
     case pairStatus
     /// Take over the partner's portion now: fence, replay, persist, serve. DATA reply with JSON.
     case pairTakeover
+    /// The server's INFO (pmuctl stats): DATA reply holding a JSON object. Admins only.
+    case serverInfo
 
     public var opcode: Opcode {
         switch self {
@@ -156,6 +158,7 @@ public enum Request: Sendable, Equatable {
         case .mirrorTrim: .mirrorTrim
         case .pairStatus: .pairStatus
         case .pairTakeover: .pairTakeover
+        case .serverInfo: .serverInfo
         }
     }
 }
@@ -227,6 +230,7 @@ public enum Opcode: UInt8, Sendable {
     case mirrorTrim = 0x22
     case pairStatus = 0x23
     case pairTakeover = 0x24
+    case serverInfo = 0x30
 
     case ok = 0x80
     case challenge = 0x81

@@ -50,7 +50,7 @@ extension Request: WireMessage {
             buffer.writeBuffer(&data)
         case .mirrorTrim(let through):
             buffer.writeLE(through)
-        case .pairStatus, .pairTakeover:
+        case .pairStatus, .pairTakeover, .serverInfo:
             break
         }
     }
@@ -132,6 +132,8 @@ extension Request: WireMessage {
             request = .pairStatus
         case .pairTakeover:
             request = .pairTakeover
+        case .serverInfo:
+            request = .serverInfo
         default:
             throw PMUError(.malformedFrame, "opcode \(opcode) is a reply, not a request")
         }

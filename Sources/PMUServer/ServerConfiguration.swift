@@ -43,6 +43,8 @@ public struct ServerConfiguration: Sendable {
     /// Every WRITE is made durable (msync of its range) before it is acknowledged: how a server
     /// serves a taken-over portion, whose partner is gone, keeping the one-machine-loss promise.
     public var durableWrites = false
+    /// `--metrics-listen`: where /metrics is served over HTTP for Prometheus; nil (the default): not served.
+    public var metricsListen: Endpoint?
 
     public init() {}
 

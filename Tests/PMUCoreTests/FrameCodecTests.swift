@@ -34,6 +34,7 @@ let sampleRequests: [Request] = [
     .mirrorTrim(through: .max),
     .pairStatus,
     .pairTakeover,
+    .serverInfo,
 ]
 
 let sampleResponses: [Response] = [
