@@ -135,7 +135,10 @@ public struct ServerCommand: ParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json, not \(logFormat)") }
         if let metricsListen {
-            guard try Endpoint(parsing: metricsListen) != (try Endpoint(parsing: listen)) else {
+            let metrics = try Endpoint(parsing: metricsListen)
+            // Port 0 (pick a free port) on both is fine: they get different ports.
+            let data = try Endpoint(parsing: listen)
+            guard metrics.port == 0 || metrics != data else {
                 throw ValidationError("--metrics-listen \(metricsListen) is the data port (--listen); give metrics their own port")
             }
         }
