@@ -7,6 +7,7 @@ import PackageDescription
 //   PMUCheckpoint checkpoint layout, writer, reader, verifier over a RegionIO protocol (no transport)
 //   PMUTesting    test doubles: SimulatedRegion (crashes, torn and lost writes), seeded generator
 //   PMULog        one append-only checksummed log: pure record format + file-backed segments
+//   PMUMetrics    metric names + a facade over swift-metrics (no backend; pmu-server serves Prometheus)
 //   PMUStore      region files (fallocate + mmap), the metadata catalog, persistence, recovery
 //   CVerbs        rdma-core (libibverbs, librdmacm) + shims for its macros and inline functions
 //   PMUVerbs      Swift wrappers, one file per verbs object, each releasing its resource on deinit
@@ -46,6 +47,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Intel ISA-L from Debian's libisal-dev: CRC32C now, erasure coding later.
@@ -91,10 +94,16 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // The metric names PMU emits and a small facade over swift-metrics (no backend: the
+        // server bootstraps Prometheus, an application using the client picks its own).
+        .target(
+            name: "PMUMetrics",
+            dependencies: [.product(name: "Metrics", package: "swift-metrics")]
+        ),
         .target(
             name: "PMUStore",
             dependencies: [
-                "PMUCore",
+                "PMUCore", "PMUMetrics",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -137,9 +146,12 @@ let package = Package(
         .target(
             name: "PMUServer",
             dependencies: [
-                "PMUCore", "PMUStore", "PMUTransport", "PMUVerbs", "PMUPair", "PMULog", "PMUFailover",
+                "PMUCore", "PMUStore", "PMUTransport", "PMUVerbs", "PMUPair", "PMULog", "PMUFailover", "PMUMetrics",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -150,7 +162,7 @@ let package = Package(
         .target(
             name: "PMUClient",
             dependencies: [
-                "PMUCore", "PMUTransport", "PMUCheckpoint",
+                "PMUCore", "PMUTransport", "PMUCheckpoint", "PMUMetrics",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -175,7 +187,7 @@ let package = Package(
         .target(
             name: "PMUSnapshot",
             dependencies: [
-                "CUserfault", "PMUCore", "PMUCheckpoint", "PMUClient",
+                "CUserfault", "PMUCore", "PMUCheckpoint", "PMUClient", "PMUMetrics",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]

@@ -5,10 +5,13 @@
 # Failover (issue 13): etcd-server (the authority; tests start their own etcd on 127.0.0.1, never
 # the system one), arping (gratuitous ARP after the service address moves), nftables (partition
 # tests inside network namespaces).
+# Tests also need Prometheus and promtool (the metrics test starts its own Prometheus on
+# 127.0.0.1; Debian's package may also enable a system one where systemd runs, which the tests
+# neither use nor touch) and curl (scrapes and Prometheus's HTTP API).
 # Idempotent: does nothing when they are present. Uses sudo when not root.
 set -euo pipefail
 
-packages=(libibverbs-dev librdmacm-dev libisal-dev pkg-config ibverbs-providers rdma-core etcd-server arping nftables)
+packages=(libibverbs-dev librdmacm-dev libisal-dev pkg-config ibverbs-providers rdma-core etcd-server arping nftables prometheus curl)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -1,6 +1,7 @@
 import NIOCore
 import PMUCheckpoint
 import PMUCore
+import PMUMetrics
 
 /// A remote region as the checkpoint code sees it: the same code runs over any transport.
 public struct RemoteRegion: RegionIO {
@@ -71,12 +72,18 @@ public final class CheckpointPrimary: Sendable {
 
     /// Saves a checkpoint; returns its sequence number once it is durable on the server.
     /// Throws FENCED if another primary has taken over the region since this one opened it.
+    /// Each completed checkpoint is reported through swift-metrics (`PMUMetrics.checkpoint`:
+    /// duration and payload bytes, by region kind) to whatever backend the application bootstrapped.
     public func checkpoint(_ payload: ByteBuffer) async throws(PMUError) -> UInt64 {
-        try await writer.checkpoint(payload)
+        let started = PMUMetrics.now()
+        let sequence = try await writer.checkpoint(payload)
+        PMUMetrics.checkpoint(
+            kind: geometry.mode == .append ? "append" : "overwrite", bytes: UInt64(payload.readableBytes), nanoseconds: PMUMetrics.now() &- started)
+        return sequence
     }
 
     public func checkpoint(_ payload: [UInt8]) async throws(PMUError) -> UInt64 {
-        try await writer.checkpoint(ByteBuffer(bytes: payload))
+        try await checkpoint(ByteBuffer(bytes: payload))
     }
 
     public func close() async throws(PMUError) {

@@ -140,6 +140,8 @@ public enum Request: Sendable, Equatable {
     /// Give the taken-over portion back to its recovered owner: stop serving it, persist it,
     /// release it, clear the takeover. DATA reply with JSON.
     case pairGiveback
+    /// The server's INFO (pmuctl stats): DATA reply holding a JSON object. Admins only.
+    case serverInfo
 
     public var opcode: Opcode {
         switch self {
@@ -160,6 +162,7 @@ public enum Request: Sendable, Equatable {
         case .pairStatus: .pairStatus
         case .pairTakeover: .pairTakeover
         case .pairGiveback: .pairGiveback
+        case .serverInfo: .serverInfo
         }
     }
 }
@@ -232,6 +235,7 @@ public enum Opcode: UInt8, Sendable {
     case pairStatus = 0x23
     case pairTakeover = 0x24
     case pairGiveback = 0x25
+    case serverInfo = 0x30
 
     case ok = 0x80
     case challenge = 0x81

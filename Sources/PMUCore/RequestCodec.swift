@@ -50,7 +50,7 @@ extension Request: WireMessage {
             buffer.writeBuffer(&data)
         case .mirrorTrim(let through):
             buffer.writeLE(through)
-        case .pairStatus, .pairTakeover, .pairGiveback:
+        case .pairStatus, .pairTakeover, .pairGiveback, .serverInfo:
             break
         }
     }
@@ -134,6 +134,8 @@ extension Request: WireMessage {
             request = .pairTakeover
         case .pairGiveback:
             request = .pairGiveback
+        case .serverInfo:
+            request = .serverInfo
         default:
             throw PMUError(.malformedFrame, "opcode \(opcode) is a reply, not a request")
         }

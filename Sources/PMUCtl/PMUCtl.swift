@@ -22,7 +22,7 @@ public struct PMUCtl: ParsableCommand {
             environment: PMU_SERVER, PMU_CLIENT, PMU_SECRET_FILE. Defaults reach a server started with no flags \
             in the current directory. Exits non-zero with a one-line error on stderr on any failure.
             """,
-        subcommands: [RegionCommand.self, CheckpointCommand.self, SnapshotCommand.self, ClusterCommand.self, PairCommand.self, WriteCommand.self, ReadCommand.self, PersistCommand.self])
+        subcommands: [RegionCommand.self, CheckpointCommand.self, SnapshotCommand.self, ClusterCommand.self, PairCommand.self, StatsCommand.self, WriteCommand.self, ReadCommand.self, PersistCommand.self])
 
     public init() {}
 

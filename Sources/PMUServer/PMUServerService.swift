@@ -9,6 +9,7 @@ import PMUFailover
 import PMUStore
 import PMUTransport
 import PMUVerbs
+import Prometheus
 import ServiceLifecycle
 
 /// pmu-server as a Service: open and recover the data directory, serve until graceful shutdown
@@ -16,10 +17,13 @@ import ServiceLifecycle
 public final class PMUServerService: Service, Sendable {
     public let configuration: ServerConfiguration
     private let logger: Logger
+    /// Where swift-metrics records, served at `configuration.metricsListen` (nil: not served).
+    private let metricsRegistry: PrometheusCollectorRegistry?
 
-    public init(configuration: ServerConfiguration, logger: Logger) {
+    public init(configuration: ServerConfiguration, logger: Logger, metricsRegistry: PrometheusCollectorRegistry? = nil) {
         self.configuration = configuration
         self.logger = logger
+        self.metricsRegistry = metricsRegistry
     }
 
     public func run() async throws {
@@ -59,9 +63,13 @@ public final class PMUServerService: Service, Sendable {
         var transport: any ServerTransport = TCPServerTransport(
             endpoint: configuration.listen, group: group, logger: logger, maxUnsentReplyBytes: configuration.maxUnsentReplyBytes)
         var useRDMA = false
+        var metrics: MetricsEndpoint?
         do {
             let makeHandler: @Sendable (ConnectionInfo) -> any RequestHandler = { info in
-                Session(info: info, state: state, pool: pool, metadataPool: metadataPool, logger: logger)
+                // Measured around the session: every request and reply passes the meter.
+                MeteredHandler.wrap(info, logger: logger) { info in
+                    Session(info: info, state: state, pool: pool, metadataPool: metadataPool, logger: logger)
+                }
             }
             let choice = try Self.chooseTransport(configuration)
             useRDMA = choice.useRDMA
@@ -83,6 +91,19 @@ public final class PMUServerService: Service, Sendable {
                 bound = try await transport.start(makeHandler: makeHandler)
             }
             logger.info("transport: \(reason)")
+            state.facts.update {
+                $0.listening = "\(bound)"
+                $0.transport = useRDMA ? "rdma" : "tcp"
+                $0.transportReason = reason
+            }
+            if let listen = configuration.metricsListen {
+                let endpoint = MetricsEndpoint(registry: metricsRegistry ?? PrometheusCollectorRegistry(), logger: logger) {
+                    ServerInfo(state: state).publishGauges(pair: state.pair)
+                }
+                let served = try await endpoint.start(endpoint: listen, group: group)
+                metrics = endpoint
+                state.facts.update { $0.metricsListening = "\(served)" }
+            }
             logger.info("pmu-server listening", metadata: [
                 "address": "\(bound)", "transport": "\(useRDMA ? "rdma" : "tcp")", "dataDir": "\(configuration.dataDirectory)",
                 "regions": "\(store.regionCount)", "clients": "\(secrets.clientIds.joined(separator: ","))",
@@ -102,6 +123,7 @@ public final class PMUServerService: Service, Sendable {
             // Second signal or group cancellation: fall through to the same orderly stop.
         } catch {
             await failover?.stop()
+            await metrics?.stop()
             await transport.stop()
             await pair?.stop()
             try? await pool.shutdownGracefully()
@@ -111,6 +133,7 @@ public final class PMUServerService: Service, Sendable {
         }
         logger.info("pmu-server shutting down")
         await failover?.stop()
+        await metrics?.stop()
         await transport.stop()
         await pair?.stop()
         try? await pool.shutdownGracefully()

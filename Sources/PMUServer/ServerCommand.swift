@@ -12,6 +12,10 @@ import PMUTransport
 import NIOCore
 import ServiceLifecycle
 
+enum LogFormat: String {
+    case text, json
+}
+
 /// `pmu-server`'s command line. Lives in the library so it can be tested without a process.
 public struct ServerCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
@@ -158,8 +162,14 @@ public struct ServerCommand: ParsableCommand {
     @Flag(name: .customLong("test-volatile-until-persist"), help: "TEST MODE (needs PMU_ALLOW_TEST_MODES=1): keep region bytes in process memory until PERSIST, so kill -9 loses unpersisted writes as a machine loss would.")
     var testVolatileUntilPersist = false
 
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical (debug adds a line per request with its connection and request ids).")
     var logLevel = "info"
+
+    @Option(name: .customLong("log-format"), help: "text (swift-log's standard lines) or json (one JSON object a line: time, level, label, message, then metadata such as connection and request).")
+    var logFormat = "text"
+
+    @Option(name: .customLong("metrics-listen"), help: "Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (default: not served). Unauthenticated: bind it to loopback or a monitoring network.")
+    var metricsListen: String?
 
     public init() {}
 
@@ -169,6 +179,15 @@ public struct ServerCommand: ParsableCommand {
         _ = try ByteSize.parse(reserveFree)
         _ = try TransportChoice(parsing: transport)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+        guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json, not \(logFormat)") }
+        if let metricsListen {
+            let metrics = try Endpoint(parsing: metricsListen)
+            // Port 0 (pick a free port) on both is fine: they get different ports.
+            let data = try Endpoint(parsing: listen)
+            guard metrics.port == 0 || metrics != data else {
+                throw ValidationError("--metrics-listen \(metricsListen) is the data port (--listen); give metrics their own port")
+            }
+        }
         guard maxClients > 0, maxHandles > 0, maxRegions > 0, authTimeoutSeconds > 0, (1...1024).contains(persistThreads),
               maxAuthenticating > 0, maxConnectionsPerClient > 0, idleTimeoutSeconds >= 0 else { throw ValidationError("limits must be positive") }
         let unsent = try ByteSize.parse(maxUnsentReplies)
@@ -245,6 +264,7 @@ public struct ServerCommand: ParsableCommand {
         pair.takeoverListen = try takeoverListen.map { try Endpoint(parsing: $0) }
         configuration.pair = pair
         configuration.failover = try makeFailover()
+        configuration.metricsListen = try metricsListen.map { try Endpoint(parsing: $0) }
         return configuration
     }
 
@@ -281,13 +301,24 @@ public struct ServerCommand: ParsableCommand {
     /// Named `execute`, not `run`: see main.swift.
     public func execute() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
+        let format = LogFormat(rawValue: logFormat) ?? .text
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            switch format {
+            case .text:
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            case .json:
+                var handler = JSONLogHandler(label: label)
+                handler.logLevel = level
+                return handler
+            }
         }
         let logger = Logger(label: "pmu-server")
-        let service = PMUServerService(configuration: try makeConfiguration(), logger: logger)
+        let configuration = try makeConfiguration()
+        // Only with --metrics-listen: otherwise swift-metrics stays on its no-op backend.
+        let registry = configuration.metricsListen.map { _ in MetricsBackend.bootstrap() }
+        let service = PMUServerService(configuration: configuration, logger: logger, metricsRegistry: registry)
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: service)],

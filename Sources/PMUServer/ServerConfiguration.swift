@@ -52,6 +52,8 @@ public struct ServerConfiguration: Sendable {
     public var writeGate: (@Sendable () -> PMUError?)?
     /// The failover controller's status, shown by `pmuctl pair status` under "failover".
     public var failoverStatus: (@Sendable () -> FailoverController.Status)?
+    /// `--metrics-listen`: where /metrics is served over HTTP for Prometheus; nil (the default): not served.
+    public var metricsListen: Endpoint?
 
     public init() {}
 

@@ -26,6 +26,8 @@ final class ServerState: Sendable {
     let configuration: ServerConfiguration
     /// Write mirroring and takeover (nil when the server runs unpaired).
     let pair: PairController?
+    /// Start time, chosen transport and addresses, for INFO (`ServerInfo`).
+    let facts = ServerFacts()
     private let table: NIOLockedValueBox<Table>
     /// Who holds a connection slot, with how to close each connection it may displace. Its own
     /// lock: admission never waits for the data path's table.
@@ -79,6 +81,11 @@ final class ServerState: Sendable {
             try admission.table.authenticate(connection, clientId: clientId)
             admission.displace[connection] = nil
         }
+    }
+
+    /// Connections by admission state, for INFO and the pmu_connections gauge.
+    var connectionCounts: (authenticating: Int, authenticated: Int) {
+        admission.withLockedValue { ($0.table.authenticatingCount, $0.table.authenticatedCount) }
     }
 
     /// A verbs connection's registrar, so that revocations on any connection reach its rkeys.

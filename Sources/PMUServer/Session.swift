@@ -109,7 +109,7 @@ final class Session: RequestHandler, @unchecked Sendable {
     }
 
     func malformedFrame(_ error: PMUError, requestId: UInt64?) {
-        logger.notice("bad frame; closing connection", metadata: ["error": "\(error)"])
+        logger.notice("bad frame; closing connection", metadata: ["error": "\(error)", "request": "\(requestId.map { "\($0)" } ?? "-")"])
         phase = .closed
         info.replies.sendAndClose(.error(error), requestId: requestId ?? 0)
     }
@@ -202,13 +202,13 @@ final class Session: RequestHandler, @unchecked Sendable {
             guard let secret,
                 Authentication.proofsMatch(proof, Authentication.clientProof(secret: secret, clientId: clientId, clientNonce: clientNonce, serverNonce: serverNonce))
             else {
-                logger.warning("authentication failed", metadata: ["client": "\(clientId)"])
+                logger.warning("authentication failed", metadata: ["client": "\(clientId)", "request": "\(id)"])
                 return refuse(id, PMUError(.authenticationFailed, "authentication failed for client '\(clientId)': unknown client id or wrong secret"))
             }
             do throws(PMUError) {
                 try state.authenticated(connection: info.id, clientId: clientId)
             } catch {
-                logger.warning("refused authenticated client", metadata: ["client": "\(clientId)", "error": "\(error)"])
+                logger.warning("refused authenticated client", metadata: ["client": "\(clientId)", "error": "\(error)", "request": "\(id)"])
                 return refuse(id, error)
             }
             phase = .authenticated(clientId: clientId)
@@ -356,7 +356,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                     }
                     return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: .readWrite, epoch: updated.writerEpoch)
                 }
-                logger.debug("create", metadata: ["region": "\(create.name)", "size": "\(create.sizeBytes)"])
+                logger.debug("create", metadata: ["region": "\(create.name)", "size": "\(create.sizeBytes)", "request": "\(id)"])
 
             case .delete(let name):
                 runBlocking(id) { () throws(PMUError) -> Response in
@@ -370,6 +370,11 @@ final class Session: RequestHandler, @unchecked Sendable {
                     state.pair?.sender?.forget(regionId: record.id)
                     return .ok
                 }
+
+            case .serverInfo:
+                // Configuration and client ids are an operator's view, as PAIR_STATUS is.
+                guard isAdmin else { throw PMUError(.accessDenied, "server info is for admins (--admin); client '\(clientId)' is not one") }
+                reply(id, .data(ByteBuffer(string: ServerInfo(state: state).json)))
 
             case .mirrorOpen, .mirrorAppend, .mirrorTrim, .pairStatus, .pairTakeover, .pairGiveback:
                 try pairRequest(request, id: id, clientId: clientId, isAdmin: isAdmin)

@@ -2,6 +2,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import PMUCore
+import PMUMetrics
 
 #if canImport(Glibc)
 import Glibc
@@ -268,6 +269,8 @@ public final class LiveSnapshotter: @unchecked Sendable {
         let commitStart = Self.nanoseconds()
         let (committed, metadataBytes) = try await target.commit(plan, header: header)
         let end = Self.nanoseconds()
+        // To the application's swift-metrics backend: pause through durable header, the pause, bytes.
+        PMUMetrics.snapshot(bytes: bytesSent &+ metadataBytes, nanoseconds: pauseNanoseconds &+ (end &- started), pauseNanoseconds: pauseNanoseconds)
         return SnapshotResult(header: committed, pagesSent: plan.pagesSent, pageBytesSent: bytesSent, metadataBytesSent: metadataBytes,
                               pauseNanoseconds: pauseNanoseconds, transferNanoseconds: end - started, commitNanoseconds: end - commitStart)
     }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import PMUCore
+import PMUMetrics
 
 /// A region's file mapped MAP_SHARED: the memory remote clients write into and read from.
 ///
@@ -67,13 +68,23 @@ public final class MappedRegion: @unchecked Sendable {
     public func persist(offset: UInt64, length: UInt64) throws(PMUError) {
         precondition(offset <= sizeBytes && length <= sizeBytes - offset, "persist outside region")
         guard length > 0 else { return }
+        // Every PERSIST, mirrored write made durable and takeover sync passes here: the one place
+        // sync latency and persisted bytes are measured (pmu_sync_duration_seconds).
+        let started = PMUMetrics.now()
+        var failed = true
+        defer { PMUMetrics.synced(bytes: length, nanoseconds: PMUMetrics.now() &- started, failed: failed) }
         let page = UInt64(Sys.pageSize)
         let start = offset / page * page
         let end = offset + length
-        if volatileUntilPersist { return try writeBack(offset: start, length: end - start) }
+        if volatileUntilPersist {
+            try writeBack(offset: start, length: end - start)
+            failed = false
+            return
+        }
         guard msync(base + Int(start), Int(end - start), MS_SYNC) == 0 else {
             throw Sys.error(.ioError, "msync failed for region file", path)
         }
+        failed = false
     }
 
     /// The volatile double's PERSIST: pwrite the private pages' bytes to the file, then fdatasync.

@@ -93,6 +93,15 @@ enum Sys {
         return UInt64(vfs.f_bavail) * UInt64(vfs.f_frsize)
     }
 
+    /// Free bytes (as `freeBytes`) and the filesystem's size, with overflow-checked products.
+    static func filesystemSpace(_ path: String) -> (freeBytes: UInt64, sizeBytes: UInt64)? {
+        var vfs = statvfs()
+        guard statvfs(path, &vfs) == 0 else { return nil }
+        let free = UInt64(vfs.f_bavail).multipliedReportingOverflow(by: UInt64(vfs.f_frsize))
+        let size = UInt64(vfs.f_blocks).multipliedReportingOverflow(by: UInt64(vfs.f_frsize))
+        return (free.overflow ? .max : free.partialValue, size.overflow ? .max : size.partialValue)
+    }
+
     static func nowMilliseconds() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)

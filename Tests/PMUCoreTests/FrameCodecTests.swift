@@ -35,6 +35,7 @@ let sampleRequests: [Request] = [
     .pairStatus,
     .pairTakeover,
     .pairGiveback,
+    .serverInfo,
 ]
 
 let sampleResponses: [Response] = [
