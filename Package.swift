@@ -122,7 +122,7 @@ let package = Package(
         .target(
             name: "PMUServer",
             dependencies: [
-                "PMUCore", "PMUStore", "PMUTransport", "PMUVerbs", "PMUPair", "PMULog",
+                "PMUCore", "PMUStore", "PMUTransport", "PMUVerbs", "PMUPair", "PMULog", "PMUCluster",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -55,6 +55,13 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     case cancelled = 43
     /// A live-snapshot call named a region that is not a snapshot target (or not formatted as one).
     case notSnapshotRegion = 48
+    // 61-63: server-side forming of striped checkpoints (docs/CLUSTER.md section 7b).
+    /// A FORM_BEGIN asked a pmu-server to hold more checkpoint bytes than its `--max-forming-bytes`
+    /// allows (in all, or beside the formings already in progress): nothing was kept.
+    case formingLimit = 61
+    /// This pmu-server does not form checkpoints for primaries (no `--cluster-map`), or the
+    /// connection has no upload in progress for FORM_DATA / FORM_COMMIT.
+    case formingUnavailable = 62
 
     /// A stable, grep-able name for logs and pmuctl's one-line errors.
     public var description: String {
@@ -97,6 +104,8 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .timedOut: "TIMED_OUT"
         case .cancelled: "CANCELLED"
         case .notSnapshotRegion: "NOT_SNAPSHOT_REGION"
+        case .formingLimit: "FORMING_LIMIT"
+        case .formingUnavailable: "FORMING_UNAVAILABLE"
         }
     }
 }

@@ -115,6 +115,8 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel = "info"
 
+    @OptionGroup(title: "Forming striped checkpoints for primaries") var forming: FormingOptions
+
     public init() {}
 
     public func validate() throws {
@@ -185,6 +187,7 @@ public struct ServerCommand: ParsableCommand {
         pair.fenceCommand = fenceCommand
         pair.takeoverListen = try takeoverListen.map { try Endpoint(parsing: $0) }
         configuration.pair = pair
+        configuration.forming = try forming.settings()
         return configuration
     }
 

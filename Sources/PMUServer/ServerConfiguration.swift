@@ -43,6 +43,8 @@ public struct ServerConfiguration: Sendable {
     /// Every WRITE is made durable (msync of its range) before it is acknowledged: how a server
     /// serves a taken-over portion, whose partner is gone, keeping the one-machine-loss promise.
     public var durableWrites = false
+    /// Forming striped checkpoints for primaries (`--cluster-map`, `--max-forming-bytes`).
+    public var forming = FormingSettings()
 
     public init() {}
 

@@ -26,6 +26,8 @@ final class ServerState: Sendable {
     let configuration: ServerConfiguration
     /// Write mirroring and takeover (nil when the server runs unpaired).
     let pair: PairController?
+    /// Uploads of whole checkpoints and the forming of their pieces (Session+Forming.swift).
+    let forming: FormingService
     private let table: NIOLockedValueBox<Table>
     /// Who holds a connection slot, with how to close each connection it may displace. Its own
     /// lock: admission never waits for the data path's table.
@@ -51,6 +53,7 @@ final class ServerState: Sendable {
         self.secrets = secrets
         self.configuration = configuration
         self.pair = pair
+        self.forming = FormingService(configuration.forming)
         self.table = NIOLockedValueBox(Table(keys: ProtectionTable(maxHandlesPerConnection: configuration.maxHandlesPerConnection)))
         self.admission = NIOLockedValueBox((AdmissionTable(limits: configuration.admissionLimits), [:]))
     }
