@@ -126,16 +126,8 @@ public actor ClusterPrimary {
 
     /// Runs `body` after every earlier checkpoint (or repair) of this primary has finished.
     private func inTurn<T: Sendable>(_ body: @escaping @Sendable () async throws(PMUError) -> T) async throws(PMUError) -> T {
-        let previous = tail
-        let turn = Task<Result<T, PMUError>, Never> {
-            await previous?.value
-            do throws(PMUError) {
-                return .success(try await body())
-            } catch {
-                return .failure(error)
-            }
-        }
-        tail = Task { _ = await turn.value }
+        let (turn, next) = Turns.after(tail, body)
+        tail = next
         return try await turn.value.get()
     }
 
