@@ -146,7 +146,7 @@ let package = Package(
         .target(
             name: "PMUServer",
             dependencies: [
-                "PMUCore", "PMUStore", "PMUTransport", "PMUVerbs", "PMUPair", "PMULog", "PMUFailover", "PMUMetrics",
+                "PMUCore", "PMUStore", "PMUTransport", "PMUVerbs", "PMUPair", "PMULog", "PMUFailover", "PMUMetrics", "PMUCluster",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

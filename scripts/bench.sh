@@ -89,7 +89,9 @@ for layout in "5 4 1" "6 4 2"; do
     set -- $layout
     servers=()
     for i in $(seq 0 $(($1 - 1))); do
-        "$bin/pmu-server" --data-dir "$work/c$1-$i" --listen 127.0.0.1:0 --ready-file "$work/c$1-$i.ready" --log-level warning 2>>"$work/cluster.log" &
+        # --cluster-map: the servers form checkpoints for the forming bench (issue 14); read lazily.
+        "$bin/pmu-server" --data-dir "$work/c$1-$i" --listen 127.0.0.1:0 --ready-file "$work/c$1-$i.ready" --log-level warning \
+            --cluster-map "$work/map-$1.json" --max-forming-bytes "$bulk" 2>>"$work/cluster.log" &
         pids+=($!)
     done
     for i in $(seq 0 $(($1 - 1))); do
@@ -98,6 +100,8 @@ for layout in "5 4 1" "6 4 2"; do
     done
     (IFS=,; echo "{\"servers\": [${servers[*]}]}") > "$work/map-$1.json"
     "$bin/pmu-bench" striped --map "$work/map-$1.json" --k "$2" --m "$3" --total "$bulk" --exclude c1 > "$r/pmu-striped-$2-$3.json"
+    # Issue 14: formed in the primary vs on server c0 (bytes the primary wrote, its CPU, time).
+    "$bin/pmu-bench" forming --map "$work/map-$1.json" --k "$2" --m "$3" --total "$bulk" --forming-server c0 > "$r/pmu-forming-$2-$3.json"
 done
 
 # Issue 11: live snapshots of 64 MiB and 1 GiB arenas (256 MiB with --quick), against Redis BGSAVE's

@@ -393,12 +393,13 @@ do {
     case "cleanup": try await Cleanup.parse(Array(arguments.dropFirst())).execute()
     case "erasure": try await Erasure.parse(Array(arguments.dropFirst())).execute()
     case "striped": try await Striped.parse(Array(arguments.dropFirst())).execute()
+    case "forming": try await Forming.parse(Array(arguments.dropFirst())).execute()
     case "checkpoint": try await SingleCheckpoint.parse(Array(arguments.dropFirst())).execute()
     case "snapshot": try await SnapshotBench.parse(Array(arguments.dropFirst())).execute()
     case "failover-writer": try await FailoverWriter.parse(Array(arguments.dropFirst())).execute()
     case "failover-check": try await FailoverCheck.parse(Array(arguments.dropFirst())).execute()
     default:
-        FileHandle.standardError.write(Data("usage: pmu-bench small|bulk|concurrency|fenced-writes|list|regions|cleanup|erasure|striped|checkpoint|snapshot|failover-writer|failover-check [options]\n".utf8))
+        FileHandle.standardError.write(Data("usage: pmu-bench small|bulk|concurrency|fenced-writes|list|regions|cleanup|erasure|striped|forming|checkpoint|snapshot|failover-writer|failover-check [options]\n".utf8))
         exit(2)
     }
 } catch {

@@ -12,7 +12,8 @@ import PMUTransport
 ///           "client": "admin", "secretFile": "a/admin.secret" },
 ///         ...
 ///       ],
-///       "defaults": { "k": 4, "m": 1, "copies": 1, "subsegmentBytes": 1048576 }
+///       "defaults": { "k": 4, "m": 1, "copies": 1, "subsegmentBytes": 1048576 },
+///       "formingServer": "a"
 ///     }
 ///
 /// `secretFile` (relative paths are relative to the map's folder) is the credentials reference:
@@ -51,12 +52,16 @@ public struct ClusterMap: Sendable, Equatable {
 
     public var servers: [Server]
     public var defaults: Defaults
+    /// The server primaries send whole checkpoints to when they form on a server (section 7b);
+    /// nil: the first reachable server of the map.
+    public var formingServer: String?
     /// Folder relative secret-file paths are resolved against.
     public var baseDirectory: String
 
-    public init(servers: [Server], defaults: Defaults = Defaults(), baseDirectory: String = ".") throws(PMUError) {
+    public init(servers: [Server], defaults: Defaults = Defaults(), formingServer: String? = nil, baseDirectory: String = ".") throws(PMUError) {
         self.servers = servers
         self.defaults = defaults
+        self.formingServer = formingServer
         self.baseDirectory = baseDirectory
         try validate()
     }
@@ -72,13 +77,13 @@ public struct ClusterMap: Sendable, Equatable {
             throw PMUError(.invalidArgument, "cluster map \(path) is not valid: \(Self.describe(error)); see docs/CLUSTER.md for the format")
         }
         let base = URL(fileURLWithPath: path).deletingLastPathComponent().path
-        return try ClusterMap(servers: file.servers, defaults: file.defaults ?? Defaults(), baseDirectory: base)
+        return try ClusterMap(servers: file.servers, defaults: file.defaults ?? Defaults(), formingServer: file.formingServer, baseDirectory: base)
     }
 
     public func encoded() -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        return (try? encoder.encode(File(servers: servers, defaults: defaults))) ?? Data()
+        return (try? encoder.encode(File(servers: servers, defaults: defaults, formingServer: formingServer))) ?? Data()
     }
 
     public func server(named name: String) -> Server? { servers.first { $0.name == name } }
@@ -110,6 +115,9 @@ public struct ClusterMap: Sendable, Equatable {
                 throw PMUError(.invalidArgument, "cluster map: server \(server.name): transport \(NameRules.quoted(transport)) is not tcp, rdma or auto")
             }
         }
+        if let formingServer, !seen.contains(formingServer) {
+            throw PMUError(.invalidArgument, "cluster map: formingServer \(NameRules.quoted(formingServer)) is not one of its servers")
+        }
     }
 
     /// How to connect to `server`, with its secret read from its credentials reference.
@@ -133,6 +141,7 @@ public struct ClusterMap: Sendable, Equatable {
     struct File: Codable {
         var servers: [Server]
         var defaults: Defaults?
+        var formingServer: String?
     }
 
     static func describe(_ error: any Error) -> String {

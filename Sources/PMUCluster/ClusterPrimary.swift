@@ -33,6 +33,15 @@ public actor ClusterPrimary {
     private var failure: PMUError?
     /// Checkpoints run one at a time: the actor would otherwise interleave two at their awaits.
     private var tail: Task<Void, Never>?
+    /// Bytes of every server's piece of the newest checkpoint this primary wrote (headers and
+    /// parity included): what left this process for the servers.
+    public private(set) var lastPieceBytes: UInt64 = 0
+    /// Fault injection for tests only (pmu-server's PMU_FORMING_FAULT, docs/CLUSTER.md 7b): called
+    /// with a server's name once its piece is durable, and with nil once every piece is, before
+    /// any commit marker is written.
+    private var piecesHook: (@Sendable (String?) async -> Void)?
+
+    public func injectFaults(_ hook: @escaping @Sendable (String?) async -> Void) { piecesHook = hook }
 
     /// Takes the writer role on every server of the stripe (a previous primary is fenced on each),
     /// then reads where the set stands.
@@ -117,16 +126,8 @@ public actor ClusterPrimary {
 
     /// Runs `body` after every earlier checkpoint (or repair) of this primary has finished.
     private func inTurn<T: Sendable>(_ body: @escaping @Sendable () async throws(PMUError) -> T) async throws(PMUError) -> T {
-        let previous = tail
-        let turn = Task<Result<T, PMUError>, Never> {
-            await previous?.value
-            do throws(PMUError) {
-                return .success(try await body())
-            } catch {
-                return .failure(error)
-            }
-        }
-        tail = Task { _ = await turn.value }
+        let (turn, next) = Turns.after(tail, body)
+        tail = next
         return try await turn.value.get()
     }
 
@@ -188,13 +189,18 @@ public actor ClusterPrimary {
             var byServer: [String: ByteBuffer] = [:]
             for (index, server) in descriptor.servers.enumerated() { byServer[server] = pieces[index] }
             let frozen = byServer
+            let hook = piecesHook
+            lastPieceBytes = pieces.reduce(0) { $0 + UInt64($1.readableBytes) }
             let written = await cluster.each(descriptor.servers) { server, _ throws(PMUError) -> UInt64 in
-                try await self.writers[server]!.checkpoint(frozen[server]!)
+                let local = try await self.writers[server]!.checkpoint(frozen[server]!)
+                await hook?(server)
+                return local
             }
             let (localSequences, failures) = partition(written)
             guard failures.isEmpty else {
                 throw PMUError(failures.values.first!.code, "checkpoint \(sequence) of set \(name) is not complete: its pieces could not be made durable on \(failures.summary); the previous complete checkpoint (\(newestComplete)) stays the newest")
             }
+            await hook?(nil)
             var marker = descriptor
             marker.committed = sequence
             let encoded = marker.encode()

@@ -32,4 +32,11 @@ extension Cluster {
         status.scrub = await scrubRecord(set: name, setID: status.descriptor.setID)
         return status
     }
+
+    /// The newest scrub pass of set `name` as figures for a metrics exporter (`ScrubRecord.figures`;
+    /// empty when the set was never scrubbed or no server holding it answers).
+    public func scrubFigures(set name: String) async throws(PMUError) -> [ScrubFigure] {
+        let status = try await status(set: name)
+        return status.scrub?.figures ?? []
+    }
 }

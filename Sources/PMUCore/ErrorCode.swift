@@ -62,6 +62,13 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     /// The primary's member lease at the authority is about to lapse (etcd unreachable from it):
     /// writes are refused until it is renewed, so that a monitor may take over without a split brain.
     case leaseLapsed = 53
+    // 61-63: server-side forming of striped checkpoints (docs/CLUSTER.md section 7b).
+    /// A FORM_BEGIN asked a pmu-server to hold more checkpoint bytes than its `--max-forming-bytes`
+    /// allows (in all, or beside the formings already in progress): nothing was kept.
+    case formingLimit = 61
+    /// This pmu-server does not form checkpoints for primaries (no `--cluster-map`), or the
+    /// connection has no upload in progress for FORM_DATA / FORM_COMMIT.
+    case formingUnavailable = 62
 
     /// A stable, grep-able name for logs and pmuctl's one-line errors.
     public var description: String {
@@ -106,6 +113,8 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .notSnapshotRegion: "NOT_SNAPSHOT_REGION"
         case .notPrimary: "NOT_PRIMARY"
         case .leaseLapsed: "LEASE_LAPSED"
+        case .formingLimit: "FORMING_LIMIT"
+        case .formingUnavailable: "FORMING_UNAVAILABLE"
         }
     }
 }

@@ -142,6 +142,19 @@ public enum Request: Sendable, Equatable {
     case pairGiveback
     /// The server's INFO (pmuctl stats): DATA reply holding a JSON object. Admins only.
     case serverInfo
+    // Server-side forming of a striped checkpoint (docs/WIRE_PROTOCOL.md, "Forming").
+    /// Start an upload of one whole checkpoint of set `set` to this server (replaces the
+    /// connection's unfinished one): `length` payload bytes whose CRC32C is `crc`.
+    case formBegin(set: String, length: UInt64, crc: UInt32)
+    /// The next bytes of the upload; `offset` must be the number of bytes sent so far.
+    case formData(offset: UInt64, data: ByteBuffer)
+    /// Form the pieces, store them on every server of the set, commit; DATA reply (16 bytes:
+    /// sequence, piece bytes written) once the checkpoint is complete on every server.
+    case formCommit
+    /// Online rebuild through the forming server, the set's long-running primary there: empty
+    /// server `server` rejoins set `set` and gets its missing pieces while checkpoints go on.
+    /// DATA reply holding a JSON object (the rebuild report).
+    case formRebuild(set: String, server: String)
 
     public var opcode: Opcode {
         switch self {
@@ -163,6 +176,10 @@ public enum Request: Sendable, Equatable {
         case .pairTakeover: .pairTakeover
         case .pairGiveback: .pairGiveback
         case .serverInfo: .serverInfo
+        case .formBegin: .formBegin
+        case .formData: .formData
+        case .formCommit: .formCommit
+        case .formRebuild: .formRebuild
         }
     }
 }
@@ -236,6 +253,10 @@ public enum Opcode: UInt8, Sendable {
     case pairTakeover = 0x24
     case pairGiveback = 0x25
     case serverInfo = 0x30
+    case formBegin = 0x34
+    case formData = 0x35
+    case formCommit = 0x36
+    case formRebuild = 0x37
 
     case ok = 0x80
     case challenge = 0x81

@@ -50,8 +50,19 @@ extension Request: WireMessage {
             buffer.writeBuffer(&data)
         case .mirrorTrim(let through):
             buffer.writeLE(through)
-        case .pairStatus, .pairTakeover, .pairGiveback, .serverInfo:
+        case .pairStatus, .pairTakeover, .pairGiveback, .serverInfo, .formCommit:
             break
+        case .formBegin(let set, let length, let crc):
+            buffer.writeWireString(set, maxBytes: Limits.maxNameBytes)
+            buffer.writeLE(length)
+            buffer.writeLE(crc)
+        case .formRebuild(let set, let server):
+            buffer.writeWireString(set, maxBytes: Limits.maxNameBytes)
+            buffer.writeWireString(server, maxBytes: Limits.maxNameBytes)
+        case .formData(let offset, let data):
+            buffer.writeLE(offset)
+            var data = data
+            buffer.writeBuffer(&data)
         }
     }
 
@@ -136,6 +147,20 @@ extension Request: WireMessage {
             request = .pairGiveback
         case .serverInfo:
             request = .serverInfo
+        case .formBegin:
+            let set = try body.readWireString("set", maxBytes: Limits.maxNameBytes)
+            request = .formBegin(set: set, length: try body.readLE(UInt64.self, "length"), crc: try body.readLE(UInt32.self, "crc"))
+        case .formData:
+            let offset = try body.readLE(UInt64.self, "offset")
+            guard body.readableBytes <= Limits.maxIOBytes else {
+                throw PMUError(.requestTooLarge, "FORM_DATA of \(body.readableBytes) bytes exceeds the per-request limit of \(Limits.maxIOBytes)")
+            }
+            request = .formData(offset: offset, data: body.readSlice(length: body.readableBytes)!)
+        case .formCommit:
+            request = .formCommit
+        case .formRebuild:
+            let set = try body.readWireString("set", maxBytes: Limits.maxNameBytes)
+            request = .formRebuild(set: set, server: try body.readWireString("server", maxBytes: Limits.maxNameBytes))
         default:
             throw PMUError(.malformedFrame, "opcode \(opcode) is a reply, not a request")
         }

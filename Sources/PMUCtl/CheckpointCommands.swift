@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import PMUCheckpoint
 import PMUClient
+import PMUCluster
 import PMUCore
 
 struct CheckpointCommand: ParsableCommand {
@@ -18,8 +19,15 @@ struct CheckpointCommand: ParsableCommand {
         @Option(help: "File to save (default: stdin).") var file: String?
         @OptionGroup var connection: ConnectionOptions
         @OptionGroup var cluster: ClusterOptions
+        @Flag(name: .customLong("form-on-server"), help: "With --cluster: send the checkpoint once to a server of the set, which forms and stores the pieces (the map's formingServer, or the first reachable server; docs/CLUSTER.md 7b).")
+        var formOnServer = false
+        @Option(name: .customLong("forming-server"), help: "With --cluster: the server to form on (implies --form-on-server).")
+        var formingServer: String?
 
         func execute() async throws {
+            if (formOnServer || formingServer != nil) && cluster.path == nil {
+                throw PMUError(.invalidArgument, "--form-on-server and --forming-server need --cluster MAP (or PMU_CLUSTER)")
+            }
             let data: Data
             if let file {
                 guard let contents = FileManager.default.contents(atPath: file) else {
@@ -29,7 +37,8 @@ struct CheckpointCommand: ParsableCommand {
             } else {
                 data = FileHandle.standardInput.readDataToEndOfFile()
             }
-            if cluster.path != nil { return try await ClusterCheckpointCommands.put(name, data: data, cluster: cluster, json: connection.json) }
+            if cluster.path != nil { return try await ClusterCheckpointCommands.put(
+                    name, data: data, cluster: cluster, forming: formOnServer || formingServer != nil ? ServerFormingOptions(server: formingServer) : nil, json: connection.json) }
             let (sequence, epoch) = try await withClient(connection) { client in
                 let primary = try await client.openPrimary(name)
                 let sequence = try await primary.checkpoint(ByteBuffer(bytes: data))

@@ -187,9 +187,13 @@ struct ClusterCommand: ParsableCommand {
     struct Rebuild: PMUCtlCommand {
         static let configuration = CommandConfiguration(
             abstract: "Regenerate a lost or replaced server's pieces of every complete checkpoint from the others.",
-            discussion: "Run it with no primary writing; reopen primaries afterwards.")
+            discussion: "Without --online: run it with no primary writing; reopen primaries afterwards. With --online: the set's forming server (its primary, pmu-server --cluster-map) rejoins the empty server and backfills it while checkpoints formed there go on (docs/CLUSTER.md 6b).")
         @Argument(help: "Server name in the cluster map.") var server: String
         @Option(help: "Only this set (repeatable; default: every set found).") var set: [String] = []
+        @Flag(help: "Rebuild through the forming server while primaries keep checkpointing there (the map's formingServer, or the first reachable other server).")
+        var online = false
+        @Option(name: .customLong("forming-server"), help: "With --online: the forming server to rebuild through.")
+        var formingServer: String?
         @OptionGroup var cluster: ClusterOptions
         @OptionGroup var connection: ConnectionOptions // --json (a @Flag named json here would never be set)
         var json: Bool { connection.json }
@@ -199,7 +203,13 @@ struct ClusterCommand: ParsableCommand {
                 var sets = set
                 if sets.isEmpty { sets = await cluster.setNames() }
                 var reports: [RebuildReport] = []
-                for name in sets { reports.append(try await cluster.rebuild(server: server, set: name)) }
+                for name in sets {
+                    if online || formingServer != nil {
+                        reports.append(try await cluster.rebuildThroughFormingServer(server, set: name, options: ServerFormingOptions(server: formingServer)))
+                    } else {
+                        reports.append(try await cluster.rebuild(server: server, set: name))
+                    }
+                }
                 return reports
             }
             if json {
@@ -230,7 +240,14 @@ extension String {
 
 /// `pmuctl checkpoint ... --cluster MAP`: the same commands on a striped or mirrored set.
 enum ClusterCheckpointCommands {
-    static func put(_ name: String, data: Data, cluster options: ClusterOptions, json: Bool) async throws {
+    static func put(_ name: String, data: Data, cluster options: ClusterOptions, forming: ServerFormingOptions?, json: Bool) async throws {
+        if let forming {
+            let (server, formed) = try await withCluster(options) { cluster in
+                try await cluster.checkpointFormedOnServer(name, payload: ByteBuffer(bytes: data), options: forming)
+            }
+            print(json ? Output.json(["set": name, "sequence": formed.sequence, "sizeBytes": data.count, "formedOn": server, "pieceBytes": formed.pieceBytes] as [String: Any]) : String(formed.sequence))
+            return
+        }
         let sequence = try await withCluster(options) { cluster -> UInt64 in
             let primary = try await ClusterPrimary.open(name, cluster: cluster)
             do {

@@ -118,6 +118,10 @@ final class RequestMeter: Sendable {
         case .pairTakeover: "PAIR_TAKEOVER"
         case .pairGiveback: "PAIR_GIVEBACK"
         case .serverInfo: "SERVER_INFO"
+        case .formBegin: "FORM_BEGIN"
+        case .formData: "FORM_DATA"
+        case .formCommit: "FORM_COMMIT"
+        case .formRebuild: "FORM_REBUILD"
         // Verbs added later are labelled by opcode until named here.
         default: "OPCODE_0x" + String(opcode.rawValue, radix: 16)
         }

@@ -170,6 +170,7 @@ public struct ServerCommand: ParsableCommand {
 
     @Option(name: .customLong("metrics-listen"), help: "Serve Prometheus metrics over HTTP at http://HOST:PORT/metrics (default: not served). Unauthenticated: bind it to loopback or a monitoring network.")
     var metricsListen: String?
+    @OptionGroup(title: "Forming striped checkpoints for primaries") var forming: FormingOptions
 
     public init() {}
 
@@ -265,6 +266,7 @@ public struct ServerCommand: ParsableCommand {
         configuration.pair = pair
         configuration.failover = try makeFailover()
         configuration.metricsListen = try metricsListen.map { try Endpoint(parsing: $0) }
+        configuration.forming = try forming.settings()
         return configuration
     }
 

@@ -54,6 +54,8 @@ public struct ServerConfiguration: Sendable {
     public var failoverStatus: (@Sendable () -> FailoverController.Status)?
     /// `--metrics-listen`: where /metrics is served over HTTP for Prometheus; nil (the default): not served.
     public var metricsListen: Endpoint?
+    /// Forming striped checkpoints for primaries (`--cluster-map`, `--max-forming-bytes`).
+    public var forming = FormingSettings()
 
     public init() {}
 

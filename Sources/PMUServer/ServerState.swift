@@ -28,6 +28,8 @@ final class ServerState: Sendable {
     let pair: PairController?
     /// Start time, chosen transport and addresses, for INFO (`ServerInfo`).
     let facts = ServerFacts()
+    /// Uploads of whole checkpoints and the forming of their pieces (Session+Forming.swift).
+    let forming: FormingService
     private let table: NIOLockedValueBox<Table>
     /// Who holds a connection slot, with how to close each connection it may displace. Its own
     /// lock: admission never waits for the data path's table.
@@ -53,6 +55,7 @@ final class ServerState: Sendable {
         self.secrets = secrets
         self.configuration = configuration
         self.pair = pair
+        self.forming = FormingService(configuration.forming)
         self.table = NIOLockedValueBox(Table(keys: ProtectionTable(maxHandlesPerConnection: configuration.maxHandlesPerConnection)))
         self.admission = NIOLockedValueBox((AdmissionTable(limits: configuration.admissionLimits), [:]))
     }

@@ -119,6 +119,7 @@ final class Session: RequestHandler, @unchecked Sendable {
         queue.removeAll()
         state.connectionClosed(info.id)
         state.pair?.receiver?.connectionClosed(info.id)
+        state.forming.connectionClosed(info.id)
         logger.debug("connection closed")
     }
 
@@ -378,6 +379,9 @@ final class Session: RequestHandler, @unchecked Sendable {
 
             case .mirrorOpen, .mirrorAppend, .mirrorTrim, .pairStatus, .pairTakeover, .pairGiveback:
                 try pairRequest(request, id: id, clientId: clientId, isAdmin: isAdmin)
+
+            case .formBegin, .formData, .formCommit, .formRebuild:
+                try formRequest(request, id: id, clientId: clientId, isAdmin: isAdmin)
             }
         } catch {
             reply(id, .error(error))

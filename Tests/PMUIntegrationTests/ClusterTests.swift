@@ -169,6 +169,9 @@ import Testing
         let record = try #require(status.scrub)
         #expect(record.passes == 2 && record.damaged == 2 && record.repaired == 2 && record.unrepaired == 0, "\(record)")
         #expect(record.piecesChecked == 10 && record.newestSequence == 2 && record.bytesRead > 700_000)
+        // The same pass as figures for the metrics exporter (issue 16).
+        let figures = Dictionary(uniqueKeysWithValues: try await scrubbed.scrubFigures(set: "job").map { ($0.name, $0.value) })
+        #expect(figures["pmu_cluster_scrub_last_repaired_subsegments"] == 2 && figures["pmu_cluster_scrub_passes_total"] == 2, "\(figures)")
         // Repaired in place byte for byte: verify reads every subsegment and finds none damaged.
         let verified = try await ClusterBackup(name: "job", cluster: scrubbed).verify()
         #expect(verified.count == 2 && verified.allSatisfy { $0.damaged.isEmpty && $0.failure == nil }, "\(verified) \(first) \(second)")

@@ -8,10 +8,14 @@ final class LocalCluster: @unchecked Sendable {
     let scratch: Scratch
     private(set) var servers: [ServerProcess]
 
-    init(_ count: Int, scratch: Scratch) throws {
+    /// `arguments(i)`: extra pmu-server options for server i.
+    init(_ count: Int, scratch: Scratch, arguments: (Int) -> [String] = { _ in [] }) throws {
         self.scratch = scratch
-        servers = try (0..<count).map { try ServerProcess(dataDirectory: scratch.path + "/s\($0)") }
+        servers = try (0..<count).map { try ServerProcess(dataDirectory: scratch.path + "/s\($0)", extraArguments: arguments($0)) }
     }
+
+    /// Where `writeMap` puts the map (servers started with `--cluster-map` this path form on it).
+    var mapPath: String { scratch.path + "/map.json" }
 
     func name(_ index: Int) -> String { "s\(index)" }
 
@@ -23,7 +27,7 @@ final class LocalCluster: @unchecked Sendable {
     }
 
     func writeMap() throws -> String {
-        let path = scratch.path + "/map.json"
+        let path = mapPath
         try map().encoded().write(to: URL(fileURLWithPath: path))
         return path
     }
@@ -33,6 +37,14 @@ final class LocalCluster: @unchecked Sendable {
     func kill(_ indices: [Int]) { for index in indices { servers[index].kill9() } }
 
     func restart(_ indices: [Int]) throws { for index in indices { try servers[index].start() } }
+
+    /// kill -9 server `index`, start it again under `launcher` (e.g. `env VAR=...`), rewrite the map.
+    func restart(_ index: Int, launcher: [String]) throws {
+        servers[index].kill9()
+        servers[index].launcher = launcher
+        try servers[index].start()
+        _ = try writeMap()
+    }
 
     /// kill -9, delete the data directory, start empty (a new admin secret is generated).
     func wipe(_ index: Int) throws {

@@ -54,7 +54,7 @@ final class ServerProcess: @unchecked Sendable {
     let logPath: String
     let extraArguments: [String]
     /// A command the server runs under, e.g. `prlimit --nofile=256:256 --` (empty: none).
-    let launcher: [String]
+    var launcher: [String]
     private(set) var process: Process
     private(set) var endpoint = Endpoint(host: "127.0.0.1", port: 0)
 

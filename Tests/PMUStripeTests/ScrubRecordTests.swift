@@ -25,6 +25,20 @@ import Testing
         #expect(ScrubRecord.decode(longer) == nil)
     }
 
+    /// The figures a metrics exporter reads: one per counter, named once, with the record's values.
+    @Test func figuresCarryTheRecordForMetrics() {
+        let figures = Dictionary(uniqueKeysWithValues: record.figures.map { ($0.name, $0) })
+        #expect(figures.count == record.figures.count && figures.count == 10)
+        #expect(figures["pmu_cluster_scrub_last_finished_timestamp_seconds"]?.value == 5e-6)
+        #expect(figures["pmu_cluster_scrub_last_duration_seconds"]?.value == 4e-6)
+        #expect(figures["pmu_cluster_scrub_passes_total"]?.value == 3 && figures["pmu_cluster_scrub_passes_total"]?.kind == .counter)
+        #expect(figures["pmu_cluster_scrub_last_repaired_subsegments"]?.value == 1)
+        #expect(figures["pmu_cluster_scrub_last_unrepaired_subsegments"]?.value == 1)
+        #expect(figures["pmu_cluster_scrub_last_damaged_subsegments"]?.value == 2)
+        #expect(figures["pmu_cluster_scrub_last_read_bytes"]?.value == 5_242_880)
+        #expect(record.figures.allSatisfy { $0.name.hasPrefix("pmu_cluster_scrub_") && !$0.help.isEmpty })
+    }
+
     @Test func refusesImpossibleCountersEvenWithAGoodChecksum() {
         var lies = [record]
         lies[0].repaired = UInt64.max // repaired + unrepaired overflows
