@@ -67,6 +67,12 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("persist-threads"), help: "Threads running msync for PERSIST (concurrent syncs let the filesystem batch journal commits).")
     var persistThreads = 8
 
+    @Option(name: .customLong("journal-max-persist"), help: "PERSISTs of at most this many bytes are group-committed through the write journal (DATA_DIR/journal: one fdatasync covers many clients' PERSISTs) instead of an msync each; 0 turns the journal off. Not used on a paired owner or over verbs.")
+    var journalMaxPersist = "64KiB"
+
+    @Option(name: .customLong("journal-max"), help: "Bound on the write journal's files (16 MiB segments); it is applied to the regions and trimmed at half of it, when idle for a second, and at shutdown.")
+    var journalMax = "128MiB"
+
     @Option(name: .customLong("auth-timeout"), help: "Seconds a connection has to authenticate before it is closed.")
     var authTimeoutSeconds = 10
 
@@ -147,6 +153,7 @@ public struct ServerCommand: ParsableCommand {
         if let takeoverListen { _ = try Endpoint(parsing: takeoverListen) }
         _ = try ByteSize.parse(mirrorLogMax)
         _ = try ByteSize.parse(partnerMaxUnpersisted)
+        try journalConfiguration().validate()
         guard PartnerDownPolicy(rawValue: partnerDown) != nil else { throw ValidationError("--partner-down must be durable or refuse") }
         guard LogSyncPolicy(rawValue: mirrorSync) != nil else { throw ValidationError("--mirror-sync must be fdatasync or page-cache") }
     }
@@ -185,7 +192,19 @@ public struct ServerCommand: ParsableCommand {
         pair.fenceCommand = fenceCommand
         pair.takeoverListen = try takeoverListen.map { try Endpoint(parsing: $0) }
         configuration.pair = pair
+        configuration.journal = try journalConfiguration()
         return configuration
+    }
+
+    func journalConfiguration() throws -> JournalConfiguration {
+        var journal = JournalConfiguration()
+        let maxPersist = try ByteSize.parse(journalMaxPersist)
+        guard maxPersist <= UInt64(Limits.maxIOBytes) else {
+            throw ValidationError("--journal-max-persist \(journalMaxPersist) is larger than one request may be (\(Limits.maxIOBytes) bytes)")
+        }
+        journal.maxPersistBytes = Int(maxPersist)
+        journal.log.maxBytes = try ByteSize.parse(journalMax)
+        return journal
     }
 
     /// Named `execute`, not `run`: see main.swift.

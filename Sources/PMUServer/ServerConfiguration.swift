@@ -43,6 +43,9 @@ public struct ServerConfiguration: Sendable {
     /// Every WRITE is made durable (msync of its range) before it is acknowledged: how a server
     /// serves a taken-over portion, whose partner is gone, keeping the one-machine-loss promise.
     public var durableWrites = false
+    /// Group commit for small PERSISTs (`--journal-max-persist`, `--journal-max`; WriteJournal).
+    /// Not used on a paired owner (its mirror trims rely on region msyncs) nor for verbs sessions.
+    public var journal = JournalConfiguration()
 
     public init() {}
 

@@ -26,6 +26,8 @@ final class ServerState: Sendable {
     let configuration: ServerConfiguration
     /// Write mirroring and takeover (nil when the server runs unpaired).
     let pair: PairController?
+    /// Group commit for small PERSISTs (nil: every PERSIST is an msync).
+    let journal: WriteJournal?
     private let table: NIOLockedValueBox<Table>
     /// Who holds a connection slot, with how to close each connection it may displace. Its own
     /// lock: admission never waits for the data path's table.
@@ -46,8 +48,9 @@ final class ServerState: Sendable {
         }
     }
 
-    init(store: RegionStore, secrets: SecretsTable, configuration: ServerConfiguration, pair: PairController? = nil) {
+    init(store: RegionStore, secrets: SecretsTable, configuration: ServerConfiguration, pair: PairController? = nil, journal: WriteJournal? = nil) {
         self.store = store
+        self.journal = journal
         self.secrets = secrets
         self.configuration = configuration
         self.pair = pair
