@@ -95,6 +95,7 @@ public final class PMUServerService: Service, Sendable {
         } catch {
             await transport.stop()
             await pair?.stop()
+            journal?.stop()
             try? await pool.shutdownGracefully()
             try? await metadataPool.shutdownGracefully()
             try? await group.shutdownGracefully()
@@ -103,6 +104,8 @@ public final class PMUServerService: Service, Sendable {
         logger.info("pmu-server shutting down")
         await transport.stop()
         await pair?.stop()
+        // Answers what is queued, applies and trims the log, while the event loops still run.
+        journal?.stop()
         try? await pool.shutdownGracefully()
         try? await metadataPool.shutdownGracefully()
         try? await group.shutdownGracefully()

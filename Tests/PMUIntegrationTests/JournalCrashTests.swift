@@ -138,7 +138,7 @@ import Glibc
         let ledger = Ledger()
         let client = try await server.client()
         for index in 0..<Self.clients {
-            let handle = try await client.openRegion("journal-\(index)")
+            let handle = try await client.openRegion("journal-\(index)", rights: .readWrite)
             for slot in 0..<Self.slots {
                 let offset = UInt64(slot * Self.blockBytes)
                 try await client.writeDurably(handle, at: offset, ByteBuffer(bytes: Self.block(index, slot, 100_000)))
