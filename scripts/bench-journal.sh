@@ -10,8 +10,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rounds=${1:-2}
 secs=${2:-3}
-for product in pmu-server pmu-bench; do swift build -c release --product "$product" >/dev/null; done
-bin=$(swift build -c release --show-bin-path)
+# PMU_BENCH_BIN=DIR uses the pmu-server and pmu-bench already built there (e.g. .build/debug).
+if [[ -n ${PMU_BENCH_BIN:-} ]]; then
+    bin=$PMU_BENCH_BIN
+else
+    for product in pmu-server pmu-bench; do swift build -c release --product "$product" >/dev/null; done
+    bin=$(swift build -c release --show-bin-path)
+fi
 out=bench-out/journal
 mkdir -p "$out"
 work=$(mktemp -d /var/tmp/pmu-bench-journal.XXXXXX)
