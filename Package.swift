@@ -103,7 +103,9 @@ let package = Package(
         .target(
             name: "PMUStore",
             dependencies: [
-                "PMUCore", "PMUMetrics",
+                "PMUCore", "PMUMetrics", "PMULog",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
@@ -282,7 +284,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PMUStoreTests",
-            dependencies: ["PMUCore", "PMUStore", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["PMUCore", "PMUStore", "PMULog", .product(name: "Logging", package: "swift-log")]
         ),
         // The session's limits over an in-process transport (embedded event loop, recording sink).
         .testTarget(

@@ -22,6 +22,11 @@ public struct AppendLogConfiguration: Sendable, Equatable {
     public var sync: LogSyncPolicy
     /// Largest payload of one record (also what the decoder accepts).
     public var maxPayloadBytes: Int
+    /// Write zeros over each new segment (after preallocating it) before records go in. An append
+    /// into fallocate'd space converts an unwritten extent, so its fdatasync must also commit the
+    /// filesystem's journal; into written zeros it flushes only the data: 2-3x faster per sync on
+    /// ext4 here (the write journal sets this; creating a segment then writes its size once).
+    public var zeroFill = false
 
     public init(segmentBytes: Int = 32 << 20, maxBytes: UInt64 = 256 << 20, sync: LogSyncPolicy = .dataSync, maxPayloadBytes: Int = LogRecordFormat.defaultMaxPayloadBytes) {
         self.segmentBytes = segmentBytes
@@ -311,6 +316,21 @@ public final class AppendLog: @unchecked Sendable {
             close(fd)
             unlink(file)
             throw LogIO.error(result == ENOSPC ? "no space to preallocate log segment" : "cannot preallocate log segment", file, errno: result, code: result == ENOSPC ? .noSpace : .ioError)
+        }
+        if configuration.zeroFill {
+            let zeros = [UInt8](repeating: 0, count: 1 << 20)
+            var at = 0
+            while at < configuration.segmentBytes {
+                let chunk = min(zeros.count, configuration.segmentBytes - at)
+                do throws(PMUError) {
+                    try LogIO.pwriteAll(fd, chunk == zeros.count ? zeros : Array(zeros[0..<chunk]), at: at, path: file)
+                } catch {
+                    close(fd)
+                    unlink(file)
+                    throw error
+                }
+                at += chunk
+            }
         }
         if configuration.sync == .dataSync {
             // The segment and its name must exist after a machine crash before records go in.

@@ -59,7 +59,15 @@ public final class PMUServerService: Service, Sendable {
         let pair: PairController? = configuration.pair.partner != nil || configuration.pair.receives
             ? try PairController(configuration: configuration, runtime: .init(group: group, pool: pool, metadataPool: metadataPool, secrets: secrets, store: store), logger: logger)
             : nil
-        let state = ServerState(store: store, secrets: secrets, configuration: configuration, pair: pair)
+        // After the store's recovery (replay needs the regions) and before listening.
+        // A journal left by an earlier run is recovered even when this run does not use one.
+        let useJournal = configuration.journal.enabled && configuration.pair.partner == nil
+        let journal = useJournal || WriteJournal.exists(in: directory)
+            ? try WriteJournal(directory: directory, store: store, configuration: configuration.journal, logger: logger)
+            : nil
+        if !useJournal { journal?.stop() }
+        defer { journal?.stop() }
+        let state = ServerState(store: store, secrets: secrets, configuration: configuration, pair: pair, journal: useJournal ? journal : nil)
         var transport: any ServerTransport = TCPServerTransport(
             endpoint: configuration.listen, group: group, logger: logger, maxUnsentReplyBytes: configuration.maxUnsentReplyBytes)
         var useRDMA = false
@@ -126,6 +134,7 @@ public final class PMUServerService: Service, Sendable {
             await metrics?.stop()
             await transport.stop()
             await pair?.stop()
+            journal?.stop()
             try? await pool.shutdownGracefully()
             try? await metadataPool.shutdownGracefully()
             try? await group.shutdownGracefully()
@@ -136,6 +145,8 @@ public final class PMUServerService: Service, Sendable {
         await metrics?.stop()
         await transport.stop()
         await pair?.stop()
+        // Answers what is queued, applies and trims the log, while the event loops still run.
+        journal?.stop()
         try? await pool.shutdownGracefully()
         try? await metadataPool.shutdownGracefully()
         try? await group.shutdownGracefully()

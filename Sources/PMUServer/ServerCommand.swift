@@ -72,6 +72,12 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("persist-threads"), help: "Threads running msync for PERSIST (concurrent syncs let the filesystem batch journal commits).")
     var persistThreads = 8
 
+    @Option(name: .customLong("journal-max-persist"), help: "PERSISTs of at most this many bytes are group-committed through the write journal (DATA_DIR/journal: one fdatasync covers many clients' PERSISTs) instead of an msync each; 0 turns the journal off. Not used on a paired owner or over verbs.")
+    var journalMaxPersist = "64KiB"
+
+    @Option(name: .customLong("journal-max"), help: "Bound on the write journal's files (16 MiB segments); it is applied to the regions and trimmed at half of it, when idle for a second, and at shutdown.")
+    var journalMax = "128MiB"
+
     @Option(name: .customLong("auth-timeout"), help: "Seconds a connection has to authenticate before it is closed.")
     var authTimeoutSeconds = 10
 
@@ -225,6 +231,7 @@ public struct ServerCommand: ParsableCommand {
         }
         guard (100...600_000).contains(partnerTimeoutMilliseconds) else { throw ValidationError("--partner-timeout-ms must be 100...600000") }
         guard PartnerDownPolicy(rawValue: partnerDown ?? "durable") != nil else { throw ValidationError("--partner-down must be durable or refuse") }
+        try journalConfiguration().validate()
         guard LogSyncPolicy(rawValue: mirrorSync) != nil else { throw ValidationError("--mirror-sync must be fdatasync or page-cache") }
     }
 
@@ -267,6 +274,7 @@ public struct ServerCommand: ParsableCommand {
         configuration.failover = try makeFailover()
         configuration.metricsListen = try metricsListen.map { try Endpoint(parsing: $0) }
         configuration.forming = try forming.settings()
+        configuration.journal = try journalConfiguration()
         return configuration
     }
 
@@ -298,6 +306,17 @@ public struct ServerCommand: ParsableCommand {
             throw ValidationError("--role primary needs --partner (the monitor's HOST:PORT): a takeover replays the monitor's mirror log, so every acknowledged write must be in it")
         }
         return failover
+    }
+
+    func journalConfiguration() throws -> JournalConfiguration {
+        var journal = JournalConfiguration()
+        let maxPersist = try ByteSize.parse(journalMaxPersist)
+        guard maxPersist <= UInt64(Limits.maxIOBytes) else {
+            throw ValidationError("--journal-max-persist \(journalMaxPersist) is larger than one request may be (\(Limits.maxIOBytes) bytes)")
+        }
+        journal.maxPersistBytes = Int(maxPersist)
+        journal.log.maxBytes = try ByteSize.parse(journalMax)
+        return journal
     }
 
     /// Named `execute`, not `run`: see main.swift.

@@ -56,6 +56,9 @@ public struct ServerConfiguration: Sendable {
     public var metricsListen: Endpoint?
     /// Forming striped checkpoints for primaries (`--cluster-map`, `--max-forming-bytes`).
     public var forming = FormingSettings()
+    /// Group commit for small PERSISTs (`--journal-max-persist`, `--journal-max`; WriteJournal).
+    /// Not used on a paired owner (its mirror trims rely on region msyncs) nor for verbs sessions.
+    public var journal = JournalConfiguration()
 
     public init() {}
 

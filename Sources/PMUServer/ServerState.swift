@@ -30,6 +30,8 @@ final class ServerState: Sendable {
     let facts = ServerFacts()
     /// Uploads of whole checkpoints and the forming of their pieces (Session+Forming.swift).
     let forming: FormingService
+    /// Group commit for small PERSISTs (nil: every PERSIST is an msync).
+    let journal: WriteJournal?
     private let table: NIOLockedValueBox<Table>
     /// Who holds a connection slot, with how to close each connection it may displace. Its own
     /// lock: admission never waits for the data path's table.
@@ -50,8 +52,9 @@ final class ServerState: Sendable {
         }
     }
 
-    init(store: RegionStore, secrets: SecretsTable, configuration: ServerConfiguration, pair: PairController? = nil) {
+    init(store: RegionStore, secrets: SecretsTable, configuration: ServerConfiguration, pair: PairController? = nil, journal: WriteJournal? = nil) {
         self.store = store
+        self.journal = journal
         self.secrets = secrets
         self.configuration = configuration
         self.pair = pair

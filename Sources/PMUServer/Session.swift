@@ -44,7 +44,7 @@ final class Session: RequestHandler, @unchecked Sendable {
     private var queue: [Frame<Request>] = []
     private var busy = false { didSet { updateReading() } }
     /// PERSISTs this connection has on the pool; reading pauses at the cap (bounded queue).
-    private var persistsInFlight = 0 { didSet { updateReading() } }
+    var persistsInFlight = 0 { didSet { updateReading() } }
     static let maxPersistsInFlight = 256
     private var readingPaused = false
 
@@ -284,6 +284,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                 let translation = try state.translateForRead(key: key, connection: connection, offset: offset, length: length == 0 ? nil : length)
                 let resolvedLength = translation.length
                 let region = translation.region
+                if persistThroughJournal(translation, offset: offset, id: id) { break }
                 let replies = info.replies
                 let sender = state.pair?.sender
                 let mark = sender?.persistMark() ?? 0

@@ -9,6 +9,7 @@ import PMUCore
 ///     DIR/catalog          region metadata, an append-only checksummed log
 ///     DIR/regions/ID.region   one preallocated file per region, named by 16 hex digits of its id
 ///     DIR/regions/ID.tmp   a region file whose create has not committed yet
+///     DIR/journal/         the write journal: PMULog segments, `trim`, `boot` (WriteJournal)
 public final class DataDirectory: @unchecked Sendable {
     public let path: String
     private var lockFD: Int32
@@ -16,6 +17,8 @@ public final class DataDirectory: @unchecked Sendable {
     var catalogPath: String { path + "/catalog" }
     var catalogTempPath: String { path + "/catalog.new" }
     var regionsPath: String { path + "/regions" }
+    /// The write journal's log directory (`WriteJournal`).
+    public var journalPath: String { path + "/journal" }
 
     func regionPath(id: UInt64) -> String { regionsPath + "/" + Self.hex(id) + ".region" }
     func tempRegionPath(id: UInt64) -> String { regionsPath + "/" + Self.hex(id) + ".tmp" }

@@ -221,6 +221,10 @@ public final class RegionStore: @unchecked Sendable {
     public var filesystemSpace: (freeBytes: UInt64, sizeBytes: UInt64)? {
         Sys.filesystemSpace(directory.regionsPath)
     }
+    /// Whether bytes written into a region's mapping outlive a crash of this process (they are in
+    /// the file's page cache). False in the volatile test mode, where they live in process memory
+    /// until PERSIST: the write journal then replays at every start, as after a machine crash.
+    public var regionBytesSurviveProcessCrash: Bool { !configuration.volatileUntilPersist }
 
     public func record(named name: String) -> RegionRecord? {
         lock.withLock { state.region(named: name) }
