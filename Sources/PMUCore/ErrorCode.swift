@@ -55,6 +55,9 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     case cancelled = 43
     /// A live-snapshot call named a region that is not a snapshot target (or not formatted as one).
     case notSnapshotRegion = 48
+    /// Opening a region would take the server's shmem shadows (region memory registered for RDMA
+    /// on a disk filesystem) past `--rdma-shadow-memory`: nothing was mapped, the region is intact.
+    case shadowMemoryFull = 58
 
     /// A stable, grep-able name for logs and pmuctl's one-line errors.
     public var description: String {
@@ -97,6 +100,7 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .timedOut: "TIMED_OUT"
         case .cancelled: "CANCELLED"
         case .notSnapshotRegion: "NOT_SNAPSHOT_REGION"
+        case .shadowMemoryFull: "SHADOW_MEMORY_FULL"
         }
     }
 }

@@ -21,29 +21,7 @@ public enum RDMALimits {
     /// emulated soft-RoCE VM; a dead peer is usually noticed sooner anyway, by rdma_cm's
     /// DISCONNECTED when its process exits.
     public static let ackTimeoutExponent: UInt8 = 19
-    /// How long a completion thread keeps polling its CQ after the last completion before it
-    /// sleeps on the completion channel (PMU_RDMA_SPIN_US overrides; 0 = always sleep). A wake-up
-    /// through poll(2) costs tens of microseconds (far more under emulation); a request/reply
-    /// exchange usually completes within this window, so the spin saves two wake-ups per call.
-    public static let spinMicroseconds: Int = {
-        if let text = getenv("PMU_RDMA_SPIN_US"), let value = Int(String(cString: text)), value >= 0 { return value }
-        return 50
-    }()
 }
-
-/// Polls `poll` until it returns completions or `microseconds` pass (busy, no sleeping).
-func spinForCompletions(microseconds: Int, _ poll: () -> [WorkCompletion]) -> [WorkCompletion] {
-    guard microseconds > 0 else { return [] }
-    let deadline = ContinuousClock.now.advanced(by: .microseconds(microseconds))
-    var spins = 0
-    while true {
-        let found = poll()
-        if !found.isEmpty { return found }
-        spins += 1
-        if spins & 0x3f == 0, ContinuousClock.now >= deadline { return [] }
-    }
-}
-
 
 /// wr_id layout: kind in the top byte, index or operation number below.
 enum WorkRequestKind: UInt64 {
@@ -99,5 +77,12 @@ extension PMUError {
     /// A verbs failure as the client or server reports it: the call, errno and hint are in the text.
     static func rdma(_ error: VerbsError, _ what: String) -> PMUError {
         PMUError(.rdmaError, "\(what): \(error)")
+    }
+}
+
+extension NIOLockedValueBox {
+    /// `withLockedValue` for a body that throws only VerbsError (its `rethrows` erases the type).
+    func withVerbsLock<T>(_ body: (inout Value) throws(VerbsError) -> T) throws(VerbsError) -> T {
+        try withLockedValue { value in Result { () throws(VerbsError) -> T in try body(&value) } }.get()
     }
 }

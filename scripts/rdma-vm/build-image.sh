@@ -138,7 +138,8 @@ depmod -b "$work/k" "$kver"
 # crc32_generic first: rxe needs the crc32 crypto, without it `rdma link add` fails with ENOENT.
 # virtio_console carries the command's stdout/stderr to the host as raw bytes (no tty CR/LF
 # mangling, no kernel messages mixed in).
-modules="crc32_generic rdma_rxe ib_uverbs rdma_ucm ib_umad dummy virtio_pci virtio_console 9pnet_virtio 9p"
+# virtio_blk and ext4: run-in-vm.sh --disk (a data directory on a real disk filesystem).
+modules="crc32_generic rdma_rxe ib_uverbs rdma_ucm ib_umad dummy virtio_pci virtio_console 9pnet_virtio 9p virtio_blk ext4"
 
 root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,lib,lib64,dev,proc,sys,host,etc}
@@ -195,7 +196,8 @@ hostname pmu-rdma-vm
 log "init started"
 
 for m in MODULES; do
-    modprobe "$m" || fail "modprobe $m"
+    # A module built into the kernel is listed in modules.builtin (busybox modprobe may refuse it).
+    modprobe "$m" || grep -q "/$m.ko" /lib/modules/*/modules.builtin || fail "modprobe $m"
 done
 
 log "modules loaded"
