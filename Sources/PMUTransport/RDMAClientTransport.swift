@@ -119,10 +119,7 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             // Replies: one per credit, plus room for a connection-level error (id 0).
             let receives = try RegisteredSlots(protectionDomain: protectionDomain, count: credits + 4, slotBytes: RDMALimits.replySlotBytes)
             let bounce = try RegisteredSlots(protectionDomain: protectionDomain, count: bounceBuffers, slotBytes: bounceBytes)
-            for slot in 0..<receives.count {
-                try queuePair.postReceive(local: receives.region, localOffset: receives.offset(slot), lengthBytes: receives.slotBytes,
-                                          workRequestID: WorkRequestKind.receive.id(slot))
-            }
+            try receives.postAllReceives(on: queuePair)
             try completionQueue.requestNotification()
             var parameters = ConnectionParameters()
             parameters.initiatorDepth = UInt8(clamping: max(1, min(try context.maxReadsInFlight(), 16)))
@@ -185,10 +182,8 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
                 }
                 let posted: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
                     guard let resources else { return VerbsError(.connection, operation: "SEND", message: "the connection is closed") }
-                    buffer.withUnsafeReadableBytes { resources.sends.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
                     do throws(VerbsError) {
-                        try resources.queuePair.postSend(local: resources.sends.region, localOffset: resources.sends.offset(slot),
-                                                         lengthBytes: buffer.readableBytes, workRequestID: WorkRequestKind.send.id(slot))
+                        try resources.sends.send(buffer, fromSlot: slot, on: resources.queuePair)
                         return nil
                     } catch {
                         return error
@@ -209,12 +204,7 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         guard bytes.readableBytes > 0 else { return }
         let slot = try await bounceSlots.acquire()
         defer { bounceSlots.release(slot) }
-        try await dataOperation("RDMA WRITE of \(bytes.readableBytes) bytes at offset \(offset)") { (resources, id) throws(VerbsError) in
-            bytes.withUnsafeReadableBytes { resources.bounce.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            try resources.queuePair.postWrite(local: resources.bounce.region, localOffset: resources.bounce.offset(slot),
-                                              lengthBytes: bytes.readableBytes, remoteAddress: remote.address &+ offset,
-                                              rkey: remote.rkey, workRequestID: id)
-        }
+        try await awaitData(try postWrite(remote, offset: offset, bytes, slot: slot))
     }
 
     public func read(_ remote: RemoteAccess, offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
@@ -248,12 +238,7 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         precondition(bytes.readableBytes <= maxTransferBytes, "one-sided transfer larger than a bounce buffer")
         let slot = try await bounceSlots.acquire()
         defer { bounceSlots.release(slot) }
-        let operation = try postData("RDMA WRITE of \(bytes.readableBytes) bytes at offset \(offset)") { (resources, id) throws(VerbsError) in
-            bytes.withUnsafeReadableBytes { resources.bounce.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            try resources.queuePair.postWrite(local: resources.bounce.region, localOffset: resources.bounce.offset(slot),
-                                              lengthBytes: bytes.readableBytes, remoteAddress: remote.address &+ offset,
-                                              rkey: remote.rkey, workRequestID: id)
-        }
+        let operation = try postWrite(remote, offset: offset, bytes, slot: slot)
         let reply: Result<Response, PMUError>
         do {
             reply = .success(try await call(request))
@@ -263,6 +248,16 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         // The bounce slot stays ours until the WRITE has completed (the NIC reads it until then).
         try await awaitData(operation)
         return try reply.get()
+    }
+
+    /// Copies `bytes` into bounce slot `slot` and posts a signaled RDMA WRITE of them.
+    private func postWrite(_ remote: RemoteAccess, offset: UInt64, _ bytes: ByteBuffer, slot: Int) throws(PMUError) -> Int {
+        try postData("RDMA WRITE of \(bytes.readableBytes) bytes at offset \(offset)") { (resources, id) throws(VerbsError) in
+            bytes.withUnsafeReadableBytes { resources.bounce.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            try resources.queuePair.postWrite(local: resources.bounce.region, localOffset: resources.bounce.offset(slot),
+                                              lengthBytes: bytes.readableBytes, remoteAddress: remote.address &+ offset,
+                                              rkey: remote.rkey, workRequestID: id)
+        }
     }
 
     /// Posts one signaled data work request and waits for its completion.
@@ -382,13 +377,7 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     }
 
     private func received(slot: Int, byteCount: Int) {
-        var buffer: ByteBuffer? = nil
-        resources.withLockedValue { resources in
-            guard let resources else { return }
-            buffer = ByteBuffer(bytes: UnsafeRawBufferPointer(start: resources.receives.pointer(slot), count: byteCount))
-            try? resources.queuePair.postReceive(local: resources.receives.region, localOffset: resources.receives.offset(slot),
-                                                 lengthBytes: resources.receives.slotBytes, workRequestID: WorkRequestKind.receive.id(slot))
-        }
+        let buffer = resources.withLockedValue { $0.map { $0.receives.takeReceived(slot, byteCount: byteCount, repostingOn: $0.queuePair) } }
         guard var bytes = buffer else { return }
         let frame: Frame<Response>
         do {

@@ -78,10 +78,7 @@ final class RDMAServerConnection: @unchecked Sendable {
         // One per credit, plus room for connection-level errors (id 0) and replies whose SEND
         // completion has not been polled yet when the next request's reply goes out.
         let sends = try RegisteredSlots(protectionDomain: protectionDomain, count: credits + 8, slotBytes: RDMALimits.replySlotBytes)
-        for slot in 0..<credits {
-            try queuePair.postReceive(local: receives.region, localOffset: receives.offset(slot), lengthBytes: receives.slotBytes,
-                                      workRequestID: WorkRequestKind.receive.id(slot))
-        }
+        try receives.postAllReceives(on: queuePair)
         try completionQueue.requestNotification()
         self.id = id
         self.idPointer = connection.pointer
@@ -187,13 +184,7 @@ final class RDMAServerConnection: @unchecked Sendable {
     private func received(slot: Int, byteCount: Int) {
         // Copy out, then hand the slot straight back to the device (the client's credit returns
         // with our reply, by which time the slot is posted again).
-        var buffer: ByteBuffer? = nil
-        resources.withLockedValue { resources in
-            guard let resources else { return }
-            buffer = ByteBuffer(bytes: UnsafeRawBufferPointer(start: resources.receives.pointer(slot), count: byteCount))
-            try? resources.queuePair.postReceive(local: resources.receives.region, localOffset: resources.receives.offset(slot),
-                                                 lengthBytes: resources.receives.slotBytes, workRequestID: WorkRequestKind.receive.id(slot))
-        }
+        let buffer = resources.withLockedValue { $0.map { $0.receives.takeReceived(slot, byteCount: byteCount, repostingOn: $0.queuePair) } }
         guard var bytes = buffer else { return }
         let unanswered = outstanding.withLockedValue { count -> Int in
             count += 1
@@ -235,10 +226,8 @@ final class RDMAServerConnection: @unchecked Sendable {
         }
         let failed: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
             guard let resources else { return nil }
-            buffer.withUnsafeReadableBytes { resources.sends.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             do throws(VerbsError) {
-                try resources.queuePair.postSend(local: resources.sends.region, localOffset: resources.sends.offset(slot),
-                                                 lengthBytes: buffer.readableBytes, workRequestID: WorkRequestKind.send.id(slot))
+                try resources.sends.send(buffer, fromSlot: slot, on: resources.queuePair)
                 return nil
             } catch {
                 return error

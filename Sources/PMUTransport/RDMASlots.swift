@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import NIOConcurrencyHelpers
+import NIOCore
 import PMUCore
 import PMUVerbs
 
@@ -63,6 +64,32 @@ final class RegisteredSlots: @unchecked Sendable {
 
     func pointer(_ index: Int) -> UnsafeMutableRawPointer { memory + index * slotBytes }
     func offset(_ index: Int) -> Int { index * slotBytes }
+
+    // What both halves of a verbs connection do with their control slots.
+
+    /// Posts every slot as a receive (at connection set-up).
+    func postAllReceives(on queuePair: QueuePair) throws(VerbsError) {
+        for slot in 0..<count { try postReceive(slot, on: queuePair) }
+    }
+
+    /// Copies the frame received into `slot` out and posts the slot again at once: the peer's
+    /// credit comes back with the reply, by which time the slot is posted again.
+    func takeReceived(_ slot: Int, byteCount: Int, repostingOn queuePair: QueuePair) -> ByteBuffer {
+        let bytes = ByteBuffer(bytes: UnsafeRawBufferPointer(start: pointer(slot), count: min(byteCount, slotBytes)))
+        try? postReceive(slot, on: queuePair)
+        return bytes
+    }
+
+    /// Copies `frame` (at most `slotBytes`) into `slot` and posts it as a SEND.
+    func send(_ frame: ByteBuffer, fromSlot slot: Int, on queuePair: QueuePair) throws(VerbsError) {
+        precondition(frame.readableBytes <= slotBytes, "frame larger than its send slot")
+        frame.withUnsafeReadableBytes { pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        try queuePair.postSend(local: region, localOffset: offset(slot), lengthBytes: frame.readableBytes, workRequestID: WorkRequestKind.send.id(slot))
+    }
+
+    private func postReceive(_ slot: Int, on queuePair: QueuePair) throws(VerbsError) {
+        try queuePair.postReceive(local: region, localOffset: offset(slot), lengthBytes: slotBytes, workRequestID: WorkRequestKind.receive.id(slot))
+    }
 }
 
 /// Free slot indices, taken before a post and returned on its completion.

@@ -24,8 +24,9 @@ die() { echo "rdma-vm/build: ERROR: $*" >&2; exit 1; }
 # Host packages: qemu to run the guest; busybox-static, dash, cpio, kmod to make the initramfs;
 # iproute2 for `rdma link add` (run from the host root inside the guest); rdma-core and the
 # verbs/perftest/rdmacm tools and the rxe userspace provider for the smoke test and the suite.
+# e2fsprogs: mkfs.ext4 for the data-directory disk images (run-in-vm.sh --disk).
 packages=(qemu-system-x86 busybox-static dash cpio kmod iproute2 rdma-core ibverbs-providers
-          ibverbs-utils perftest rdmacm-utils)
+          ibverbs-utils perftest rdmacm-utils e2fsprogs)
 
 apt_updated=0
 apt_update_once() {
