@@ -16,7 +16,8 @@ filter=${1:-${PMU_RDMA_FILTER:-PMUIntegrationTests\.(VerbsTests|TransportChoiceT
 # Slow under emulation and nothing verbs-specific in them beyond what the default set covers.
 slow='|CheckpointTests/(serverKilledDuringCheckpointWrites|pmuctlCheckpointCommands)|CrashTests/metadataStaysConsistent|PMUCtlTests/'
 [[ ${PMU_RDMA_FULL:-0} == 1 ]] && slow=''
-export PMU_VERBS_FULL_MIB=${PMU_VERBS_FULL_MIB:-4} PMU_VERBS_KILL_FILE_MIB=${PMU_VERBS_KILL_FILE_MIB:-8}
+# On the ext4 disk a region is loaded into its shadow and PERSIST copies it out: 64 MiB, not 256.
+export PMU_VERBS_FULL_MIB=${PMU_VERBS_FULL_MIB:-4} PMU_VERBS_KILL_FILE_MIB=${PMU_VERBS_KILL_FILE_MIB:-8} PMU_VERBS_LARGE_MIB=${PMU_VERBS_LARGE_MIB:-64}
 export PMU_TEST_TRANSPORT=rdma PMU_TRANSPORT=rdma PMU_BIN_DIR=$bin
 # Loop counts sized for emulation (each spawned Swift process costs ~1 s under TCG).
 export PMU_KILL_ITERATIONS=${PMU_KILL_ITERATIONS:-8} PMU_VERBS_KILLS=${PMU_VERBS_KILLS:-3}
