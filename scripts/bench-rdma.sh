@@ -4,8 +4,13 @@
 #
 # Usage: scripts/bench-rdma.sh            build release binaries (pmu-server, pmu-bench), run in the VM
 #        scripts/bench-rdma.sh --in-vm    (internal)
+# Data directories on an ext4 virtio disk (made here with mkfs.ext4): a durable write over verbs
+# then pays the shadow's copy-out + fdatasync, over TCP msync, both to the same emulated disk.
+# PMU runs: rdma with the default polling (adaptive), rdma with --rdma-poll busy (server and
+# client, PMU_RDMA_POLL), tcp.
 # Env:   PMU_BENCH_CONFIG (release|debug, default release), PMU_BENCH_SMALL_COUNT (default 2000),
-#        PMU_BENCH_BULK_MIB (default 256), PMU_RDMA_TIMEOUT (default 900).
+#        PMU_BENCH_BULK_MIB (default 256), PMU_RDMA_TIMEOUT (default 900),
+#        PMU_BENCH_RUNS (default "rdma:adaptive rdma:busy tcp:-").
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 project=$(cd "$here/.." && pwd)
@@ -21,15 +26,19 @@ in_vm() {
     perftest ib_write_lat -d "$dev" -x "$gid" -s 64 -n "$count" -F
     echo "=== ib_write_bw -s 1048576 -n 256"
     perftest ib_write_bw -d "$dev" -x "$gid" -s 1048576 -n 256 -F
-    for transport in rdma tcp; do
-        local dir
-        dir=$(mktemp -d /tmp/pmu-bench.XXXXXX)
+    mkdir -p /tmp/pmu-disk
+    mount -t ext4 /dev/vda /tmp/pmu-disk
+    echo "=== data directories on $(grep ' /tmp/pmu-disk ' /proc/mounts)"
+    for run in ${PMU_BENCH_RUNS:-rdma:adaptive rdma:busy tcp:-}; do
+        local transport=${run%%:*} poll=${run#*:} dir
+        dir=$(mktemp -d /tmp/pmu-disk/pmu-bench.XXXXXX)
+        if [[ $poll != - ]]; then export PMU_RDMA_POLL=$poll; else unset PMU_RDMA_POLL; fi
         "$bin/pmu-server" --transport "$transport" --data-dir "$dir/data" --listen "$ip:0" --ready-file "$dir/ready" \
             --log-level warning >"$dir/server.log" 2>&1 &
         local srv=$!
         for _ in $(seq 300); do [[ -s $dir/ready ]] && break; sleep 0.1; done
         local args=(--server "$(cat "$dir/ready")" --secret-file "$dir/data/admin.secret" --transport "$transport")
-        echo "=== pmu $transport small: 64 B acknowledged writes, $count"
+        echo "=== pmu $transport (polling ${PMU_RDMA_POLL:-n/a}) small: 64 B acknowledged writes, $count"
         "$bin/pmu-bench" small --size 64 --count "$count" "${args[@]}"
         echo "=== pmu $transport small durable: 64 B write + persist, $count"
         "$bin/pmu-bench" small --size 64 --count "$count" --persist "${args[@]}"
@@ -54,4 +63,11 @@ perftest() {
 if [[ ${1:-} == --in-vm ]]; then in_vm; exit; fi
 cd "$project"
 if [[ $config == release ]]; then swift build -c release --product pmu-server && swift build -c release --product pmu-bench; fi
-exec "$here/rdma-vm/run-in-vm.sh" --timeout "${PMU_RDMA_TIMEOUT:-900}" --share "$project" -- "$here/bench-rdma.sh" --in-vm
+image=$project/.build/rdma-bench-ext4.img
+rm -f "$image"
+truncate -s 2G "$image"
+mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$image"
+rc=0
+"$here/rdma-vm/run-in-vm.sh" --timeout "${PMU_RDMA_TIMEOUT:-900}" --share "$project" --disk "$image" -- "$here/bench-rdma.sh" --in-vm || rc=$?
+rm -f "$image"
+exit "$rc"

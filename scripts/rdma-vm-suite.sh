@@ -16,16 +16,21 @@ filter=${1:-${PMU_RDMA_FILTER:-PMUIntegrationTests\.(VerbsTests|TransportChoiceT
 # Slow under emulation and nothing verbs-specific in them beyond what the default set covers.
 slow='|CheckpointTests/(serverKilledDuringCheckpointWrites|pmuctlCheckpointCommands)|CrashTests/metadataStaysConsistent|PMUCtlTests/'
 [[ ${PMU_RDMA_FULL:-0} == 1 ]] && slow=''
-export PMU_VERBS_FULL_MIB=${PMU_VERBS_FULL_MIB:-4} PMU_VERBS_KILL_FILE_MIB=${PMU_VERBS_KILL_FILE_MIB:-8}
+# On the ext4 disk a region is loaded into its shadow and PERSIST copies it out: 64 MiB, not 256.
+export PMU_VERBS_FULL_MIB=${PMU_VERBS_FULL_MIB:-4} PMU_VERBS_KILL_FILE_MIB=${PMU_VERBS_KILL_FILE_MIB:-8} PMU_VERBS_LARGE_MIB=${PMU_VERBS_LARGE_MIB:-64}
 export PMU_TEST_TRANSPORT=rdma PMU_TRANSPORT=rdma PMU_BIN_DIR=$bin
 # Loop counts sized for emulation (each spawned Swift process costs ~1 s under TCG).
 export PMU_KILL_ITERATIONS=${PMU_KILL_ITERATIONS:-8} PMU_VERBS_KILLS=${PMU_VERBS_KILLS:-3}
-# The guest's tmpfs is half its RAM: 256 MiB regions, not CrashTests' 1 GiB.
+# Guest RAM is 2 GiB (a shadow and page cache, or tmpfs): 256 MiB regions, not CrashTests' 1 GiB.
 export PMU_CRASH_REGION_MIB=${PMU_CRASH_REGION_MIB:-256}
 # Connecting a client takes ~10x longer under emulation: widen the kill windows to match.
 export PMU_KILL_DELAY_SCALE=${PMU_KILL_DELAY_SCALE:-8}
 ulimit -l unlimited
-cd /tmp   # scratch directories (FileManager.temporaryDirectory) are on the guest's tmpfs
+# Scratch directories (FileManager.temporaryDirectory, so every server's data directory): the ext4
+# disk test-rdma.sh mounted (PMU_RDMA_SCRATCH), else the guest's tmpfs /tmp.
+scratch=${PMU_RDMA_SCRATCH:-/tmp}
+export TMPDIR=$scratch
+cd "$scratch"
 # One test at a time: two emulated vCPUs shared by parallel servers, clients and 256 MiB copies
 # make every case slow and the timing-sensitive ones (kills, retries) flaky.
 # Skipped: cases asserting TCP's answer to a stale or foreign key (INVALID_KEY, connection kept);

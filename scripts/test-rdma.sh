@@ -11,6 +11,10 @@
 # ib_write_lat and ib_write_bw against 10.11.12.1 (server in the background, client in the
 # foreground, same guest, RoCE v2 GID index 1); then the Swift verbs suite (PMU_RDMA_TESTS);
 # then, with rxe0's link taken down, pmu-server's start-up errors (rdma refuses, auto falls back).
+# The suite's scratch (server data directories) is on a virtio disk formatted ext4 (made on the
+# host, /dev/vda in the guest), so region memory is shmem shadows copied out on PERSIST.
+# After that boot, on the host: scripts/rdma-powerloss.sh (two more boots: PERSIST over verbs,
+# SIGKILL of qemu, boot again, the bytes are on the ext4 image).
 # Exit 0 only if every step passed. Ends with a line "rdma: N passed, N failed".
 #
 # Env: PMU_RDMA_TESTS   command run in the VM, from the project dir, as the Swift verbs suite
@@ -18,6 +22,9 @@
 #                       PMU_RDMA_FILTER narrows them); "none" skips it.
 #      PMU_RDMA_SKIP_BUILD=1  use the binaries already in .build/debug.
 #      PMU_RDMA_TIMEOUT seconds for the whole VM run (default 600).
+#      PMU_RDMA_DATA_FS  ext4 (default: the suite's data directories on an ext4 virtio disk) or
+#                        tmpfs (the guest's /tmp: file mappings registered directly, no shadows).
+#      PMU_RDMA_POWERLOSS=0  skip the power-loss boots (scripts/rdma-powerloss.sh, ~1-2 min).
 #      PMU_VM_*         see scripts/rdma-vm/run-in-vm.sh.
 set -euo pipefail
 
@@ -29,7 +36,7 @@ project=$(cd "$here/.." && pwd)
 # inside the VM, from the project directory (shared read-write at the same path), as root, with
 # `ulimit -l unlimited` and PMU_RDMA_DEV=rxe0 PMU_RDMA_IP=10.11.12.1 PMU_RDMA_GID_INDEX=1 in its
 # environment, and PMU_TEST_TRANSPORT=rdma: real pmu-server processes with --transport rdma,
-# clients over verbs. Server data directories are under the guest's /tmp (tmpfs).
+# clients over verbs. Server data directories are on the guest's ext4 disk (PMU_RDMA_DATA_FS).
 PMU_RDMA_TESTS=${PMU_RDMA_TESTS:-scripts/rdma-vm-suite.sh}
 run_swift_verbs_suite() {
     if [[ $PMU_RDMA_TESTS == none ]]; then
@@ -125,6 +132,13 @@ in_vm() {
     step "ibv_devinfo: $dev port active" check_devinfo
     step "ib_write_lat -n 200" perftest_pair ib_write_lat -d "$dev" -x "$gid" -n 200 -F
     step "ib_write_bw -D 2" perftest_pair ib_write_bw -d "$dev" -x "$gid" -D 2 -F
+    if [[ -b /dev/vda ]]; then
+        # The suite's scratch on ext4 (rdma-vm-suite.sh puts TMPDIR there).
+        mkdir -p /tmp/pmu-ext4
+        mount -t ext4 /dev/vda /tmp/pmu-ext4 && chmod 1777 /tmp/pmu-ext4
+        export PMU_RDMA_SCRATCH=/tmp/pmu-ext4
+        step "data directory disk is ext4" grep " /tmp/pmu-ext4 ext4 " /proc/mounts
+    fi
     if [[ $PMU_RDMA_TESTS != none ]]; then
         step "Swift verbs suite" run_swift_verbs_suite
     else
@@ -148,10 +162,30 @@ if [[ ${PMU_RDMA_SKIP_BUILD:-0} != 1 ]]; then
     swift build && swift build --build-tests
 fi
 export PMU_RDMA_TESTS
+disk=()
+if [[ ${PMU_RDMA_DATA_FS:-ext4} == ext4 ]]; then
+    # Sparse; inode tables and journal initialised here rather than by the emulated guest.
+    image=$project/.build/rdma-vm-ext4.img
+    rm -f "$image"
+    truncate -s 2G "$image"
+    mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$image"
+    disk=(--disk "$image")
+fi
 set +e
-"$here/rdma-vm/run-in-vm.sh" --timeout "${PMU_RDMA_TIMEOUT:-600}" --share "$project" -- \
+"$here/rdma-vm/run-in-vm.sh" --timeout "${PMU_RDMA_TIMEOUT:-600}" --share "$project" "${disk[@]}" -- \
     "$here/test-rdma.sh" --in-vm
 rc=$?
+[[ ${#disk[@]} == 0 ]] || rm -f "$image"
+if [[ ${PMU_RDMA_POWERLOSS:-1} != 0 ]]; then
+    echo "=== power loss over verbs on ext4 (scripts/rdma-powerloss.sh)"
+    t0=$SECONDS
+    if "$here/rdma-powerloss.sh"; then
+        echo "=== PASS power loss ($((SECONDS - t0)) s)"
+    else
+        echo "=== FAIL power loss ($((SECONDS - t0)) s)"
+        (( rc != 0 )) || rc=1
+    fi
+fi
 set -e
 if (( rc != 0 )); then
     echo "test-rdma: FAILED (exit $rc)" >&2

@@ -4,3 +4,4 @@
 @_exported import PMUCore
 @_exported import struct PMUTransport.Endpoint
 @_exported import enum PMUTransport.TransportChoice
+@_exported import enum PMUTransport.RDMAPolling

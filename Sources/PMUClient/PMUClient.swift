@@ -28,6 +28,9 @@ public struct ClientConfiguration: Sendable {
     /// Requests in flight on the connection at once (over verbs also bounded by its 16 credits);
     /// callers beyond it wait their turn, cancellably.
     public var maxPendingRequests: Int = 1024
+    /// Over verbs: how the connection's completion thread waits (event, adaptive, busy; see
+    /// `RDMAPolling`). Default: PMU_RDMA_POLL, else adaptive (50 µs).
+    public var rdmaPolling: RDMAPolling = .default
 
     var requestLimits: RequestLimits {
         RequestLimits(requestTimeout: requestTimeout, maxPendingRequests: maxPendingRequests)
@@ -66,9 +69,9 @@ public final class PMUClient: Sendable {
         self.transportReason = reason
         self.configuration = configuration
         self.transport = transport
-        self.oneSided = transport as? any OneSidedTransport
-        self.transportDescription = (transport as? RDMAClientTransport).map { "rdma (\($0.deviceDescription))" } ?? "tcp"
-        self.taskExecutor = (transport as? TCPClientTransport).map { EventLoopTaskExecutor(eventLoop: $0.eventLoop) }
+        self.oneSided = transport.oneSided
+        self.transportDescription = transport.transportDescription
+        self.taskExecutor = transport.replyEventLoop.map { EventLoopTaskExecutor(eventLoop: $0) }
     }
 
     /// Connects and authenticates (challenge-response; the secret never crosses the wire, and the
@@ -91,7 +94,7 @@ public final class PMUClient: Sendable {
             do {
                 transport = try await RDMAClientTransport.connect(
                     to: configuration.endpoint, bounceBuffers: configuration.chunksInFlight, bounceBytes: configuration.chunkBytes,
-                    connectTimeout: configuration.connectTimeout, limits: configuration.requestLimits)
+                    connectTimeout: configuration.connectTimeout, limits: configuration.requestLimits, polling: configuration.rdmaPolling)
             } catch {
                 // `auto` tries TCP when the server cannot be reached over verbs.
                 if configuration.transport != .auto { throw error }
@@ -282,9 +285,25 @@ public final class PMUClient: Sendable {
     public func writeDurably(_ handle: RegionHandle, at offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError) {
         let length = UInt64(bytes.readableBytes)
         guard length > 0 else { return }
-        // One-sided: the write's completion must be in before PERSIST is sent (RC would deliver
-        // them in order anyway, but we also need to know the write succeeded).
-        guard bytes.readableBytes <= configuration.chunkBytes, handle.remote == nil || oneSided == nil else {
+        if let remote = handle.remote, let oneSided {
+            // One-sided: the PERSIST's SEND is posted right behind the RDMA WRITE (RC delivers it
+            // after the write's data is placed); larger writes go in chunks, then PERSIST.
+            guard bytes.readableBytes <= min(configuration.chunkBytes, oneSided.maxTransferBytes) else {
+                try await write(handle, at: offset, bytes)
+                return try await persist(handle, offset: offset, length: length)
+            }
+            try checkOneSided(handle, offset: offset, length: bytes.readableBytes, write: true)
+            let response: Response
+            do {
+                response = try await oneSided.writeThenSend(remote, offset: offset, bytes, then: .persist(key: handle.grant.key, offset: offset, length: length))
+            } catch {
+                throw Self.fencedIfTakenOver(error, handle)
+            }
+            if case .error(let error) = response { throw error }
+            guard case .ok = response else { throw unexpected("PERSIST") }
+            return
+        }
+        guard bytes.readableBytes <= configuration.chunkBytes else {
             try await write(handle, at: offset, bytes)
             return try await persist(handle, offset: offset, length: length)
         }

@@ -62,6 +62,10 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     /// The primary's member lease at the authority is about to lapse (etcd unreachable from it):
     /// writes are refused until it is renewed, so that a monitor may take over without a split brain.
     case leaseLapsed = 53
+    // 58-60: verbs (issue 17).
+    /// Opening a region would take the server's shmem shadows (region memory registered for RDMA
+    /// on a disk filesystem) past `--rdma-shadow-memory`: nothing was mapped, the region is intact.
+    case shadowMemoryFull = 58
     // 61-63: server-side forming of striped checkpoints (docs/CLUSTER.md section 7b).
     /// A FORM_BEGIN asked a pmu-server to hold more checkpoint bytes than its `--max-forming-bytes`
     /// allows (in all, or beside the formings already in progress): nothing was kept.
@@ -115,6 +119,7 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .leaseLapsed: "LEASE_LAPSED"
         case .formingLimit: "FORMING_LIMIT"
         case .formingUnavailable: "FORMING_UNAVAILABLE"
+        case .shadowMemoryFull: "SHADOW_MEMORY_FULL"
         }
     }
 }

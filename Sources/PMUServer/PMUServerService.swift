@@ -47,6 +47,14 @@ public final class PMUServerService: Service, Sendable {
             try SecretsFile.createDefaultIfMissing(dataDirectory: configuration.dataDirectory, logger: logger)
         }
         let secrets = try SecretsFile.load(path: configuration.resolvedSecretsPath)
+        // Before the store opens: verbs on a disk filesystem hold regions in shmem shadows.
+        let choice = try Self.chooseTransport(configuration)
+        if choice.useRDMA && !RegionMemoryCheck.registersFileMappings(dataDirectory: configuration.dataDirectory) {
+            configuration.store.shadowRegions = true
+            logger.info("region memory: shmem shadows copied to the region files on PERSIST (data directory on \(RegistrableFilesystem.name(of: configuration.dataDirectory)))", metadata: [
+                "limit": "\(configuration.store.shadowLimitBytes)",
+            ])
+        }
         let store = try RegionStore(directory: directory, configuration: configuration.store, logger: logger)
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
@@ -79,12 +87,11 @@ public final class PMUServerService: Service, Sendable {
                     Session(info: info, state: state, pool: pool, metadataPool: metadataPool, logger: logger)
                 }
             }
-            let choice = try Self.chooseTransport(configuration)
             useRDMA = choice.useRDMA
             var reason = choice.reason
             var bound: Endpoint
             if useRDMA {
-                let rdma = RDMAServerTransport(endpoint: configuration.listen, group: group, logger: logger)
+                let rdma = RDMAServerTransport(endpoint: configuration.listen, group: group, logger: logger, polling: configuration.rdmaPolling)
                 do {
                     bound = try await rdma.start(makeHandler: makeHandler)
                     transport = rdma
@@ -177,17 +184,9 @@ public final class PMUServerService: Service, Sendable {
     }
 
     /// tcp, rdma or auto → which one, and the reason for the log line. `rdma` with no usable
-    /// device or a data directory that cannot be registered soundly fails here, at start.
+    /// device fails here, at start.
     static func chooseTransport(_ configuration: ServerConfiguration) throws(PMUError) -> (useRDMA: Bool, reason: String) {
-        let choice = try configuration.transport.resolve()
-        guard choice.useRDMA else { return choice }
-        do {
-            try RegionMemoryCheck.requireRegistrable(dataDirectory: configuration.dataDirectory)
-        } catch {
-            guard configuration.transport == .auto else { throw error }
-            return (false, "tcp (an RDMA device is present, but the data directory is on \(RegistrableFilesystem.name(of: configuration.dataDirectory)), not tmpfs or hugetlbfs)")
-        }
-        return choice
+        try configuration.transport.resolve()
     }
 
     private func writeReadyFile(_ path: String, address: Endpoint) throws {

@@ -84,8 +84,14 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("ready-file"), help: "Write the bound HOST:PORT to this file once accepting connections.")
     var readyFile: String?
 
-    @Option(help: "tcp, rdma (RDMA verbs: one-sided writes and reads into registered region memory; the data directory must be on tmpfs or hugetlbfs, and --listen an address of the RDMA interface) or auto (rdma when an RDMA device with an active port exists, else tcp).")
+    @Option(help: "tcp, rdma (RDMA verbs: one-sided writes and reads into registered region memory; --listen an address of the RDMA interface) or auto (rdma when an RDMA device with an active port exists, else tcp). Over rdma with the data directory on a disk filesystem (ext4, xfs) each region in use is held in a shmem shadow copied to its file on PERSIST (see --rdma-shadow-memory).")
     var transport = "tcp"
+
+    @Option(name: .customLong("rdma-poll"), help: "Over rdma, how each connection's completion thread waits: event (sleep on the completion channel; least CPU), adaptive (poll 50 us after the last completion, then sleep; adaptive:US sets the window) or busy (never sleep: a CPU per connection; lowest latency). Default: PMU_RDMA_POLL, else adaptive.")
+    var rdmaPoll: String?
+
+    @Option(name: .customLong("rdma-shadow-memory"), help: "Over rdma on a disk filesystem: bound on the shmem shadows of the regions in use, each the size of its region, kept until the region is deleted (default: half of physical memory). An OPEN or CREATE over it fails SHADOW_MEMORY_FULL.")
+    var rdmaShadowMemory: String?
 
     @Option(help: "Partner server, HOST:PORT: every WRITE is acknowledged only once it is also in the partner's mirror log.")
     var partner: String?
@@ -184,6 +190,8 @@ public struct ServerCommand: ParsableCommand {
         _ = try Endpoint(parsing: listen)
         _ = try ByteSize.parse(maxRegionSize)
         _ = try ByteSize.parse(reserveFree)
+        if let rdmaShadowMemory { _ = try ByteSize.parse(rdmaShadowMemory) }
+        if let rdmaPoll { _ = try RDMAPolling(parsing: rdmaPoll) }
         _ = try TransportChoice(parsing: transport)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json, not \(logFormat)") }
@@ -251,6 +259,8 @@ public struct ServerCommand: ParsableCommand {
             maxRegionBytes: try ByteSize.parse(maxRegionSize), maxRegions: maxRegions, reserveFreeBytes: try ByteSize.parse(reserveFree),
             populateOnCreate: populate)
         configuration.store.volatileUntilPersist = testVolatileUntilPersist
+        if let rdmaShadowMemory { configuration.store.shadowLimitBytes = try ByteSize.parse(rdmaShadowMemory) }
+        if let rdmaPoll { configuration.rdmaPolling = try RDMAPolling(parsing: rdmaPoll) }
         configuration.readyFile = readyFile
         configuration.authenticationTimeout = .seconds(Int64(authTimeoutSeconds))
         configuration.blockingThreads = persistThreads

@@ -39,6 +39,8 @@ public struct ServerConfiguration: Sendable {
     public var readyFile: String?
     /// `--transport`: tcp, rdma (verbs) or auto (rdma when a device with an active port exists).
     public var transport: TransportChoice = .tcp
+    /// `--rdma-poll`: how each verbs connection's completion thread waits (event, adaptive, busy).
+    public var rdmaPolling: RDMAPolling = .default
     /// Write mirroring to a partner and takeover (`--partner`, `--mirror-client`, ...).
     public var pair = PairSettings()
     /// Every WRITE is made durable (msync of its range) before it is acknowledged: how a server

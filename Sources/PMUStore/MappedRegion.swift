@@ -4,10 +4,30 @@ import Glibc
 import PMUCore
 import PMUMetrics
 
-/// A region's file mapped MAP_SHARED: the memory remote clients write into and read from.
+/// How a region's bytes are held in memory while the server serves it.
+public enum RegionMemory: Sendable, Equatable {
+    /// The region file mapped MAP_SHARED: writes are in the page cache at once (they survive kill -9
+    /// of the server); PERSIST is msync. The NIC cannot pin these pages on a disk filesystem (see
+    /// `shadow`).
+    case fileMapping
+    /// A shmem copy of the region file (anonymous MAP_SHARED: an unnamed shmem file), loaded when the region is first mapped: the memory
+    /// RDMA registers when the data directory is on a filesystem with writeback (ext4, xfs), whose
+    /// shared file mappings Linux >= 6.5 refuses to pin and older kernels pin unsoundly (msync can
+    /// miss pages the NIC wrote). PERSIST copies the range out with pwrite and fdatasyncs the file,
+    /// so a PERSIST survives power loss. Unpersisted bytes live only in the shadow: kill -9 of the
+    /// server loses them, as power loss would. Cost: one shadow of the region's full size in RAM
+    /// (pinned while a verbs client holds a grant) per region mapped since start, until the region
+    /// is deleted; bounded by `StoreConfiguration.shadowLimitBytes`.
+    case shadow
+    /// Test mode (`--test-volatile-until-persist`): the file mapped MAP_PRIVATE, written back like
+    /// `shadow` on PERSIST, so a kill -9 loses every unpersisted write, as the loss of the machine would.
+    case volatileUntilPersist
+}
+
+/// A region's bytes in memory: the memory remote clients write into and read from.
 ///
-/// Bytes written here are in the page cache at once (they survive kill -9 of the server); they are
-/// durable against an OS crash or power loss only once `persist` covering them has returned.
+/// Bytes written here are durable against an OS crash or power loss only once `persist` covering
+/// them has returned; whether they survive kill -9 of the server before that depends on `memory`.
 ///
 /// Unchecked Sendable: concurrent readers and writers of overlapping bytes race exactly as RDMA
 /// READ and WRITE do on registered memory; ordering between clients is theirs to arrange. The
@@ -16,25 +36,55 @@ public final class MappedRegion: @unchecked Sendable {
     public let id: UInt64
     public let sizeBytes: UInt64
     public let base: UnsafeMutableRawPointer
+    public let memory: RegionMemory
     let path: String
-    /// Fault injection (`--test-volatile-until-persist`): mapped MAP_PRIVATE, so written bytes
-    /// live in this process's memory only and reach the file only when `persist` writes them
-    /// there. A kill -9 then loses every unpersisted write, as the loss of the machine would.
-    let volatileUntilPersist: Bool
 
-    init(id: UInt64, path: String, sizeBytes: UInt64, volatileUntilPersist: Bool = false) throws(PMUError) {
+    init(id: UInt64, path: String, sizeBytes: UInt64, memory: RegionMemory = .fileMapping) throws(PMUError) {
         let fd = open(path, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { throw Sys.error(.ioError, "cannot open region file", path) }
         defer { close(fd) }
-        let flags = volatileUntilPersist ? MAP_PRIVATE : MAP_SHARED
-        guard let pointer = mmap(nil, Int(sizeBytes), PROT_READ | PROT_WRITE, flags, fd, 0), pointer != MAP_FAILED else {
-            throw Sys.error(.ioError, "cannot map region file (\(sizeBytes) bytes)", path)
+        guard sizeBytes <= UInt64(Int.max) else { throw PMUError(.invalidSize, "region of \(sizeBytes) bytes cannot be mapped") }
+        let pointer: UnsafeMutableRawPointer
+        switch memory {
+        case .fileMapping, .volatileUntilPersist:
+            let flags = memory == .fileMapping ? MAP_SHARED : MAP_PRIVATE
+            guard let mapped = mmap(nil, Int(sizeBytes), PROT_READ | PROT_WRITE, flags, fd, 0), mapped != MAP_FAILED else {
+                throw Sys.error(.ioError, "cannot map region file (\(sizeBytes) bytes)", path)
+            }
+            pointer = mapped
+        case .shadow:
+            pointer = try Self.loadShadow(from: fd, sizeBytes: sizeBytes, path: path)
         }
         self.id = id
         self.sizeBytes = sizeBytes
         self.base = pointer
         self.path = path
-        self.volatileUntilPersist = volatileUntilPersist
+        self.memory = memory
+    }
+
+    /// Shmem of the region's size, filled from the file with pread. An anonymous MAP_SHARED
+    /// mapping: the kernel backs it with an unnamed shmem file, as memfd_create would, without a
+    /// descriptor, so shadows never count against the open-file limit (regions can outnumber it).
+    /// Pinnable by ibv_reg_mr on every kernel (shmem has no writeback). It dies with the process.
+    private static func loadShadow(from fd: Int32, sizeBytes: UInt64, path: String) throws(PMUError) -> UnsafeMutableRawPointer {
+        guard let mapped = mmap(nil, Int(sizeBytes), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0), mapped != MAP_FAILED else {
+            throw Sys.error(.noSpace, "cannot map a shmem shadow of \(sizeBytes) bytes (out of memory or vm.overcommit limits?) for region file", path)
+        }
+        var done: UInt64 = 0
+        while done < sizeBytes {
+            // 8 MiB at a time: a bounded syscall, interruptible between chunks by nothing but EINTR.
+            let n = pread(fd, mapped + Int(done), Int(min(sizeBytes - done, 8 << 20)), off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                let failure = n == 0
+                    ? PMUError(.ioError, "region file \(path) is shorter than its \(sizeBytes) bytes (read \(done))")
+                    : Sys.error(.ioError, "cannot read region file into its shadow", path)
+                munmap(mapped, Int(sizeBytes))
+                throw failure
+            }
+            done += UInt64(n)
+        }
+        return mapped
     }
 
     /// Faults every page in writable (MADV_POPULATE_WRITE), so first writes find them present.
@@ -76,8 +126,8 @@ public final class MappedRegion: @unchecked Sendable {
         let page = UInt64(Sys.pageSize)
         let start = offset / page * page
         let end = offset + length
-        if volatileUntilPersist {
-            try writeBack(offset: start, length: end - start)
+        if memory != .fileMapping {
+            try writeBack(offset: start, length: min(sizeBytes, (end + page - 1) / page * page) - start)
             failed = false
             return
         }
@@ -87,7 +137,10 @@ public final class MappedRegion: @unchecked Sendable {
         failed = false
     }
 
-    /// The volatile double's PERSIST: pwrite the private pages' bytes to the file, then fdatasync.
+    /// PERSIST of a shadow (or the volatile double): pwrite the range's pages from memory to the
+    /// file, then fdatasync. Whole pages: the file's page cache is then written in full pages.
+    /// Every PERSIST copies its whole range: one-sided RDMA writes bypass the server's CPU, so the
+    /// server cannot know which of its pages a client wrote since the last PERSIST.
     private func writeBack(offset: UInt64, length: UInt64) throws(PMUError) {
         let fd = open(path, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { throw Sys.error(.ioError, "cannot open region file", path) }

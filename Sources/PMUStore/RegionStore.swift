@@ -22,8 +22,23 @@ public struct StoreConfiguration: Sendable {
     /// a 1 GiB first write), and the zeros written back convert the file's unwritten extents early.
     public var populateOnCreate: Bool
     /// Test mode only (`--test-volatile-until-persist`): region bytes stay in process memory
-    /// until PERSIST writes them to the file (see `MappedRegion.volatileUntilPersist`).
+    /// until PERSIST writes them to the file (see `RegionMemory.volatileUntilPersist`).
     public var volatileUntilPersist = false
+    /// Hold regions in shmem shadows copied out on PERSIST (`RegionMemory.shadow`): set by the
+    /// server when the verbs transport serves a data directory on a disk filesystem.
+    public var shadowRegions = false
+    /// Bound on the shadows' total size (`--rdma-shadow-memory`): mapping a region whose shadow
+    /// would exceed it fails SHADOW_MEMORY_FULL. Each mapped region keeps its shadow until deleted.
+    public var shadowLimitBytes: UInt64 = StoreConfiguration.defaultShadowLimitBytes
+
+    /// Half of physical memory: shadows are RAM, pinned while verbs clients hold grants.
+    public static var defaultShadowLimitBytes: UInt64 {
+        UInt64(max(0, sysconf(Int32(_SC_PHYS_PAGES)))) * UInt64(Sys.pageSize) / 2
+    }
+
+    public var regionMemory: RegionMemory {
+        volatileUntilPersist ? .volatileUntilPersist : shadowRegions ? .shadow : .fileMapping
+    }
 
     /// Blocks the catalog keeps allocated past its end (see `CatalogFile`).
     public var catalogHeadroomBytes: Int { Int(min(reserveFreeBytes / 2, 8 << 20)) }
@@ -84,6 +99,8 @@ public final class RegionStore: @unchecked Sendable {
     private var names: SortedNameIndex
     private let catalog: CatalogFile
     private var mappings: [UInt64: MappedRegion] = [:]
+    /// Bytes of shadows mapped or being loaded (`RegionMemory.shadow`), against `shadowLimitBytes`.
+    private var shadowBytes: UInt64 = 0
     /// Names whose create is in progress, so two concurrent creates of one name cannot both proceed.
     private var creating: Set<String> = []
     /// Regions whose delete is being committed: no new mapping (so no new grant) for them.
@@ -224,7 +241,9 @@ public final class RegionStore: @unchecked Sendable {
     /// Whether bytes written into a region's mapping outlive a crash of this process (they are in
     /// the file's page cache). False in the volatile test mode, where they live in process memory
     /// until PERSIST: the write journal then replays at every start, as after a machine crash.
-    public var regionBytesSurviveProcessCrash: Bool { !configuration.volatileUntilPersist }
+    /// Shmem shadows (verbs on a disk filesystem) do not outlive the process either: their bytes
+    /// reach the file only at PERSIST, so the journal must replay after any crash there too.
+    public var regionBytesSurviveProcessCrash: Bool { !configuration.volatileUntilPersist && !configuration.shadowRegions }
 
     public func record(named name: String) -> RegionRecord? {
         lock.withLock { state.region(named: name) }
@@ -342,25 +361,51 @@ public final class RegionStore: @unchecked Sendable {
     }
 
     /// The region's mapping, created on first use and kept until the region is deleted.
-    /// The mmap itself runs outside the lock; of two racing first uses one mapping is kept.
+    /// The mmap (and a shadow's load) runs outside the lock; of two racing first uses one mapping
+    /// is kept. A shadow's bytes are reserved against the limit before it is loaded.
     public func mapping(id: UInt64) throws(PMUError) -> MappedRegion {
+        let memory = configuration.regionMemory
         let (existing, size) = try lock.withTypedLock { () throws(PMUError) -> (MappedRegion?, UInt64) in
             if let mapped = mappings[id] { return (mapped, mapped.sizeBytes) }
             guard let record = state.regions[id], !deleting.contains(id) else {
                 throw PMUError(.unknownRegion, "region id \(id) no longer exists")
             }
+            if memory == .shadow { try reserveShadowLocked(record) }
             return (nil, record.sizeBytes)
         }
         if let existing { return existing }
-        let fresh = try MappedRegion(id: id, path: directory.regionPath(id: id), sizeBytes: size, volatileUntilPersist: configuration.volatileUntilPersist)
+        let fresh: MappedRegion
+        do throws(PMUError) {
+            fresh = try MappedRegion(id: id, path: directory.regionPath(id: id), sizeBytes: size, memory: memory)
+        } catch {
+            if memory == .shadow { lock.withLock { shadowBytes -= size } }
+            throw error
+        }
         return try lock.withTypedLock { () throws(PMUError) -> MappedRegion in
-            if let mapped = mappings[id] { return mapped }
-            guard state.regions[id] != nil, !deleting.contains(id) else {
-                throw PMUError(.unknownRegion, "region id \(id) no longer exists")
-            }
+            let kept = mappings[id]
+            let alive = state.regions[id] != nil && !deleting.contains(id)
+            if memory == .shadow && (kept != nil || !alive) { shadowBytes -= size }
+            if let kept { return kept }
+            guard alive else { throw PMUError(.unknownRegion, "region id \(id) no longer exists") }
             mappings[id] = fresh
             return fresh
         }
+    }
+
+    /// Total bytes of the shadows held now (`RegionMemory.shadow`; 0 otherwise).
+    public var shadowMemoryBytes: UInt64 { lock.withLock { shadowBytes } }
+
+    private func reserveShadowLocked(_ record: RegionRecord) throws(PMUError) {
+        let limit = configuration.shadowLimitBytes
+        guard shadowBytes <= limit, record.sizeBytes <= limit - shadowBytes else {
+            throw PMUError(.shadowMemoryFull, """
+                region \(NameRules.quoted(record.name)) (\(record.sizeBytes) bytes) cannot be opened: over RDMA on a disk \
+                filesystem every region in use is held in a shmem shadow of its size, and the shadows already take \
+                \(shadowBytes) of the \(limit) bytes allowed (--rdma-shadow-memory). Delete regions no longer needed, \
+                raise --rdma-shadow-memory (RAM permitting), or put the data directory on tmpfs (no shadow, no power-loss durability)
+                """)
+        }
+        shadowBytes += record.sizeBytes
     }
 
     /// Changes a region's metadata durably (bumping its generation) and returns the new record.
@@ -422,7 +467,7 @@ public final class RegionStore: @unchecked Sendable {
             if case .delete(let id) = entry, let previous = state.regions[id] {
                 names.remove(previous.name)
                 // The mapping is released when the last in-flight operation holding it finishes.
-                mappings[id] = nil
+                if let mapped = mappings.removeValue(forKey: id), mapped.memory == .shadow { shadowBytes -= mapped.sizeBytes }
             }
             state.apply(entry, sequence: sequence)
             if case .put(let record) = entry { names.insert(record.name, id: record.id) }

@@ -31,6 +31,10 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     /// and retries (RDMALimits.ackTimeoutExponent), which fails the whole connection.
     struct Waiting {
         var dataOperations: [Int: CheckedContinuation<Result<Void, PMUError>, Never>] = [:]
+        /// Posted, nobody waiting yet (`writeThenSend` posts the SEND before it waits).
+        var unawaited: Set<Int> = []
+        /// Completions of unawaited operations, until their waiter comes.
+        var finished: [Int: Result<Void, PMUError>] = [:]
         var nextOperation = 1
         var failure: PMUError?
     }
@@ -49,8 +53,10 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     private let credits: AsyncSlots
     private let bounceSlots: AsyncSlots
     private let closing = ManagedAtomicFlag()
+    private let polling: RDMAPolling
 
-    private init(endpoint: Endpoint, resources: Resources, completionChannel: CompletionChannel, eventChannel: EventChannel, deviceDescription: String, limits: RequestLimits) {
+    private init(endpoint: Endpoint, resources: Resources, completionChannel: CompletionChannel, eventChannel: EventChannel, deviceDescription: String, limits: RequestLimits, polling: RDMAPolling) {
+        self.polling = polling
         self.endpoint = endpoint
         self.maxTransferBytes = resources.bounce.slotBytes
         self.deviceDescription = deviceDescription
@@ -68,14 +74,15 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     /// the registered memory one-sided transfers go through (the client library's chunks in
     /// flight × chunk size).
     public static func connect(
-        to endpoint: Endpoint, bounceBuffers: Int, bounceBytes: Int, connectTimeout: Duration = .seconds(10), limits: RequestLimits = .default
+        to endpoint: Endpoint, bounceBuffers: Int, bounceBytes: Int, connectTimeout: Duration = .seconds(10), limits: RequestLimits = .default,
+        polling: RDMAPolling = .default
     ) async throws(PMUError) -> RDMAClientTransport {
         try limits.validate()
         // rdma_cm calls block: keep them off the cooperative pool.
         let result: Result<RDMAClientTransport, PMUError> = await withCheckedContinuation { continuation in
             let thread = Thread {
                 do throws(PMUError) {
-                    continuation.resume(returning: .success(try connectBlocking(endpoint, bounceBuffers, bounceBytes, connectTimeout, limits)))
+                    continuation.resume(returning: .success(try connectBlocking(endpoint, bounceBuffers, bounceBytes, connectTimeout, limits, polling)))
                 } catch {
                     continuation.resume(returning: .failure(error))
                 }
@@ -89,7 +96,7 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         return transport
     }
 
-    private static func connectBlocking(_ endpoint: Endpoint, _ bounceBuffers: Int, _ bounceBytes: Int, _ timeout: Duration, _ limits: RequestLimits) throws(PMUError) -> RDMAClientTransport {
+    private static func connectBlocking(_ endpoint: Endpoint, _ bounceBuffers: Int, _ bounceBytes: Int, _ timeout: Duration, _ limits: RequestLimits, _ polling: RDMAPolling) throws(PMUError) -> RDMAClientTransport {
         guard (1...65535).contains(endpoint.port) else { throw PMUError(.invalidArgument, "port \(endpoint.port) out of range") }
         do throws(VerbsError) {
             let eventChannel = try EventChannel()
@@ -112,10 +119,7 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             // Replies: one per credit, plus room for a connection-level error (id 0).
             let receives = try RegisteredSlots(protectionDomain: protectionDomain, count: credits + 4, slotBytes: RDMALimits.replySlotBytes)
             let bounce = try RegisteredSlots(protectionDomain: protectionDomain, count: bounceBuffers, slotBytes: bounceBytes)
-            for slot in 0..<receives.count {
-                try queuePair.postReceive(local: receives.region, localOffset: receives.offset(slot), lengthBytes: receives.slotBytes,
-                                          workRequestID: WorkRequestKind.receive.id(slot))
-            }
+            try receives.postAllReceives(on: queuePair)
             try completionQueue.requestNotification()
             var parameters = ConnectionParameters()
             parameters.initiatorDepth = UInt8(clamping: max(1, min(try context.maxReadsInFlight(), 16)))
@@ -125,12 +129,15 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             let resources = Resources(queuePair: queuePair, completionQueue: completionQueue, sends: sends, receives: receives,
                                       bounce: bounce, connection: connection)
             return RDMAClientTransport(endpoint: endpoint, resources: resources, completionChannel: completionChannel,
-                                       eventChannel: eventChannel, deviceDescription: "\(context.name) port \(port.portNumber)", limits: limits)
+                                       eventChannel: eventChannel, deviceDescription: "\(context.name) port \(port.portNumber)", limits: limits, polling: polling)
         } catch {
             throw PMUError(error.kind == .memoryRegistration ? .rdmaError : .connectionClosed,
                            "cannot connect to pmu-server at \(endpoint) over RDMA (is it running with --transport rdma, listening on that address?): \(error)")
         }
     }
+
+    public var oneSided: (any OneSidedTransport)? { self }
+    public var transportDescription: String { "rdma (\(deviceDescription))" }
 
     // MARK: control
 
@@ -175,10 +182,8 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
                 }
                 let posted: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
                     guard let resources else { return VerbsError(.connection, operation: "SEND", message: "the connection is closed") }
-                    buffer.withUnsafeReadableBytes { resources.sends.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
                     do throws(VerbsError) {
-                        try resources.queuePair.postSend(local: resources.sends.region, localOffset: resources.sends.offset(slot),
-                                                         lengthBytes: buffer.readableBytes, workRequestID: WorkRequestKind.send.id(slot))
+                        try resources.sends.send(buffer, fromSlot: slot, on: resources.queuePair)
                         return nil
                     } catch {
                         return error
@@ -199,12 +204,7 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         guard bytes.readableBytes > 0 else { return }
         let slot = try await bounceSlots.acquire()
         defer { bounceSlots.release(slot) }
-        try await dataOperation("RDMA WRITE of \(bytes.readableBytes) bytes at offset \(offset)") { (resources, id) throws(VerbsError) in
-            bytes.withUnsafeReadableBytes { resources.bounce.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            try resources.queuePair.postWrite(local: resources.bounce.region, localOffset: resources.bounce.offset(slot),
-                                              lengthBytes: bytes.readableBytes, remoteAddress: remote.address &+ offset,
-                                              rkey: remote.rkey, workRequestID: id)
-        }
+        try await awaitData(try postWrite(remote, offset: offset, bytes, slot: slot))
     }
 
     public func read(_ remote: RemoteAccess, offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
@@ -229,73 +229,124 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         return bytes
     }
 
+    /// Writes `bytes`, then sends `request` right behind the WRITE on the same reliable-connected
+    /// queue pair without waiting for the WRITE's completion: RC delivers a SEND posted after an
+    /// RDMA WRITE only once the WRITE's data is placed, so a PERSIST sent this way covers it. One
+    /// round trip for a durable write. The WRITE's own failure (REMOTE_ACCESS) is reported before
+    /// the request's (whose SEND is then flushed with the dead queue pair).
+    public func writeThenSend(_ remote: RemoteAccess, offset: UInt64, _ bytes: ByteBuffer, then request: Request) async throws(PMUError) -> Response {
+        precondition(bytes.readableBytes <= maxTransferBytes, "one-sided transfer larger than a bounce buffer")
+        let slot = try await bounceSlots.acquire()
+        defer { bounceSlots.release(slot) }
+        let operation = try postWrite(remote, offset: offset, bytes, slot: slot)
+        let reply: Result<Response, PMUError>
+        do {
+            reply = .success(try await call(request))
+        } catch {
+            reply = .failure(error)
+        }
+        // The bounce slot stays ours until the WRITE has completed (the NIC reads it until then).
+        try await awaitData(operation)
+        return try reply.get()
+    }
+
+    /// Copies `bytes` into bounce slot `slot` and posts a signaled RDMA WRITE of them.
+    private func postWrite(_ remote: RemoteAccess, offset: UInt64, _ bytes: ByteBuffer, slot: Int) throws(PMUError) -> Int {
+        try postData("RDMA WRITE of \(bytes.readableBytes) bytes at offset \(offset)") { (resources, id) throws(VerbsError) in
+            bytes.withUnsafeReadableBytes { resources.bounce.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            try resources.queuePair.postWrite(local: resources.bounce.region, localOffset: resources.bounce.offset(slot),
+                                              lengthBytes: bytes.readableBytes, remoteAddress: remote.address &+ offset,
+                                              rkey: remote.rkey, workRequestID: id)
+        }
+    }
+
     /// Posts one signaled data work request and waits for its completion.
-    private func dataOperation(_ what: String, _ post: @escaping (Resources, UInt64) throws(VerbsError) -> Void) async throws(PMUError) {
+    private func dataOperation(_ what: String, _ post: (Resources, UInt64) throws(VerbsError) -> Void) async throws(PMUError) {
+        try await awaitData(try postData(what, post))
+    }
+
+    /// Posts one signaled data work request; its completion is awaited with `awaitData`.
+    private func postData(_ what: String, _ post: (Resources, UInt64) throws(VerbsError) -> Void) throws(PMUError) -> Int {
+        let operation: Int? = waiting.withLockedValue { waiting in
+            guard waiting.failure == nil else { return nil }
+            defer { waiting.nextOperation += 1 }
+            waiting.unawaited.insert(waiting.nextOperation)
+            return waiting.nextOperation
+        }
+        guard let operation else { throw currentFailure }
+        let posted: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
+            guard let resources else { return VerbsError(.connection, operation: what, message: "the connection is closed") }
+            do throws(VerbsError) {
+                try post(resources, WorkRequestKind.data.id(operation))
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let posted {
+            fail(PMUError(.connectionClosed, "cannot post \(what): \(posted)"))
+            throw currentFailure
+        }
+        return operation
+    }
+
+    private func awaitData(_ operation: Int) async throws(PMUError) {
         let result: Result<Void, PMUError> = await withCheckedContinuation { continuation in
-            let operation: Int? = waiting.withLockedValue { waiting in
-                guard waiting.failure == nil else { return nil }
-                defer { waiting.nextOperation += 1 }
-                waiting.dataOperations[waiting.nextOperation] = continuation
-                return waiting.nextOperation
+            let early: Result<Void, PMUError>? = waiting.withLockedValue { waiting in
+                waiting.unawaited.remove(operation)
+                if let finished = waiting.finished.removeValue(forKey: operation) { return finished }
+                if let failure = waiting.failure { return .failure(failure) }
+                waiting.dataOperations[operation] = continuation
+                return nil
             }
-            guard let operation else { return continuation.resume(returning: .failure(currentFailure)) }
-            let posted: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
-                guard let resources else { return VerbsError(.connection, operation: what, message: "the connection is closed") }
-                do throws(VerbsError) {
-                    try post(resources, WorkRequestKind.data.id(operation))
-                    return nil
-                } catch {
-                    return error
-                }
-            }
-            if let posted { fail(PMUError(.connectionClosed, "cannot post \(what): \(posted)")) }
+            if let early { continuation.resume(returning: early) }
         }
         try result.get()
+    }
+
+    /// A data operation's completion: to its waiter, or kept until it comes.
+    private func finishData(_ operation: Int, _ result: Result<Void, PMUError>) {
+        let waiter = waiting.withLockedValue { waiting -> CheckedContinuation<Result<Void, PMUError>, Never>? in
+            if let waiter = waiting.dataOperations.removeValue(forKey: operation) { return waiter }
+            if waiting.unawaited.remove(operation) != nil { waiting.finished[operation] = result }
+            return nil
+        }
+        waiter?.resume(returning: result)
     }
 
     // MARK: completions
 
     private func completionLoop() {
         var nextSweep = NIODeadline.now()
-        while !closing.isSet {
-            // Deadlines are checked here, at least every 200 ms (the wait below), not per request.
-            if let interval = replies.limits.sweepInterval, NIODeadline.now() >= nextSweep {
-                nextSweep = .now() + TimeAmount(interval)
-                if let what = replies.expired() { fail(replies.timedOut(what)) }
-            }
-            // Spin briefly first: the reply to what we just sent usually arrives within it.
-            let spun = spinForCompletions(microseconds: RDMALimits.spinMicroseconds) {
-                (try? resources.withLockedValue { resources throws(VerbsError) -> [WorkCompletion] in
-                    try resources?.completionQueue.poll(max: 16) ?? []
-                }) ?? []
-            }
-            if !spun.isEmpty {
-                for completion in spun { handle(completion) }
-                continue
-            }
-            let ready = waitReadable([completionChannel.fileDescriptor, eventChannel.pointer.pointee.fd], timeoutMilliseconds: 200)
-            if ready[0] { try? completionChannel.consumeEvent() }
-            if ready[1], let event = try? eventChannel.next(timeout: .zero) {
-                switch event.type {
-                case RDMA_CM_EVENT_DISCONNECTED, RDMA_CM_EVENT_DEVICE_REMOVAL, RDMA_CM_EVENT_TIMEWAIT_EXIT:
-                    fail(PMUError(.connectionClosed, "pmu-server closed the RDMA connection (\(event.name))"))
-                default:
-                    break
+        CompletionPump(polling: polling).run(.init(
+            stopped: { [closing] in closing.isSet },
+            tick: { [self] in
+                // Deadlines are checked here, at least every 200 ms (the sleep below), not per request.
+                if let interval = replies.limits.sweepInterval, NIODeadline.now() >= nextSweep {
+                    nextSweep = .now() + TimeAmount(interval)
+                    if let what = replies.expired() { fail(replies.timedOut(what)) }
                 }
-            }
-            do {
-                try resources.withLockedValue { resources throws(VerbsError) in try resources?.completionQueue.requestNotification() }
-                while true {
-                    let completions = try resources.withLockedValue { resources throws(VerbsError) -> [WorkCompletion] in
-                        try resources?.completionQueue.poll(max: 16) ?? []
+            },
+            poll: { [resources] (entries, capacity) throws(VerbsError) in
+                try resources.withVerbsLock { (resources: inout Resources?) throws(VerbsError) -> Int in try resources?.completionQueue.poll(into: entries, capacity: capacity) ?? 0 }
+            },
+            arm: { [resources] () throws(VerbsError) in
+                try resources.withVerbsLock { (resources: inout Resources?) throws(VerbsError) in try resources?.completionQueue.requestNotification() }
+            },
+            sleep: { [self] milliseconds in
+                let ready = waitReadable([completionChannel.fileDescriptor, eventChannel.pointer.pointee.fd], timeoutMilliseconds: milliseconds)
+                if ready[0] { try? completionChannel.consumeEvent() }
+                if ready[1], let event = try? eventChannel.next(timeout: .zero) {
+                    switch event.type {
+                    case RDMA_CM_EVENT_DISCONNECTED, RDMA_CM_EVENT_DEVICE_REMOVAL, RDMA_CM_EVENT_TIMEWAIT_EXIT:
+                        fail(PMUError(.connectionClosed, "pmu-server closed the RDMA connection (\(event.name))"))
+                    default:
+                        break
                     }
-                    if completions.isEmpty { break }
-                    for completion in completions { handle(completion) }
                 }
-            } catch {
-                fail(PMUError(.connectionClosed, "RDMA completion queue failed: \(error)"))
-            }
-        }
+            },
+            handle: { [self] completion in handle(completion) },
+            failed: { [self] error in fail(PMUError(.connectionClosed, "RDMA completion queue failed: \(error)")) }))
         // Release in dependency order (see RDMAServerConnection.release).
         resources.withLockedValue { $0 = nil }
     }
@@ -304,11 +355,11 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         let (kind, index) = WorkRequestKind.split(completion.workRequestID)
         guard completion.isSuccess else {
             let text = "\(completion.statusName): \(completion.statusText)"
-            if kind == .data, let waiter = waiting.withLockedValue({ $0.dataOperations.removeValue(forKey: index) }) {
+            if kind == .data {
                 let error = completion.status == IBV_WC_REM_ACCESS_ERR
                     ? PMUError(.remoteAccess, "pmu-server refused a one-sided access (\(text)): the handle was closed, its region deleted, its writer fenced by a newer one, or the key belongs to another connection; this connection is closed, reconnect to continue")
                     : PMUError(.rdmaError, "a one-sided operation completed with \(text) (vendor error \(completion.vendorError)); the connection is closed")
-                waiter.resume(returning: .failure(error))
+                finishData(index, .failure(error))
             }
             fail(PMUError(.connectionClosed, "the RDMA connection to pmu-server failed (\(text))"))
             return
@@ -319,20 +370,14 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         case .send:
             sendSlots.release(index)
         case .data:
-            waiting.withLockedValue { $0.dataOperations.removeValue(forKey: index) }?.resume(returning: .success(()))
+            finishData(index, .success(()))
         case nil:
             break
         }
     }
 
     private func received(slot: Int, byteCount: Int) {
-        var buffer: ByteBuffer? = nil
-        resources.withLockedValue { resources in
-            guard let resources else { return }
-            buffer = ByteBuffer(bytes: UnsafeRawBufferPointer(start: resources.receives.pointer(slot), count: byteCount))
-            try? resources.queuePair.postReceive(local: resources.receives.region, localOffset: resources.receives.offset(slot),
-                                                 lengthBytes: resources.receives.slotBytes, workRequestID: WorkRequestKind.receive.id(slot))
-        }
+        let buffer = resources.withLockedValue { $0.map { $0.receives.takeReceived(slot, byteCount: byteCount, repostingOn: $0.queuePair) } }
         guard var bytes = buffer else { return }
         let frame: Frame<Response>
         do {
@@ -363,7 +408,7 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     private func fail(_ error: PMUError) {
         let operations = waiting.withLockedValue { waiting in
             if waiting.failure == nil { waiting.failure = error }
-            defer { waiting.dataOperations.removeAll() }
+            defer { waiting.dataOperations.removeAll(); waiting.unawaited.removeAll() }
             return Array(waiting.dataOperations.values)
         }
         let failure = currentFailure

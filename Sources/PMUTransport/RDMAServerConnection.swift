@@ -50,11 +50,18 @@ final class RDMAServerConnection: @unchecked Sendable {
     private var logger: Logger
     /// Event-loop confined.
     private var handler: (any RequestHandler)?
-    private var thread: Thread?
+    /// Who releases the verbs objects: the completion thread once started, else `shutdown`.
+    /// Under a lock: `established` runs on the rdma_cm thread, `shutdown` on any thread.
+    private enum Loop { case notStarted, running, released }
+    private let loop = NIOLockedValueBox(Loop.notStarted)
+    /// Set once the verbs objects are released (so `RDMAServerTransport.stop` can wait for it).
+    let finished = ManagedAtomicFlag()
+    private let polling: RDMAPolling
     private let onFinished: @Sendable (RDMAServerConnection) -> Void
 
-    init(connection: ConnectionID, id: UInt64, eventLoop: any EventLoop, logger: Logger,
+    init(connection: ConnectionID, id: UInt64, eventLoop: any EventLoop, logger: Logger, polling: RDMAPolling,
          onFinished: @escaping @Sendable (RDMAServerConnection) -> Void) throws(VerbsError) {
+        self.polling = polling
         guard let context = connection.context else {
             throw VerbsError(.noDevice, operation: "CONNECT_REQUEST", message: "the incoming connection has no RDMA device")
         }
@@ -71,10 +78,7 @@ final class RDMAServerConnection: @unchecked Sendable {
         // One per credit, plus room for connection-level errors (id 0) and replies whose SEND
         // completion has not been polled yet when the next request's reply goes out.
         let sends = try RegisteredSlots(protectionDomain: protectionDomain, count: credits + 8, slotBytes: RDMALimits.replySlotBytes)
-        for slot in 0..<credits {
-            try queuePair.postReceive(local: receives.region, localOffset: receives.offset(slot), lengthBytes: receives.slotBytes,
-                                      workRequestID: WorkRequestKind.receive.id(slot))
-        }
+        try receives.postAllReceives(on: queuePair)
         try completionQueue.requestNotification()
         self.id = id
         self.idPointer = connection.pointer
@@ -97,9 +101,14 @@ final class RDMAServerConnection: @unchecked Sendable {
                                   replies: RDMAReplySink(connection: self), memory: RDMARegistrar(connection: self),
                                   maxReplyBytes: RDMALimits.replySlotBytes)
         eventLoop.execute { self.handler = makeHandler(info) }
+        let start = loop.withLockedValue { loop -> Bool in
+            guard loop == .notStarted, !closing.isSet else { return false }
+            loop = .running
+            return true
+        }
+        guard start else { return }
         let thread = Thread { [self] in completionLoop() }
         thread.name = "pmu-rdma-cq-\(id)"
-        self.thread = thread
         thread.start()
     }
 
@@ -120,7 +129,13 @@ final class RDMAServerConnection: @unchecked Sendable {
             self.handler?.connectionClosed()
             self.handler = nil
         }
-        if thread == nil { release() }
+        // No completion thread (never established, or established lost the race): release here.
+        let releaseHere = loop.withLockedValue { loop -> Bool in
+            guard loop == .notStarted else { return false }
+            loop = .released
+            return true
+        }
+        if releaseHere { release() }
     }
 
     var isClosing: Bool { closing.isSet }
@@ -128,35 +143,19 @@ final class RDMAServerConnection: @unchecked Sendable {
     // MARK: completions
 
     private func completionLoop() {
-        while !closing.isSet {
-            // Spin briefly first: the reply to what we just sent usually arrives within it.
-            let spun = spinForCompletions(microseconds: RDMALimits.spinMicroseconds) {
-                (try? resources.withLockedValue { resources throws(VerbsError) -> [WorkCompletion] in
-                    try resources?.completionQueue.poll(max: 16) ?? []
-                }) ?? []
-            }
-            if !spun.isEmpty {
-                for completion in spun { handle(completion) }
-                continue
-            }
-            let ready = waitReadable([channel.fileDescriptor], timeoutMilliseconds: 200)
-            if ready[0] { try? channel.consumeEvent() }
-            do {
-                try resources.withLockedValue { resources throws(VerbsError) in
-                    try resources?.completionQueue.requestNotification()
-                }
-                // Drain after re-arming: a completion that slipped in between raises no event.
-                while true {
-                    let completions = try resources.withLockedValue { resources throws(VerbsError) -> [WorkCompletion] in
-                        try resources?.completionQueue.poll(max: 16) ?? []
-                    }
-                    if completions.isEmpty { break }
-                    for completion in completions { handle(completion) }
-                }
-            } catch {
-                shutdown("completion queue: \(error)")
-            }
-        }
+        CompletionPump(polling: polling).run(.init(
+            stopped: { [closing] in closing.isSet },
+            poll: { [resources] (entries, capacity) throws(VerbsError) in
+                try resources.withVerbsLock { (resources: inout Resources?) throws(VerbsError) -> Int in try resources?.completionQueue.poll(into: entries, capacity: capacity) ?? 0 }
+            },
+            arm: { [resources] () throws(VerbsError) in
+                try resources.withVerbsLock { (resources: inout Resources?) throws(VerbsError) in try resources?.completionQueue.requestNotification() }
+            },
+            sleep: { [channel] milliseconds in
+                if waitReadable([channel.fileDescriptor], timeoutMilliseconds: milliseconds)[0] { try? channel.consumeEvent() }
+            },
+            handle: { [self] completion in handle(completion) },
+            failed: { [self] error in shutdown("completion queue: \(error)") }))
         release()
     }
 
@@ -185,13 +184,7 @@ final class RDMAServerConnection: @unchecked Sendable {
     private func received(slot: Int, byteCount: Int) {
         // Copy out, then hand the slot straight back to the device (the client's credit returns
         // with our reply, by which time the slot is posted again).
-        var buffer: ByteBuffer? = nil
-        resources.withLockedValue { resources in
-            guard let resources else { return }
-            buffer = ByteBuffer(bytes: UnsafeRawBufferPointer(start: resources.receives.pointer(slot), count: byteCount))
-            try? resources.queuePair.postReceive(local: resources.receives.region, localOffset: resources.receives.offset(slot),
-                                                 lengthBytes: resources.receives.slotBytes, workRequestID: WorkRequestKind.receive.id(slot))
-        }
+        let buffer = resources.withLockedValue { $0.map { $0.receives.takeReceived(slot, byteCount: byteCount, repostingOn: $0.queuePair) } }
         guard var bytes = buffer else { return }
         let unanswered = outstanding.withLockedValue { count -> Int in
             count += 1
@@ -233,10 +226,8 @@ final class RDMAServerConnection: @unchecked Sendable {
         }
         let failed: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
             guard let resources else { return nil }
-            buffer.withUnsafeReadableBytes { resources.sends.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             do throws(VerbsError) {
-                try resources.queuePair.postSend(local: resources.sends.region, localOffset: resources.sends.offset(slot),
-                                                 lengthBytes: buffer.readableBytes, workRequestID: WorkRequestKind.send.id(slot))
+                try resources.sends.send(buffer, fromSlot: slot, on: resources.queuePair)
                 return nil
             } catch {
                 return error
@@ -296,6 +287,7 @@ final class RDMAServerConnection: @unchecked Sendable {
         }
         for registration in all { try? registration.region.deregister() }
         resources.withLockedValue { $0 = nil }
+        _ = finished.setOnce()
     }
 
     static func peerAddress(_ id: UnsafeMutablePointer<rdma_cm_id>) -> String {

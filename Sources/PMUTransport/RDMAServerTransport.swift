@@ -33,7 +33,10 @@ public final class RDMAServerTransport: ServerTransport, @unchecked Sendable {
     /// Description of the device listening, for the start-up log line ("rxe0 port 1").
     public private(set) var deviceDescription = ""
 
-    public init(endpoint: Endpoint, group: any EventLoopGroup, logger: Logger) {
+    private let polling: RDMAPolling
+
+    public init(endpoint: Endpoint, group: any EventLoopGroup, logger: Logger, polling: RDMAPolling = .default) {
+        self.polling = polling
         self.endpoint = endpoint
         self.group = group
         self.logger = logger
@@ -72,13 +75,20 @@ public final class RDMAServerTransport: ServerTransport, @unchecked Sendable {
         return bound
     }
 
+    /// Stops accepting, ends every connection, and returns once the rdma_cm thread and every
+    /// connection's completion thread have finished and released their verbs objects (each
+    /// notices within its 200 ms wait). Waits by sleeping, not by blocking a pool thread.
     public func stop() async {
         guard stopping.setOnce() else { return }
         let connections = state.withLockedValue { Array($0.connections.values) }
         for connection in connections { connection.shutdown("server stopping") }
-        // The event thread notices `stopping` within its poll interval and releases the listener.
-        for _ in 0..<50 where !stopped.withLockedValue({ $0 }) {
-            try? await Task.sleep(for: .milliseconds(20))
+        var waited = 0
+        while !stopped.withLockedValue({ $0 }) || connections.contains(where: { !$0.finished.isSet }) {
+            try? await Task.sleep(for: .milliseconds(10))
+            waited += 1
+            if waited == 500 {
+                logger.warning("RDMA transport: threads still running 5 s after stop; waiting for them")
+            }
         }
     }
 
@@ -110,7 +120,7 @@ public final class RDMAServerTransport: ServerTransport, @unchecked Sendable {
             }
             do {
                 let connection = try RDMAServerConnection(
-                    connection: id, id: number, eventLoop: group.next(), logger: logger,
+                    connection: id, id: number, eventLoop: group.next(), logger: logger, polling: polling,
                     onFinished: { [weak self] connection in self?.remove(connection) })
                 state.withLockedValue { $0.connections[event.id] = connection }
                 var parameters = ConnectionParameters()

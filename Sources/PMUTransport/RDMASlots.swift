@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import NIOConcurrencyHelpers
+import NIOCore
 import PMUCore
 import PMUVerbs
 
@@ -21,29 +22,7 @@ public enum RDMALimits {
     /// emulated soft-RoCE VM; a dead peer is usually noticed sooner anyway, by rdma_cm's
     /// DISCONNECTED when its process exits.
     public static let ackTimeoutExponent: UInt8 = 19
-    /// How long a completion thread keeps polling its CQ after the last completion before it
-    /// sleeps on the completion channel (PMU_RDMA_SPIN_US overrides; 0 = always sleep). A wake-up
-    /// through poll(2) costs tens of microseconds (far more under emulation); a request/reply
-    /// exchange usually completes within this window, so the spin saves two wake-ups per call.
-    public static let spinMicroseconds: Int = {
-        if let text = getenv("PMU_RDMA_SPIN_US"), let value = Int(String(cString: text)), value >= 0 { return value }
-        return 50
-    }()
 }
-
-/// Polls `poll` until it returns completions or `microseconds` pass (busy, no sleeping).
-func spinForCompletions(microseconds: Int, _ poll: () -> [WorkCompletion]) -> [WorkCompletion] {
-    guard microseconds > 0 else { return [] }
-    let deadline = ContinuousClock.now.advanced(by: .microseconds(microseconds))
-    var spins = 0
-    while true {
-        let found = poll()
-        if !found.isEmpty { return found }
-        spins += 1
-        if spins & 0x3f == 0, ContinuousClock.now >= deadline { return [] }
-    }
-}
-
 
 /// wr_id layout: kind in the top byte, index or operation number below.
 enum WorkRequestKind: UInt64 {
@@ -85,6 +64,32 @@ final class RegisteredSlots: @unchecked Sendable {
 
     func pointer(_ index: Int) -> UnsafeMutableRawPointer { memory + index * slotBytes }
     func offset(_ index: Int) -> Int { index * slotBytes }
+
+    // What both halves of a verbs connection do with their control slots.
+
+    /// Posts every slot as a receive (at connection set-up).
+    func postAllReceives(on queuePair: QueuePair) throws(VerbsError) {
+        for slot in 0..<count { try postReceive(slot, on: queuePair) }
+    }
+
+    /// Copies the frame received into `slot` out and posts the slot again at once: the peer's
+    /// credit comes back with the reply, by which time the slot is posted again.
+    func takeReceived(_ slot: Int, byteCount: Int, repostingOn queuePair: QueuePair) -> ByteBuffer {
+        let bytes = ByteBuffer(bytes: UnsafeRawBufferPointer(start: pointer(slot), count: min(byteCount, slotBytes)))
+        try? postReceive(slot, on: queuePair)
+        return bytes
+    }
+
+    /// Copies `frame` (at most `slotBytes`) into `slot` and posts it as a SEND.
+    func send(_ frame: ByteBuffer, fromSlot slot: Int, on queuePair: QueuePair) throws(VerbsError) {
+        precondition(frame.readableBytes <= slotBytes, "frame larger than its send slot")
+        frame.withUnsafeReadableBytes { pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        try queuePair.postSend(local: region, localOffset: offset(slot), lengthBytes: frame.readableBytes, workRequestID: WorkRequestKind.send.id(slot))
+    }
+
+    private func postReceive(_ slot: Int, on queuePair: QueuePair) throws(VerbsError) {
+        try queuePair.postReceive(local: region, localOffset: offset(slot), lengthBytes: slotBytes, workRequestID: WorkRequestKind.receive.id(slot))
+    }
 }
 
 /// Free slot indices, taken before a post and returned on its completion.
@@ -99,5 +104,12 @@ extension PMUError {
     /// A verbs failure as the client or server reports it: the call, errno and hint are in the text.
     static func rdma(_ error: VerbsError, _ what: String) -> PMUError {
         PMUError(.rdmaError, "\(what): \(error)")
+    }
+}
+
+extension NIOLockedValueBox {
+    /// `withLockedValue` for a body that throws only VerbsError (its `rethrows` erases the type).
+    func withVerbsLock<T>(_ body: (inout Value) throws(VerbsError) -> T) throws(VerbsError) -> T {
+        try withLockedValue { value in Result { () throws(VerbsError) -> T in try body(&value) } }.get()
     }
 }

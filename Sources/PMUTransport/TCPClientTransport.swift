@@ -128,6 +128,8 @@ public final class TCPClientTransport: ClientTransport, @unchecked Sendable {
 
     /// The connection's event loop, for tasks that want to run where replies arrive.
     public var eventLoop: any EventLoop { channel.eventLoop }
+    public var replyEventLoop: (any EventLoop)? { channel.eventLoop }
+    public var transportDescription: String { "tcp" }
 }
 
 /// Promises of requests awaiting replies (the shared `RequestTable`, with NIO promises).

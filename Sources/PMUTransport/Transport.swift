@@ -104,6 +104,9 @@ public protocol OneSidedTransport: Sendable {
     /// Returns once the write has completed at the server (the bytes are in region memory).
     func write(_ remote: RemoteAccess, offset: UInt64, _ bytes: ByteBuffer) async throws(PMUError)
     func read(_ remote: RemoteAccess, offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer
+    /// Writes `bytes` (at most `maxTransferBytes`) and sends `request` (a PERSIST of them) behind
+    /// the write without waiting for its completion, in one round trip; returns the request's reply.
+    func writeThenSend(_ remote: RemoteAccess, offset: UInt64, _ bytes: ByteBuffer, then request: Request) async throws(PMUError) -> Response
 }
 
 /// The server side of one connection. Called on the connection's event loop, in arrival order.
@@ -132,9 +135,19 @@ public protocol ClientTransport: Sendable {
     /// WRITE followed by a PERSIST costs one round trip instead of two.
     func sendPipelined(_ requests: [Request]) async throws -> [Response]
     func close() async
+    /// The optional capability of moving region data one-sided (RDMA verbs); nil: WRITE and READ frames.
+    var oneSided: (any OneSidedTransport)? { get }
+    /// e.g. "tcp" or "rdma (rxe0 port 1)", for logs and `PMUClient.transportDescription`.
+    var transportDescription: String { get }
+    /// The event loop replies are completed on, if any: running under it as task executor saves
+    /// a thread hop per request (`PMUClient.taskExecutor`).
+    var replyEventLoop: (any EventLoop)? { get }
 }
 
 extension ClientTransport {
+    public var oneSided: (any OneSidedTransport)? { nil }
+    public var replyEventLoop: (any EventLoop)? { nil }
+
     /// Fallback for transports that cannot pipeline: one request at a time, same results.
     public func sendPipelined(_ requests: [Request]) async throws -> [Response] {
         var responses: [Response] = []

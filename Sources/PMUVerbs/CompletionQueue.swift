@@ -12,7 +12,7 @@ public struct WorkCompletion: Sendable {
     public let vendorError: UInt32
     public let queuePairNumber: UInt32
 
-    init(_ wc: ibv_wc) {
+    public init(_ wc: ibv_wc) {
         workRequestID = wc.wr_id
         status = wc.status
         opcode = wc.opcode
@@ -73,6 +73,14 @@ public final class CompletionQueue {
     public func requestNotification() throws(VerbsError) {
         let rc = CVerbs_ibv_req_notify_cq(pointer, 0)
         if rc != 0 { throw VerbsError.call("ibv_req_notify_cq", errno: rc, "cannot arm the completion queue") }
+    }
+
+    /// Up to `capacity` completions into `entries`, without waiting and without allocating;
+    /// returns how many.
+    public func poll(into entries: UnsafeMutablePointer<ibv_wc>, capacity: Int) throws(VerbsError) -> Int {
+        let n = CVerbs_ibv_poll_cq(pointer, Int32(capacity), entries)
+        if n < 0 { throw VerbsError.call("ibv_poll_cq", errno: -n, "polling the completion queue failed") }
+        return Int(n)
     }
 
     /// Up to `max` completions, without waiting.

@@ -276,3 +276,13 @@ func code(_ body: () async throws -> Void) async -> PMUErrorCode? {
         return (error as? PMUError)?.code ?? .internalError
     }
 }
+
+/// The code and message `body` failed with (nil code and empty text when it succeeded).
+func message(_ body: () async throws -> Void) async -> (code: PMUErrorCode?, text: String) {
+    do {
+        try await body()
+        return (nil, "")
+    } catch {
+        return ((error as? PMUError)?.code ?? .internalError, "\(error)")
+    }
+}

@@ -24,8 +24,9 @@ die() { echo "rdma-vm/build: ERROR: $*" >&2; exit 1; }
 # Host packages: qemu to run the guest; busybox-static, dash, cpio, kmod to make the initramfs;
 # iproute2 for `rdma link add` (run from the host root inside the guest); rdma-core and the
 # verbs/perftest/rdmacm tools and the rxe userspace provider for the smoke test and the suite.
+# e2fsprogs: mkfs.ext4 for the data-directory disk images (run-in-vm.sh --disk).
 packages=(qemu-system-x86 busybox-static dash cpio kmod iproute2 rdma-core ibverbs-providers
-          ibverbs-utils perftest rdmacm-utils)
+          ibverbs-utils perftest rdmacm-utils e2fsprogs)
 
 apt_updated=0
 apt_update_once() {
@@ -138,7 +139,8 @@ depmod -b "$work/k" "$kver"
 # crc32_generic first: rxe needs the crc32 crypto, without it `rdma link add` fails with ENOENT.
 # virtio_console carries the command's stdout/stderr to the host as raw bytes (no tty CR/LF
 # mangling, no kernel messages mixed in).
-modules="crc32_generic rdma_rxe ib_uverbs rdma_ucm ib_umad dummy virtio_pci virtio_console 9pnet_virtio 9p"
+# virtio_blk and ext4: run-in-vm.sh --disk (a data directory on a real disk filesystem).
+modules="crc32_generic rdma_rxe ib_uverbs rdma_ucm ib_umad dummy virtio_pci virtio_console 9pnet_virtio 9p virtio_blk ext4"
 
 root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,lib,lib64,dev,proc,sys,host,etc}
@@ -195,7 +197,8 @@ hostname pmu-rdma-vm
 log "init started"
 
 for m in MODULES; do
-    modprobe "$m" || fail "modprobe $m"
+    # A module built into the kernel is listed in modules.builtin (busybox modprobe may refuse it).
+    modprobe "$m" || grep -q "/$m.ko" /lib/modules/*/modules.builtin || fail "modprobe $m"
 done
 
 log "modules loaded"

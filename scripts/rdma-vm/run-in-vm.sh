@@ -2,7 +2,8 @@
 # Run one command inside a throw-away qemu VM that has a soft-RoCE device (rxe0 on dummy0,
 # 10.11.12.1/24, RoCE v2 GID index 1), and exit with that command's exit status.
 #
-# Usage: run-in-vm.sh [--timeout SECONDS] [--share HOSTDIR]... [--verbose] -- COMMAND [ARG]...
+# Usage: run-in-vm.sh [--timeout SECONDS] [--share HOSTDIR]... [--disk IMAGE] [--kill-when FILE]
+#                     [--verbose] -- COMMAND [ARG]...
 #
 # In the guest the command runs as root, chrooted into the host's / (read-only, over 9p), in the
 # same directory as the caller's cwd, with the caller's exported environment, `ulimit -l unlimited`,
@@ -15,6 +16,11 @@
 #     not on a 9p share: 9p is slow and memory registered with ibv_reg_mr must be pinnable.
 #     The host's /tmp is therefore not visible in the guest, except folders shared with --share.
 #   - Background processes left by the command are killed when it exits (the VM powers off).
+#   - --disk IMAGE: a raw disk image attached as the guest's /dev/vda (virtio-blk; ext4 and
+#     virtio_blk are loaded), e.g. made on the host with mkfs.ext4. The command mounts it itself.
+#   - --kill-when FILE: a power loss. Once FILE (on the host, e.g. inside a share the guest writes)
+#     exists, qemu is killed with SIGKILL: what the guest had not written to the disk image is lost.
+#     Exit 0 then (the status the command would have had is unknown and unwanted).
 #
 # Exit status: the command's; 124 if the VM ran out of time; 125 if the VM failed to boot or to
 # set up rxe0 (the guest console log is printed then).
@@ -34,6 +40,8 @@ accel=${PMU_VM_ACCEL:-auto}
 verbose=${PMU_VM_VERBOSE:-0}
 quiet=${PMU_VM_QUIET:-0}
 shares=()
+disk=
+kill_when=
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
@@ -48,6 +56,8 @@ while (( $# )); do
         --timeout=*) timeout_s=${1#*=}; shift ;;
         --share) [[ $# -ge 2 ]] || usage; shares+=("$2"); shift 2 ;;
         --share=*) shares+=("${1#*=}"); shift ;;
+        --disk) [[ $# -ge 2 ]] || usage; disk=$2; shift 2 ;;
+        --kill-when) [[ $# -ge 2 ]] || usage; kill_when=$2; shift 2 ;;
         --verbose|-v) verbose=1; shift ;;
         -h|--help) usage ;;
         --) shift; break ;;
@@ -57,6 +67,7 @@ done
 (( $# )) || usage
 [[ $timeout_s =~ ^[0-9]+$ && $timeout_s -gt 0 ]] || die "--timeout wants a positive number of seconds"
 (( ${#shares[@]} )) || shares=("$project")
+[[ -z $disk || -f $disk ]] || die "--disk $disk is not a file"
 
 # Normalise the shares; nested ones are mounted parent first (sorted by path).
 norm=()
@@ -164,7 +175,11 @@ qemu=(qemu-system-x86_64 -name pmu-rdma-vm "${accel_args[@]}" -smp "$cpus" -m "$
       "${virtfs[@]}"
       -device virtio-serial-pci,id=vser
       -chardev "file,id=pmuout,path=$run/out" -device "virtserialport,bus=vser.0,chardev=pmuout,name=pmu.stdout"
-      -chardev "file,id=pmuerr,path=$run/err" -device "virtserialport,bus=vser.0,chardev=pmuerr,name=pmu.stderr")
+      -chardev "file,id=pmuerr,path=$run/err" -device "virtserialport,bus=vser.0,chardev=pmuerr,name=pmu.stderr"
+      -pidfile "$run/qemu.pid")
+# cache=writeback: the guest's flushes (fdatasync) become fdatasync of the image on the host; what
+# qemu has written survives its SIGKILL in the host's page cache, what the guest had not is lost.
+[[ -n $disk ]] && qemu+=(-drive "file=$disk,if=virtio,format=raw,cache=writeback")
 
 say "booting ($accel, $cpus vCPUs, $mem, timeout ${timeout_s}s, rw: ${shares[*]}) to run: $*"
 t0=$(date +%s.%N)
@@ -173,6 +188,19 @@ t0=$(date +%s.%N)
 timeout --kill-after=10 "$timeout_s" "${qemu[@]}" </dev/null 2>"$run/qemu.err" &
 qpid=$!
 trap 'kill -TERM "$qpid" 2>/dev/null; wait "$qpid"; echo "rdma-vm: interrupted" >&2; exit 130' INT TERM
+killed=0
+if [[ -n $kill_when ]]; then
+    # Poll for the marker while qemu runs; then SIGKILL qemu itself (not `timeout`, which would
+    # pass on a catchable signal): the guest gets no chance to flush anything.
+    while kill -0 "$qpid" 2>/dev/null; do
+        if [[ -e $kill_when && -s $run/qemu.pid ]]; then
+            kill -KILL "$(<"$run/qemu.pid")" 2>/dev/null && killed=1
+            say "power loss: killed qemu (SIGKILL) once $kill_when appeared"
+            break
+        fi
+        sleep 0.2
+    done
+fi
 qrc=0
 wait "$qpid" || qrc=$?
 trap - INT TERM
@@ -202,6 +230,9 @@ show_console() {
 }
 [[ $verbose == 1 ]] && show_console all
 
+if (( killed )); then
+    exit 0
+fi
 if [[ -f $ctl/status ]]; then
     rc=$(<"$ctl/status")
     say "command exited with $rc after ${elapsed}s in the VM"
