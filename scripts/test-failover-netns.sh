@@ -187,6 +187,7 @@ scenario_kill() {
     rm -f "$SCRATCH/stop"
     writer $NS_C kill "$SCRATCH/kill.acks" >"$SCRATCH/kill.writer.json" &
     local wpid=$!
+    PIDS+=($wpid) # killed by cleanup if a check fails first
     wait_acks "$SCRATCH/kill.acks" 50
     sleep 0.5
     kill -9 "$PID_a"
@@ -207,9 +208,11 @@ scenario_partition() {
     rm -f "$SCRATCH/stop"
     writer $NS_C part-c "$SCRATCH/part-c.acks" >"$SCRATCH/part-c.writer.json" &
     local wc=$!
+    PIDS+=($wc) # killed by cleanup if a check fails first
     # A client beside the primary, inside its namespace: it keeps reaching the stale primary.
     writer $NS_A part-a "$SCRATCH/part-a.acks" >"$SCRATCH/part-a.writer.json" 2>"$SCRATCH/part-a.writer.err" &
     local wa=$!
+    PIDS+=($wa) # killed by cleanup if a check fails first
     wait_acks "$SCRATCH/part-c.acks" 50
     wait_acks "$SCRATCH/part-a.acks" 50
     sleep 0.3
@@ -261,6 +264,7 @@ scenario_rounds() {
         rm -f "$SCRATCH/stop" "$SCRATCH/round.acks"
         writer $NS_C "round$round" "$SCRATCH/round.acks" >"$SCRATCH/round.json" &
         local wpid=$!
+        PIDS+=($wpid) # killed by cleanup if a check fails first
         wait_acks "$SCRATCH/round.acks" 50
         sleep 0.3
         kind=kill

@@ -57,10 +57,12 @@ public actor ReconnectingClient {
 
     public var endpoint: Endpoint { policy.endpoints[endpointIndex] }
 
-    /// Errors a new connection (or the new primary) may cure.
+    /// Errors a new connection (or the new primary) may cure. Not IO_ERROR: after a failed msync or
+    /// fdatasync Linux may mark the dirty pages clean, so a retried PERSIST could succeed without
+    /// the bytes ever reaching the disk; an I/O error on PERSIST is final and goes to the caller.
     static func isRetryable(_ error: PMUError) -> Bool {
         switch error.code {
-        case .connectionClosed, .timedOut, .notPrimary, .leaseLapsed, .shuttingDown, .serverUnavailable, .ioError: true
+        case .connectionClosed, .timedOut, .notPrimary, .leaseLapsed, .shuttingDown, .serverUnavailable: true
         default: false
         }
     }

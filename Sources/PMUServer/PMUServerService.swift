@@ -100,6 +100,13 @@ public final class PMUServerService: Service, Sendable {
                     guard configuration.transport == .auto else { throw error }
                     useRDMA = false
                     reason = "tcp (an RDMA device is present, but: \(error))"
+                    if configuration.store.shadowRegions {
+                        // The store was opened for verbs (shadows) before verbs failed to listen:
+                        // TCP is served from the shadows, so an unpersisted write dies with the
+                        // process here, and the journal replays after any crash (it records this).
+                        reason += "; regions stay in shmem shadows: unpersisted writes do not survive a crash of pmu-server (start with --transport tcp to map the files directly)"
+                        logger.warning("verbs could not listen; serving TCP from shmem shadows: unpersisted writes do not survive a crash of pmu-server; start with --transport tcp to map the region files directly")
+                    }
                     bound = try await transport.start(makeHandler: makeHandler)
                 }
             } else {

@@ -48,8 +48,8 @@ public struct ServerConfiguration: Sendable {
     public var durableWrites = false
     /// `--role` and the heartbeat, authority and address options (issue 13); nil: no failover.
     public var failover: FailoverConfiguration?
-    /// Asked as each WRITE arrives (set from the failover controller): a refusal (NOT_PRIMARY,
-    /// LEASE_LAPSED) answers the write without touching the region. Carried into a taken-over
+    /// Asked as each WRITE, PERSIST, CREATE, DELETE and FORM_* arrives (set from the failover
+    /// controller): a refusal (NOT_PRIMARY, LEASE_LAPSED) answers it without touching anything. Carried into a taken-over
     /// portion's configuration, so the portion a monitor serves after a takeover is gated too.
     public var writeGate: (@Sendable () -> PMUError?)?
     /// The failover controller's status, shown by `pmuctl pair status` under "failover".

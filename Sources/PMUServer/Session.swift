@@ -251,12 +251,15 @@ final class Session: RequestHandler, @unchecked Sendable {
         let memory = info.memory
         let isAdmin = state.isAdmin(clientId)
         do throws(PMUError) {
+            // The failover gate (NOT_PRIMARY, LEASE_LAPSED) covers every request that changes or
+            // makes durable what this server holds, not only WRITE: a fenced or lease-lapsed
+            // primary must acknowledge nothing that a takeover would not have.
+            if let gate = state.configuration.writeGate, request.changesStoredState, let refusal = gate() { throw refusal }
             switch request {
             case .hello, .authenticate:
                 throw PMUError(.protocolViolation, "this connection is already authenticated")
 
             case .write(let key, let offset, let data):
-                if let refusal = state.configuration.writeGate?() { throw refusal }
                 if state.configuration.durableWrites {
                     // A taken-over portion has no partner: durable before acknowledged.
                     try writeDurably(key: key, offset: offset, data: data, id: id)
@@ -408,6 +411,17 @@ final class Session: RequestHandler, @unchecked Sendable {
         } catch {
             try? state.close(key: key, connection: connection)
             throw error
+        }
+    }
+}
+
+extension Request {
+    /// Whether the request changes regions or the catalog, or makes bytes durable: what a failover
+    /// primary's write gate must refuse once it is fenced or its lease may lapse.
+    var changesStoredState: Bool {
+        switch self {
+        case .write, .persist, .create, .delete, .formBegin, .formData, .formCommit, .formRebuild: true
+        default: false
         }
     }
 }

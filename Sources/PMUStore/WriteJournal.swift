@@ -36,6 +36,11 @@ public struct JournalConfiguration: Sendable {
             throw PMUError(.invalidArgument, "--journal-max-persist \(maxPersistBytes) must be between 0 and \(Limits.maxIOBytes) bytes")
         }
         try log.validate()
+        // One record of the largest journaled PERSIST must fit a batch (a quarter of the log).
+        let record = UInt64(LogRecordFormat.encodedBytes(payloadBytes: maxPersistBytes))
+        guard maxPersistBytes == 0 || log.maxBytes / 4 >= record else {
+            throw PMUError(.invalidArgument, "--journal-max \(log.maxBytes) bytes is too small for --journal-max-persist \(maxPersistBytes): it must be at least 4 x \(record) bytes")
+        }
     }
 }
 
@@ -127,15 +132,33 @@ public final class WriteJournal: @unchecked Sendable {
         let previousBoot = Sys.exists(bootPath) ? (try? Sys.readWholeFile(bootPath)).map { String(decoding: $0, as: UTF8.self) } : nil
         var report = JournalRecoveryReport()
         report.repairedTornBytes = log.repairedTornBytes
-        report.replayed = !store.regionBytesSurviveProcessCrash || boot == nil || previousBoot != boot
+        // Replay when the run that wrote the log held region bytes where a process crash loses them
+        // (shadows, the volatile test mode; marked by `volatile`), or this run does, or the
+        // machine restarted. The writer's mode matters, not only this run's: a log written from
+        // shmem shadows holds the only copy of its bytes even if this run maps the files.
+        let volatilePath = directory.journalPath + "/volatile"
+        let writerVolatile = Sys.exists(volatilePath)
+        report.replayed = !store.regionBytesSurviveProcessCrash || writerVolatile || boot == nil || previousBoot != boot
         var touched: [UInt64: (mapping: MappedRegion, lower: UInt64, upper: UInt64)] = [:]
         var last: UInt64 = 0
         try log.replay { (record: LogRecord) throws(PMUError) in
             report.records += 1
             last = max(last, record.origin)
-            guard record.kind == LogRecordFormat.kindWrite, let mapping = try? store.mapping(id: record.regionId) else {
+            guard record.kind == LogRecordFormat.kindWrite else {
                 report.skipped += 1
                 return
+            }
+            // Only a deleted region's records are skipped: any other failure to map (shadow memory
+            // full, ENOMEM, EMFILE) must stop the start, or the trim below would drop acknowledged
+            // PERSISTs.
+            let mapping: MappedRegion
+            do throws(PMUError) {
+                mapping = try store.mapping(id: record.regionId)
+            } catch where error.code == .unknownRegion {
+                report.skipped += 1
+                return
+            } catch {
+                throw PMUError(error.code, "cannot map region \(record.regionId) to recover journal record \(record.sequence): \(error.message). Fix the cause and restart; the journal is kept")
             }
             let end = record.offset + UInt64(record.payload.count) // cannot overflow: checked by the decoder
             guard end <= mapping.sizeBytes else {
@@ -154,6 +177,7 @@ public final class WriteJournal: @unchecked Sendable {
         if last > 0 { try log.trim(through: last) }
         lastOrigin = max(last, log.trimmedThroughOrigin)
         if let boot { try Self.writeBootFile(bootPath, boot) }
+        try Self.markWriterMode(volatilePath, volatile: !store.regionBytesSurviveProcessCrash)
         recoveryReport = report
         if report.records > 0 || report.repairedTornBytes > 0 {
             logger.notice("recovered write journal", metadata: [
@@ -236,7 +260,18 @@ public final class WriteJournal: @unchecked Sendable {
                 queueLock.unlock()
                 break
             }
-            let batch = Array(queue.prefix(configuration.maxBatch))
+            // A batch is bounded by count and by bytes (a quarter of the log's bound), so that one
+            // group commit always fits in the log after a checkpoint and its copy stays bounded.
+            var take = 0
+            var batchBytes: UInt64 = 0
+            let byteBound = configuration.log.maxBytes / 4
+            while take < queue.count, take < configuration.maxBatch {
+                let bytes = UInt64(LogRecordFormat.encodedBytes(payloadBytes: Int(queue[take].length)))
+                if take > 0, batchBytes + bytes > byteBound { break }
+                batchBytes += bytes
+                take += 1
+            }
+            let batch = Array(queue.prefix(take))
             queue.removeFirst(batch.count)
             let done = stopping && queue.isEmpty
             queueLock.unlock(withValue: !queue.isEmpty || stopping)
@@ -374,6 +409,18 @@ public final class WriteJournal: @unchecked Sendable {
         guard let bytes = try? Sys.readWholeFile("/proc/sys/kernel/random/boot_id") else { return nil }
         let text = String(decoding: bytes, as: UTF8.self).filter { !$0.isWhitespace }
         return text.isEmpty ? nil : text
+    }
+
+    /// Records, durably and before the first append of this run, whether this run's region bytes
+    /// die with the process: the next start must then replay even if it maps the files directly.
+    private static func markWriterMode(_ path: String, volatile: Bool) throws(PMUError) {
+        guard volatile != Sys.exists(path) else { return }
+        if volatile {
+            try writeBootFile(path, "regions held in memory until PERSIST: replay after any crash\n")
+        } else {
+            guard unlink(path) == 0 || errno == ENOENT else { throw Sys.error(.ioError, "cannot remove journal mode file", path) }
+            try Sys.fsyncPath(String(path[..<path.lastIndex(of: "/")!]), directory: true)
+        }
     }
 
     private static func writeBootFile(_ path: String, _ boot: String) throws(PMUError) {

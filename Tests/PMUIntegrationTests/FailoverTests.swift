@@ -111,9 +111,9 @@ final class FailoverPair: @unchecked Sendable {
         #expect(monitor["role"] as? String == "monitor" && monitor["serving"] as? Bool == false)
         #expect(monitor["heartbeatRoundTripMicroseconds"] != nil)
         // The monitor serves no writes of its own while it is monitor.
+        // Nor creates any (the gate covers every request that changes what it holds).
         let client = try await pair.monitor.client()
-        let own = try await client.createRegion("x", sizeBytes: 4096)
-        #expect(await code { try await client.write(own, at: 0, [1]) } == .notPrimary)
+        #expect(await code { _ = try await client.createRegion("x", sizeBytes: 4096) } == .notPrimary)
         await client.disconnect()
         // The address hook: removed by the monitor at its start, added by the primary at its grant.
         let hook = (try? String(contentsOfFile: pair.hookLog, encoding: .utf8)) ?? ""
@@ -184,8 +184,7 @@ final class FailoverPair: @unchecked Sendable {
         let primaryGate = try await pair.waitFor(pair.primary, "primary refuses writes") { $0["acknowledgingWrites"] as? Bool == false }
         #expect(primaryGate["serving"] as? Bool == true)
         let client = try await pair.primary.client()
-        let late = try await client.createRegion("late", sizeBytes: 4096)
-        #expect(await code { try await client.write(late, at: 0, [1]) } == .leaseLapsed)
+        #expect(await code { _ = try await client.createRegion("late", sizeBytes: 4096) } == .leaseLapsed)
         await client.disconnect()
         pair.primary.kill9()
         let monitor = try await pair.waitFor(pair.monitor, "monitor declared the primary dead") { $0["peerState"] as? String == "dead" }

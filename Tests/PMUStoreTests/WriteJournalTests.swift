@@ -149,6 +149,52 @@ import Testing
         reopened.journal.stop()
     }
 
+    /// A log written while regions were shmem shadows (verbs on disk) holds the only durable copy
+    /// of its PERSISTs: a restart that maps the files directly (e.g. `--transport tcp`) must still
+    /// replay it, because the writer's mode is recorded in the journal, not inferred from this run.
+    @Test func aLogWrittenFromShadowsIsReplayedByARunThatMapsTheFiles() async throws {
+        let temp = TempDir()
+        let persisted = Self.bytes(7, 4096)
+        var shadows = StoreConfiguration()
+        shadows.shadowRegions = true
+        let id: UInt64
+        do {
+            let opened = try Self.open(temp.data, shadows)
+            id = try opened.store.create(CreateRegion(name: "r", sizeBytes: 1 << 20), owner: "o").id
+            let mapping = try opened.store.mapping(id: id)
+            persisted.withUnsafeBytes { mapping.write($0, at: 8192) }
+            #expect(await Self.persist(opened.journal, mapping, id, 8192, 4096) == nil)
+            opened.journal.crashForTesting() // the shadow dies with the process; the file never saw it
+            // A shadow keeps its store (its reservation) alive; a dead process would release the lock.
+            opened.store.directory.releaseLock()
+        }
+        do {
+            let reopened = try Self.open(temp.data, StoreConfiguration())
+            #expect(reopened.journal.recoveryReport.records == 1)
+            #expect(reopened.journal.recoveryReport.replayed)
+            #expect(Array(try reopened.store.mapping(id: id).bytes(at: 8192, length: 4096)) == persisted)
+            reopened.journal.stop()
+            reopened.store.directory.releaseLock()
+        }
+        // That run mapped the files: the next start after a process crash no longer needs a replay.
+        let third = try Self.open(temp.data, StoreConfiguration())
+        #expect(!third.journal.recoveryReport.replayed)
+        #expect(Array(try third.store.mapping(id: id).bytes(at: 8192, length: 4096)) == persisted)
+        third.journal.stop()
+    }
+
+    @Test func aBatchTooLargeForTheLogIsRefusedAtConfiguration() {
+        var journal = JournalConfiguration()
+        journal.maxPersistBytes = Limits.maxIOBytes
+        journal.log.maxBytes = UInt64(journal.log.segmentBytes) // valid for the log alone
+        #expect(throws: Never.self) { try journal.log.validate() }
+        // ...but a quarter of it (one batch) cannot hold one record of the largest journaled PERSIST.
+        let refused = #expect(throws: PMUError.self) { try journal.validate() }
+        #expect(refused?.message.contains("--journal-max") == true)
+        journal.log.maxBytes = 4 * UInt64(journal.log.segmentBytes)
+        #expect(throws: Never.self) { try journal.validate() }
+    }
+
     /// A crash in the middle of an append leaves a torn record after the acknowledged ones: the
     /// open cuts it off and replays the rest; a region deleted since is skipped.
     @Test func tornJournalTailAndDeletedRegionsAreHandled() async throws {
