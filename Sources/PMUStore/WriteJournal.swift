@@ -93,6 +93,9 @@ public final class WriteJournal: @unchecked Sendable {
     private var queue: [Job] = []
     private var stopping = false
     private var abandoned = false
+    /// Whether this run journals PERSISTs: false when the boot id or the writer's mode could not be
+    /// recorded (or there is no boot id to record). Set once in init, before the worker starts.
+    private var accepting = false
     /// Regions with records queued or in the log (not trimmed): a large PERSIST of one of them is
     /// a barrier. Under `queueLock`.
     private var journaled: Set<UInt64> = []
@@ -176,8 +179,18 @@ public final class WriteJournal: @unchecked Sendable {
         report.regions = touched.count
         if last > 0 { try log.trim(through: last) }
         lastOrigin = max(last, log.trimmedThroughOrigin)
-        if let boot { try Self.writeBootFile(bootPath, boot) }
-        try Self.markWriterMode(volatilePath, volatile: !store.regionBytesSurviveProcessCrash)
+        // The boot id and the writer's mode must be on disk before the first record of this run:
+        // recovery decides from them whether to replay. Written only when they change (a restart
+        // on a full disk then needs no space); if they cannot be written (NO_SPACE, EIO), this run
+        // journals nothing, so every PERSIST is an msync and no record can be misjudged later.
+        do throws(PMUError) {
+            if let boot, boot != previousBoot { try Self.writeBootFile(bootPath, boot) }
+            try Self.markWriterMode(volatilePath, volatile: !store.regionBytesSurviveProcessCrash)
+            accepting = boot != nil
+        } catch {
+            accepting = false
+            logger.warning("write journal off for this run: \(error.message); every PERSIST is an msync of its region file")
+        }
         recoveryReport = report
         if report.records > 0 || report.repairedTornBytes > 0 {
             logger.notice("recovered write journal", metadata: [
@@ -193,7 +206,7 @@ public final class WriteJournal: @unchecked Sendable {
     public static func exists(in directory: DataDirectory) -> Bool { Sys.exists(directory.journalPath) }
 
     /// Whether a PERSIST of `length` bytes goes through the journal.
-    public func takes(length: UInt64) -> Bool { length > 0 && length <= UInt64(configuration.maxPersistBytes) }
+    public func takes(length: UInt64) -> Bool { accepting && length > 0 && length <= UInt64(configuration.maxPersistBytes) }
 
     /// Whether `regionId` has records queued or in the log: a large PERSIST of it must be a barrier.
     public func covers(regionId: UInt64) -> Bool {
