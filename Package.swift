@@ -136,7 +136,7 @@ let package = Package(
         .target(
             name: "PMUFailover",
             dependencies: [
-                "PMUCore", "PMUTransport",
+                "PMUCore", "PMUTransport", "PMUMetrics",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import PMUCore
+import PMUMetrics
 import PMUTransport
 
 /// Runs a server's side of failover: answers heartbeats, watches the peer (as monitor), keeps
@@ -281,6 +282,7 @@ public final class FailoverController: Sendable {
             $0.takeoverRunning = false
             $0.lastFailover = event
         }
+        PMUMetrics.failover(result: event.error == nil ? "completed" : "failed")
     }
 
     /// Wins the portion at the authority (TakeoverRule), retried each interval while the rule says

@@ -59,6 +59,12 @@ public enum PMUMetrics {
     public static let heartbeatState = "pmu_heartbeat_state"
     /// Counter, label `result` (e.g. completed, refused): takeovers this server ran.
     public static let failovers = "pmu_failovers_total"
+    /// Gauges of a failover pair member (`--role`), read from its controller at each scrape.
+    public static let heartbeatMisses = "pmu_heartbeat_misses"
+    public static let heartbeatRoundTrip = "pmu_heartbeat_round_trip_seconds"
+    public static let failoverServing = "pmu_failover_serving"
+    public static let failoverAcknowledgingWrites = "pmu_failover_acknowledging_writes"
+    public static let failoverEpoch = "pmu_failover_epoch"
 
     // MARK: Client library
 

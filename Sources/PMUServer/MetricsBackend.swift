@@ -48,6 +48,11 @@ enum MetricsBackend {
         PMUMetrics.mirrorLogAllocatedBytes: "Bytes allocated to the mirror log kept for a partner's portion.",
         PMUMetrics.heartbeatState: "1 for the pair heartbeat's current state, 0 for the others.",
         PMUMetrics.failovers: "Takeovers of the partner's portion this server ran, by result.",
+        PMUMetrics.heartbeatMisses: "Consecutive heartbeats to the peer that got no answer.",
+        PMUMetrics.heartbeatRoundTrip: "Round trip of the last answered heartbeat, in seconds.",
+        PMUMetrics.failoverServing: "1 while this pair member serves the portion at the service address.",
+        PMUMetrics.failoverAcknowledgingWrites: "1 while this member acknowledges writes (serving, not fenced, lease alive).",
+        PMUMetrics.failoverEpoch: "The authority revision of this member's last claim (its fencing token).",
     ]
 
     /// The exposition text with a HELP line before each TYPE line that has one.

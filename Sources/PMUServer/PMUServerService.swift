@@ -120,7 +120,7 @@ public final class PMUServerService: Service, Sendable {
             }
             if let listen = configuration.metricsListen {
                 let endpoint = MetricsEndpoint(registry: metricsRegistry ?? PrometheusCollectorRegistry(), logger: logger) {
-                    ServerInfo(state: state).publishGauges(pair: state.pair)
+                    ServerInfo(state: state).publishGauges(pair: state.pair, failover: state.configuration.failoverStatus?())
                 }
                 let served = try await endpoint.start(endpoint: listen, group: group)
                 metrics = endpoint

@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import NIOConcurrencyHelpers
 import PMUCore
+import PMUFailover
 import PMUMetrics
 import PMUTransport
 
@@ -131,7 +132,7 @@ struct ServerInfo: Codable, Equatable {
     }
 
     /// Sets the gauges that describe state rather than events; called before each scrape.
-    func publishGauges(pair: PairController?) {
+    func publishGauges(pair: PairController?, failover: FailoverController.Status? = nil) {
         PMUMetrics.gauge(PMUMetrics.regions, Double(counts.regions))
         PMUMetrics.gauge(PMUMetrics.allocatedBytes, Double(counts.allocatedBytes))
         PMUMetrics.gauge(PMUMetrics.connections, Double(counts.connectionsAuthenticating), [("state", "authenticating")])
@@ -139,6 +140,14 @@ struct ServerInfo: Codable, Equatable {
         PMUMetrics.gauge(PMUMetrics.uptime, Double(uptimeSeconds))
         if let free = dataDirectory.freeBytes { PMUMetrics.gauge(PMUMetrics.dataDirectoryFreeBytes, Double(free)) }
         if let size = dataDirectory.sizeBytes { PMUMetrics.gauge(PMUMetrics.dataDirectorySizeBytes, Double(size)) }
+        if let failover {
+            PMUMetrics.heartbeat(state: failover.peerState, all: ["waitingForPeer", "alive", "dead"])
+            PMUMetrics.gauge(PMUMetrics.heartbeatMisses, Double(failover.misses))
+            if let rtt = failover.heartbeatRoundTripMicroseconds { PMUMetrics.gauge(PMUMetrics.heartbeatRoundTrip, Double(rtt) / 1_000_000) }
+            PMUMetrics.gauge(PMUMetrics.failoverServing, failover.serving ? 1 : 0)
+            PMUMetrics.gauge(PMUMetrics.failoverAcknowledgingWrites, failover.acknowledgingWrites ? 1 : 0)
+            PMUMetrics.gauge(PMUMetrics.failoverEpoch, Double(failover.epoch))
+        }
         guard let pair else { return }
         if let sender = pair.sender?.status {
             PMUMetrics.gauge(PMUMetrics.partnerConnected, sender.connected ? 1 : 0)

@@ -57,7 +57,7 @@ final class FailoverPair: @unchecked Sendable {
         monitor = try ServerProcess(
             dataDirectory: monitorDirectory, secretsPath: secretsPath,
             extraArguments: ["--role", "monitor", "--mirror-client", "pair", "--partner-portion", primaryDirectory, "--fence-command", fence,
-                             "--takeover-listen", "\(service)"] + common("mon", listen: monitorHeartbeat, peer: primaryHeartbeat))
+                             "--takeover-listen", "\(service)", "--metrics-listen", "127.0.0.1:0"] + common("mon", listen: monitorHeartbeat, peer: primaryHeartbeat))
     }
 
     func startPrimary() throws {
@@ -110,6 +110,16 @@ final class FailoverPair: @unchecked Sendable {
         }
         #expect(monitor["role"] as? String == "monitor" && monitor["serving"] as? Bool == false)
         #expect(monitor["heartbeatRoundTripMicroseconds"] != nil)
+        // Its heartbeat is on /metrics too (the monitor was started with --metrics-listen).
+        let admin = try await pair.monitor.client()
+        let info = try JSONSerialization.jsonObject(with: Data(try await admin.serverInfo().utf8)) as? [String: Any] ?? [:]
+        await admin.disconnect()
+        let metricsAddress = try #require((info["transport"] as? [String: Any])?["metricsListening"] as? String)
+        let scrape = String(decoding: try curl("http://\(metricsAddress)/metrics").body, as: UTF8.self)
+        #expect(scrape.contains(#"pmu_heartbeat_state{state="alive"} 1"#), "\(scrape.prefix(2000))")
+        #expect(scrape.contains(#"pmu_heartbeat_state{state="dead"} 0"#))
+        #expect(scrape.contains("pmu_failover_serving 0"))
+        #expect(scrape.contains("# HELP pmu_heartbeat_round_trip_seconds "))
         // The monitor serves no writes of its own while it is monitor.
         // Nor creates any (the gate covers every request that changes what it holds).
         let client = try await pair.monitor.client()
