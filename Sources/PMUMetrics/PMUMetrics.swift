@@ -30,6 +30,11 @@ public enum PMUMetrics {
     public static let persistQueueDepth = "pmu_persist_queue_depth"
     /// Histogram (seconds): one msync (or fdatasync) of a region range, in the store.
     public static let syncDuration = "pmu_sync_duration_seconds"
+    /// The write journal's group commits: append + fdatasync duration (histogram, seconds), and
+    /// the PERSISTs each covered (counter of commits and of PERSISTs; their ratio is the batching).
+    public static let journalCommitDuration = "pmu_journal_commit_duration_seconds"
+    public static let journalCommits = "pmu_journal_commits_total"
+    public static let journalPersists = "pmu_journal_persists_total"
     /// Counter: syncs that failed (an I/O error; the PERSIST was refused).
     public static let syncFailures = "pmu_sync_failures_total"
 
@@ -100,6 +105,13 @@ public enum PMUMetrics {
         if failed { return Counter(label: syncFailures).increment() }
         Timer(label: syncDuration).recordNanoseconds(clamped(nanoseconds))
         Counter(label: bytesPersisted).increment(by: Int(clamping: bytes))
+    }
+
+    /// One group commit of the write journal: `persists` PERSISTs covered by one append + fdatasync.
+    public static func journalCommitted(persists: Int, nanoseconds: UInt64) {
+        Timer(label: journalCommitDuration).recordNanoseconds(clamped(nanoseconds))
+        Counter(label: journalCommits).increment()
+        Counter(label: journalPersists).increment(by: persists)
     }
 
     /// Sets a gauge (state read when scraped).

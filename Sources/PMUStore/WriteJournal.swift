@@ -6,6 +6,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import PMUCore
+import PMUMetrics
 import PMULog
 
 public struct JournalConfiguration: Sendable {
@@ -340,12 +341,14 @@ public final class WriteJournal: @unchecked Sendable {
                 }
                 let incoming = entries.reduce(UInt64(0)) { $0 + UInt64(LogRecordFormat.encodedBytes(payloadBytes: $1.payload.count)) }
                 if !live.isEmpty, appendedBytes + incoming > configuration.log.maxBytes / 2 { try checkpoint() }
+                let started = PMUMetrics.now()
                 do throws(PMUError) {
                     try log.append(entries)
                 } catch where error.code == .logFull && !live.isEmpty {
                     try checkpoint()
                     try log.append(entries)
                 }
+                PMUMetrics.journalCommitted(persists: entries.count, nanoseconds: PMUMetrics.now() &- started)
                 lastOrigin = origin
                 appendedBytes += incoming
                 for job in jobs {

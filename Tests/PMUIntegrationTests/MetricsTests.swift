@@ -189,6 +189,17 @@ struct MetricsTests {
         let writeLines = objects.filter { $0["message"] as? String == "request" && $0["verb"] as? String == "WRITE" }
         #expect(writeLines.count == writes)
         #expect(writeLines.allSatisfy { $0["connection"] != nil && $0["request"] != nil && $0["result"] as? String == "OK" })
+
+        // A small PERSIST goes through the write journal: one group commit, counted.
+        let again = try await server.client()
+        let small = try await again.openRegion("metered", rights: .readWrite)
+        try await again.write(small, at: 0, pattern(offset: 0, count: 4096, seed: 17))
+        try await again.persist(small, offset: 0, length: 4096)
+        await again.disconnect()
+        let journaled = String(decoding: try curl("http://\(metricsAddress)/metrics").body, as: UTF8.self)
+        #expect(journaled.contains("pmu_journal_commits_total 1\n"), "\(journaled)")
+        #expect(journaled.contains("pmu_journal_persists_total 1\n"))
+        #expect(journaled.contains("pmu_journal_commit_duration_seconds_count 1\n"))
     }
 
     /// The rules file loads, and its alerts fire on the series that should raise them (and not
