@@ -47,6 +47,8 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     private let eventChannel: EventChannel
     private let resources: NIOLockedValueBox<Resources?>
     private let waiting = NIOLockedValueBox(Waiting())
+    /// Set by the completion thread when the connection manager reports the server hung up.
+    private let disconnected = NIOLockedValueBox<PMUError?>(nil)
     /// Control requests awaiting replies: ids, deadlines, cancellation (shared with TCP).
     private let replies: RequestTable<ReplyWaiter>
     private let sendSlots: AsyncSlots
@@ -321,6 +323,7 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         CompletionPump(polling: polling).run(.init(
             stopped: { [closing] in closing.isSet },
             tick: { [self] in
+                if let hungUp = disconnected.withLockedValue({ $0 }) { fail(hungUp) }
                 // Deadlines are checked here, at least every 200 ms (the sleep below), not per request.
                 if let interval = replies.limits.sweepInterval, NIODeadline.now() >= nextSweep {
                     nextSweep = .now() + TimeAmount(interval)
@@ -339,7 +342,10 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
                 if ready[1], let event = try? eventChannel.next(timeout: .zero) {
                     switch event.type {
                     case RDMA_CM_EVENT_DISCONNECTED, RDMA_CM_EVENT_DEVICE_REMOVAL, RDMA_CM_EVENT_TIMEWAIT_EXIT:
-                        fail(PMUError(.connectionClosed, "pmu-server closed the RDMA connection (\(event.name))"))
+                        // Failed at the next round's tick, after the drain that follows this
+                        // sleep: a refused access completed just before the server hung up is
+                        // the cause callers must hear, not the hang-up.
+                        disconnected.withLockedValue { $0 = $0 ?? PMUError(.connectionClosed, "pmu-server closed the RDMA connection (\(event.name))") }
                     default:
                         break
                     }
@@ -355,13 +361,22 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         let (kind, index) = WorkRequestKind.split(completion.workRequestID)
         guard completion.isSuccess else {
             let text = "\(completion.statusName): \(completion.statusText)"
-            if kind == .data {
-                let error = completion.status == IBV_WC_REM_ACCESS_ERR
-                    ? PMUError(.remoteAccess, "pmu-server refused a one-sided access (\(text)): the handle was closed, its region deleted, its writer fenced by a newer one, or the key belongs to another connection; this connection is closed, reconnect to continue")
-                    : PMUError(.rdmaError, "a one-sided operation completed with \(text) (vendor error \(completion.vendorError)); the connection is closed")
-                finishData(index, .failure(error))
+            // The first error breaks the queue pair and every work request behind it is flushed.
+            // The cause is what every waiter and later call is told: a fenced writer with two
+            // writes in flight must hear FENCED from both, not CONNECTION_CLOSED from the one
+            // whose request happened to be flushed (or to be awaited first).
+            let cause: PMUError
+            if completion.status == IBV_WC_WR_FLUSH_ERR, let earlier = waiting.withLockedValue({ $0.failure }) {
+                cause = earlier
+            } else if completion.status == IBV_WC_REM_ACCESS_ERR {
+                cause = PMUError(.remoteAccess, "pmu-server refused a one-sided access (\(text)): the handle was closed, its region deleted, its writer fenced by a newer one, or the key belongs to another connection; this connection is closed, reconnect to continue")
+            } else if kind == .data {
+                cause = PMUError(.rdmaError, "a one-sided operation completed with \(text) (vendor error \(completion.vendorError)); the connection is closed")
+            } else {
+                cause = PMUError(.connectionClosed, "the RDMA connection to pmu-server failed (\(text))")
             }
-            fail(PMUError(.connectionClosed, "the RDMA connection to pmu-server failed (\(text))"))
+            if kind == .data { finishData(index, .failure(cause)) }
+            fail(cause)
             return
         }
         switch kind {
