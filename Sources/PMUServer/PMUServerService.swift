@@ -47,17 +47,44 @@ public final class PMUServerService: Service, Sendable {
             try SecretsFile.createDefaultIfMissing(dataDirectory: configuration.dataDirectory, logger: logger)
         }
         let secrets = try SecretsFile.load(path: configuration.resolvedSecretsPath)
-        // Before the store opens: verbs on a disk filesystem hold regions in shmem shadows.
+        // Before the store opens: verbs on a disk filesystem hold regions in shmem shadows, so
+        // whether verbs can serve this address is settled first, by binding to it (`auto` then
+        // falls back to TCP with the region files mapped directly, not served from shadows).
         let choice = try Self.chooseTransport(configuration)
-        if choice.useRDMA && !RegionMemoryCheck.registersFileMappings(dataDirectory: configuration.dataDirectory) {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        var useRDMA = choice.useRDMA
+        var reason = choice.reason
+        var rdma: RDMAServerTransport?
+        if useRDMA {
+            let candidate = RDMAServerTransport(endpoint: configuration.listen, group: group, logger: logger, polling: configuration.rdmaPolling)
+            do {
+                try candidate.bind()
+                rdma = candidate
+            } catch {
+                // `auto` falls back when verbs cannot serve there (e.g. a loopback address).
+                guard configuration.transport == .auto else {
+                    try? await group.shutdownGracefully()
+                    throw error
+                }
+                useRDMA = false
+                reason = "tcp (an RDMA device is present, but: \(error))"
+            }
+        }
+        if useRDMA && !RegionMemoryCheck.registersFileMappings(dataDirectory: configuration.dataDirectory) {
             configuration.store.shadowRegions = true
             logger.info("region memory: shmem shadows copied to the region files on PERSIST (data directory on \(RegistrableFilesystem.name(of: configuration.dataDirectory)))", metadata: [
                 "limit": "\(configuration.store.shadowLimitBytes)",
             ])
         }
-        let store = try RegionStore(directory: directory, configuration: configuration.store, logger: logger)
+        let store: RegionStore
+        do {
+            store = try RegionStore(directory: directory, configuration: configuration.store, logger: logger)
+        } catch {
+            await rdma?.stop()
+            try? await group.shutdownGracefully()
+            throw error
+        }
 
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let pool = NIOThreadPool(numberOfThreads: configuration.blockingThreads)
         pool.start()
         let metadataPool = NIOThreadPool(numberOfThreads: 2)
@@ -78,7 +105,6 @@ public final class PMUServerService: Service, Sendable {
         let state = ServerState(store: store, secrets: secrets, configuration: configuration, pair: pair, journal: useJournal ? journal : nil)
         var transport: any ServerTransport = TCPServerTransport(
             endpoint: configuration.listen, group: group, logger: logger, maxUnsentReplyBytes: configuration.maxUnsentReplyBytes)
-        var useRDMA = false
         var metrics: MetricsEndpoint?
         do {
             let makeHandler: @Sendable (ConnectionInfo) -> any RequestHandler = { info in
@@ -87,16 +113,14 @@ public final class PMUServerService: Service, Sendable {
                     Session(info: info, state: state, pool: pool, metadataPool: metadataPool, logger: logger)
                 }
             }
-            useRDMA = choice.useRDMA
-            var reason = choice.reason
             var bound: Endpoint
-            if useRDMA {
-                let rdma = RDMAServerTransport(endpoint: configuration.listen, group: group, logger: logger, polling: configuration.rdmaPolling)
+            if let rdma {
                 do {
                     bound = try await rdma.start(makeHandler: makeHandler)
                     transport = rdma
                 } catch {
-                    // `auto` falls back when verbs cannot listen there (e.g. a loopback address).
+                    // Bound but unable to listen (rare: the bind above settled the address).
+                    await rdma.stop()
                     guard configuration.transport == .auto else { throw error }
                     useRDMA = false
                     reason = "tcp (an RDMA device is present, but: \(error))"

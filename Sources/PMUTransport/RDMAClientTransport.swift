@@ -426,11 +426,16 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             defer { waiting.dataOperations.removeAll(); waiting.unawaited.removeAll() }
             return Array(waiting.dataOperations.values)
         }
+        // One-sided operations hear the cause (a refused access is what makes a checkpoint
+        // writer's write FENCED); requests hear that the connection is closed, which is what a
+        // caller retries or reconnects on, with the cause in the message.
         let failure = currentFailure
-        for waiter in replies.failAll(failure) { waiter.resume(returning: .failure(failure)) }
+        let closed = failure.code == .connectionClosed
+            ? failure : PMUError(.connectionClosed, "the RDMA connection to pmu-server is closed (\(failure.message))")
+        for waiter in replies.failAll(closed) { waiter.resume(returning: .failure(closed)) }
         for waiter in operations { waiter.resume(returning: .failure(failure)) }
-        credits.fail(failure)
-        sendSlots.fail(failure)
+        credits.fail(closed)
+        sendSlots.fail(closed)
         bounceSlots.fail(failure)
         if closing.setOnce() {
             resources.withLockedValue { resources in try? resources?.connection.disconnect() }

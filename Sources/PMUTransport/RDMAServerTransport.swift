@@ -42,8 +42,13 @@ public final class RDMAServerTransport: ServerTransport, @unchecked Sendable {
         self.logger = logger
     }
 
-    public func start(makeHandler: @escaping @Sendable (ConnectionInfo) -> any RequestHandler) async throws -> Endpoint {
+    /// Binds to the endpoint and checks its device's port, without listening. pmu-server calls
+    /// this before it opens its store: whether verbs can serve this address decides how region
+    /// memory is held (shmem shadows on a disk filesystem), so `auto` must know before, not
+    /// after, the regions are mapped. `start` binds if this was not called.
+    public func bind() throws(PMUError) {
         guard (0...65535).contains(endpoint.port) else { throw PMUError(.invalidArgument, "port \(endpoint.port) out of range") }
+        guard state.withLockedValue({ $0.listener == nil }) else { return }
         let channel: EventChannel
         let listener: ConnectionID
         do throws(VerbsError) {
@@ -59,6 +64,19 @@ public final class RDMAServerTransport: ServerTransport, @unchecked Sendable {
             }
             let port = try context.requireActivePort(listener.pointer.pointee.port_num)
             deviceDescription = "\(context.name) port \(port.portNumber)"
+        } catch {
+            throw PMUError.rdma(error, "cannot listen for RDMA connections on \(endpoint)")
+        }
+        state.withLockedValue {
+            $0.listener = listener
+            $0.channel = channel
+        }
+    }
+
+    public func start(makeHandler: @escaping @Sendable (ConnectionInfo) -> any RequestHandler) async throws -> Endpoint {
+        try bind()
+        let (listener, channel) = state.withLockedValue { ($0.listener!, $0.channel!) }
+        do throws(VerbsError) {
             try listener.listen(backlog: 128)
         } catch {
             throw PMUError.rdma(error, "cannot listen for RDMA connections on \(endpoint)")
@@ -66,11 +84,7 @@ public final class RDMAServerTransport: ServerTransport, @unchecked Sendable {
         let bound = Endpoint(host: endpoint.host, port: Int(listener.localPort))
         let thread = Thread { [self] in eventLoop(channel: channel, makeHandler: makeHandler) }
         thread.name = "pmu-rdma-cm"
-        state.withLockedValue {
-            $0.listener = listener
-            $0.channel = channel
-            $0.thread = thread
-        }
+        state.withLockedValue { $0.thread = thread }
         thread.start()
         return bound
     }
@@ -80,6 +94,12 @@ public final class RDMAServerTransport: ServerTransport, @unchecked Sendable {
     /// notices within its 200 ms wait). Waits by sleeping, not by blocking a pool thread.
     public func stop() async {
         guard stopping.setOnce() else { return }
+        // Bound but never started: no thread owns the listener; release it here.
+        let started = state.withLockedValue { state -> Bool in
+            if state.thread == nil { state.listener = nil; state.channel = nil }
+            return state.thread != nil
+        }
+        guard started else { return }
         let connections = state.withLockedValue { Array($0.connections.values) }
         for connection in connections { connection.shutdown("server stopping") }
         var waited = 0
