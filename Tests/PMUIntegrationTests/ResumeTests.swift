@@ -58,7 +58,8 @@ struct ResumeTests {
         // Every acknowledged one is there, and nothing else (every call that returned was acknowledged).
         #expect(all.count == acknowledged.count, "\(all.count) checkpoints for \(acknowledged.count) acknowledged")
         for checkpoint in all {
-            #expect(Array(buffer: checkpoint.payload) == payload(Int(checkpoint.sequence)), "checkpoint \(checkpoint.sequence)'s payload is not the stream's")
+            let same = Array(buffer: checkpoint.payload) == payload(Int(checkpoint.sequence))
+            #expect(same, "checkpoint \(checkpoint.sequence)'s payload is not the stream's (it starts with index \(checkpoint.payload.getInteger(at: checkpoint.payload.readerIndex, endianness: .little, as: UInt64.self) ?? 0))")
         }
     }
 
@@ -170,5 +171,41 @@ struct ResumeTests {
         let after = try await pair.waitFor(pair.monitor, "monitor is primary") { $0["serving"] as? Bool == true }
         #expect(after["role"] as? String == "primary")
         try await Self.expectEveryCheckpointInOrder(at: pair.primary.configuration(), acknowledged: acknowledged.withLockedValue { $0 })
+    }
+
+    /// The checkpoint in doubt at the failure, both ways, made deterministic by losing exactly one
+    /// reply (ReplyCuttingProxy; a real server behind it, the writer reconnecting to it directly).
+    /// A checkpoint is 4 replies here (payload WRITE + PERSIST, header WRITE + PERSIST).
+    /// - cut at the payload's PERSIST reply: no header was written; the resume finds nothing newer
+    ///   than the last acknowledged and writes the checkpoint again, with the same sequence;
+    /// - cut at the header's PERSIST reply: the server committed it; the resume finds it, reads
+    ///   its payload back, and reports it with its sequence, without writing it twice.
+    @Test(arguments: [(1, false), (3, true)])
+    func checkpointInDoubtIsRewrittenOrReported(repliesBeforeCut: Int, committed: Bool) async throws {
+        let scratch = Scratch()
+        let server = try ServerProcess(dataDirectory: scratch.path + "/data", secretsPath: nil)
+        let admin = try await server.client()
+        try await admin.createCheckpointRegion("stream", sizeBytes: Self.regionBytes, options: Self.options)
+        await admin.disconnect()
+        let proxy = try ReplyCuttingProxy(to: server.endpoint)
+        defer { proxy.stop() }
+        var configuration = server.configuration()
+        configuration.endpoint = proxy.endpoint
+        configuration.requestTimeout = .seconds(5)
+        let connection = ReconnectingClient(configuration, endpoints: [server.endpoint])
+        let primary = try await ResumingCheckpointPrimary.open("stream", through: connection)
+        let firstEpoch = await primary.epoch
+        for index in 1...3 { #expect(try await primary.checkpoint(Self.payload(index)) == UInt64(index)) }
+
+        proxy.cut(afterReplies: repliesBeforeCut)
+        #expect(try await primary.checkpoint(Self.payload(4)) == 4)
+        #expect(proxy.hasCut)
+        #expect(await primary.resumes == 1)
+        #expect(await primary.epoch == firstEpoch + 1)
+        let settled = await primary.lastSettled
+        #expect(settled?.sequence == 4 && settled?.committed == committed, "in doubt settled as \(String(describing: settled))")
+        #expect(try await primary.checkpoint(Self.payload(5)) == 5)
+        await connection.disconnect()
+        try await Self.expectEveryCheckpointInOrder(at: server.configuration(), acknowledged: (1...5).map { ($0, UInt64($0)) })
     }
 }
