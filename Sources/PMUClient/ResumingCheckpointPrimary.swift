@@ -126,7 +126,12 @@ public actor ResumingCheckpointPrimary {
                 if error.code == .fenced {
                     // Either another writer took the region (the resume's OPEN_RESUME will say
                     // FENCED again, and that verdict is final) or this server is a stale owner
-                    // whose partner took its portion over: try the next endpoint first.
+                    // whose partner took its portion over: try the next endpoint first. Bounded by
+                    // the deadline like any retry; past it the FENCED stands and the writer stops.
+                    if ContinuousClock.now - started >= connection.policy.deadline {
+                        stoppedBy = error
+                        throw error
+                    }
                     await connection.advanceEndpoint()
                 } else {
                     try giveUpUnlessRetryable(error, started: started)

@@ -3,6 +3,7 @@ import NIOCore
 import PMUCheckpoint
 import PMUClient
 import PMUCore
+import PMUTransport
 import Testing
 
 /// A checkpoint writer that survives its server's failure (issue 12 item 3, issue 13 item 3;
@@ -63,19 +64,34 @@ struct ResumeTests {
         }
     }
 
+    /// Creates the stream's region on `server` and opens a resuming primary for it, connecting
+    /// first to `first` (default: the server) and then to `endpoints`.
+    static func writer(creatingOn server: ServerProcess, first: Endpoint? = nil, then endpoints: [Endpoint] = []) async throws -> (ReconnectingClient, ResumingCheckpointPrimary) {
+        let admin = try await server.client()
+        try await admin.createCheckpointRegion("stream", sizeBytes: regionBytes, options: options)
+        await admin.disconnect()
+        var configuration = server.configuration()
+        configuration.endpoint = first ?? server.endpoint
+        configuration.requestTimeout = .seconds(5)
+        let connection = ReconnectingClient(configuration, endpoints: endpoints)
+        return (connection, try await ResumingCheckpointPrimary.open("stream", through: connection))
+    }
+
+    /// kill -9 of the pair's owner, then the takeover on its partner.
+    static func killOwnerAndTakeOver(_ pair: TestPair) async throws {
+        pair.owner.kill9()
+        let partner = try await pair.partner.client()
+        _ = try await partner.pairTakeover()
+        await partner.disconnect()
+    }
+
     /// (a) A pair: the owner is killed -9 while a writer streams checkpoints; the partner takes
     /// over; the writer reconnects to the takeover endpoint, resumes with OPEN_RESUME, and goes
     /// on as the same primary. A reader at the partner sees every acknowledged checkpoint and the
     /// ones after, in order, byte for byte.
     @Test func writerCarriesOnThroughAPairTakeover() async throws {
         let pair = try TestPair()
-        let admin = try await pair.owner.client()
-        try await admin.createCheckpointRegion("stream", sizeBytes: Self.regionBytes, options: Self.options)
-        await admin.disconnect()
-        var configuration = pair.owner.configuration()
-        configuration.requestTimeout = .seconds(5)
-        let connection = ReconnectingClient(configuration, endpoints: [pair.takeoverEndpoint])
-        let primary = try await ResumingCheckpointPrimary.open("stream", through: connection)
+        let (connection, primary) = try await Self.writer(creatingOn: pair.owner, then: [pair.takeoverEndpoint])
         let firstEpoch = await primary.epoch
         let stop = LockedBox(false)
         let acknowledged = LockedBox<[(index: Int, sequence: UInt64)]>([])
@@ -83,11 +99,8 @@ struct ResumeTests {
         defer { stop.withLockedValue { $0 = true } }
 
         try await Self.waitFor(30, acknowledged)
-        pair.owner.kill9() // mid stream: a checkpoint is in flight at almost any moment
         let atKill = acknowledged.withLockedValue { $0.count }
-        let partner = try await pair.partner.client()
-        _ = try await partner.pairTakeover()
-        await partner.disconnect()
+        try await Self.killOwnerAndTakeOver(pair) // mid stream: a checkpoint is in flight at almost any moment
         try await Self.waitFor(atKill + 30, acknowledged)
         stop.withLockedValue { $0 = true }
         let failure = await stream.value
@@ -106,19 +119,10 @@ struct ResumeTests {
     /// writer's OPEN_RESUME is refused FENCED, it stops for good, and nothing of it lands.
     @Test func writerFencedDuringTheOutageDoesNotResume() async throws {
         let pair = try TestPair()
-        let admin = try await pair.owner.client()
-        try await admin.createCheckpointRegion("stream", sizeBytes: Self.regionBytes, options: Self.options)
-        await admin.disconnect()
-        var configuration = pair.owner.configuration()
-        configuration.requestTimeout = .seconds(5)
-        let connection = ReconnectingClient(configuration, endpoints: [pair.takeoverEndpoint])
-        let first = try await ResumingCheckpointPrimary.open("stream", through: connection)
+        let (connection, first) = try await Self.writer(creatingOn: pair.owner, then: [pair.takeoverEndpoint])
         for index in 1...3 { #expect(try await first.checkpoint(Self.payload(index)) == UInt64(index)) }
 
-        pair.owner.kill9()
-        let partner = try await pair.partner.client()
-        _ = try await partner.pairTakeover()
-        await partner.disconnect()
+        try await Self.killOwnerAndTakeOver(pair)
         // The second writer: a plain primary at the partner, a newer epoch.
         let second = try await PMUClient.connect(pair.owner.configuration()._with(endpoint: pair.takeoverEndpoint))
         let other = try await second.openPrimary("stream")
@@ -147,13 +151,7 @@ struct ResumeTests {
         let pair = try FailoverPair(etcd: etcd)
         _ = try await pair.waitFor(pair.primary, "primary serving") { $0["serving"] as? Bool == true }
         _ = try await pair.waitFor(pair.monitor, "monitor sees the primary") { $0["peerState"] as? String == "alive" }
-        let admin = try await pair.primary.client()
-        try await admin.createCheckpointRegion("stream", sizeBytes: Self.regionBytes, options: Self.options)
-        await admin.disconnect()
-        var configuration = pair.primary.configuration()
-        configuration.requestTimeout = .seconds(5)
-        let connection = ReconnectingClient(configuration)
-        let primary = try await ResumingCheckpointPrimary.open("stream", through: connection)
+        let (connection, primary) = try await Self.writer(creatingOn: pair.primary)
         let stop = LockedBox(false)
         let acknowledged = LockedBox<[(index: Int, sequence: UInt64)]>([])
         let stream = Self.stream(primary, limit: 400, stop: stop, acknowledged: acknowledged)
@@ -184,16 +182,9 @@ struct ResumeTests {
     func checkpointInDoubtIsRewrittenOrReported(repliesBeforeCut: Int, committed: Bool) async throws {
         let scratch = Scratch()
         let server = try ServerProcess(dataDirectory: scratch.path + "/data", secretsPath: nil)
-        let admin = try await server.client()
-        try await admin.createCheckpointRegion("stream", sizeBytes: Self.regionBytes, options: Self.options)
-        await admin.disconnect()
         let proxy = try ReplyCuttingProxy(to: server.endpoint)
         defer { proxy.stop() }
-        var configuration = server.configuration()
-        configuration.endpoint = proxy.endpoint
-        configuration.requestTimeout = .seconds(5)
-        let connection = ReconnectingClient(configuration, endpoints: [server.endpoint])
-        let primary = try await ResumingCheckpointPrimary.open("stream", through: connection)
+        let (connection, primary) = try await Self.writer(creatingOn: server, first: proxy.endpoint, then: [server.endpoint])
         let firstEpoch = await primary.epoch
         for index in 1...3 { #expect(try await primary.checkpoint(Self.payload(index)) == UInt64(index)) }
 
