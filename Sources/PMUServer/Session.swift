@@ -446,7 +446,9 @@ extension Request {
     /// primary's write gate must refuse once it is fenced or its lease may lapse.
     var changesStoredState: Bool {
         switch self {
-        case .write, .persist, .create, .delete, .formBegin, .formData, .formCommit, .formRebuild: true
+        // OPEN_RESUME too: a resume is for writing, so a server that would refuse the writes must
+        // not take the epoch (the writer moves on to the serving primary instead).
+        case .write, .persist, .create, .delete, .openResume, .formBegin, .formData, .formCommit, .formRebuild: true
         default: false
         }
     }
