@@ -50,6 +50,25 @@ for clients in (1, 4, 16, 64):
     c, ra = js(f"pmu-conc-{clients}.json"), redis(f"redis-aof-conc-{clients}.csv")
     add(f"durable 4 KiB writes, {clients} clients", "ops/s", c["ops_per_sec"], None, "", ra["rps"], ">= 1.5x Redis AOF-always" if clients == 16 else None, "higher")
     add(f"durable 4 KiB writes, {clients} clients", "p99_us", c["p99_us"], None, "", ra["p99_us"])
+if os.path.exists(os.path.join(raw, "pair.json")):
+    # Issue 12 (scripts/bench-pair.sh, same run): its own raw TCP, acknowledged-only and durable rows.
+    with open(os.path.join(raw, "pair.json")) as f:
+        pair = json.load(f)
+    tcp4, durable4 = pair["raw TCP round trip"], pair["durable (write + msync)"]
+    for name in ("acknowledged-only", "mirrored, partner page-cache", "mirrored, partner fdatasync"):
+        for p in ("p50_us", "p99_us"):
+            add(f"write 4 KiB, pair bench: {name}", p, pair[name][p], tcp4[p], "raw TCP round trip", None,
+                "<= 2.2x limit" if (p == "p50_us" and name.startswith("mirrored")) else None)
+        if name.startswith("mirrored"):
+            add(f"write 4 KiB, pair bench: {name}", "p50_us vs durable", pair[name]["p50_us"], durable4["p50_us"], "durable write (write + msync)", None, "<= 0.6x limit")
+    for p in ("p50_us", "p99_us"):
+        add("write 4 KiB, pair bench: durable (write + msync)", p, durable4[p], tcp4[p], "raw TCP round trip")
+    for clients in (1, 16, 64):
+        m, ra = pair[f"mirrored {clients} clients"], pair[f"redis appendfsync always {clients} clients"]
+        add(f"mirrored 4 KiB writes (partner fdatasync), {clients} clients", "ops/s", m["ops_per_sec"], None, "", ra["ops_per_sec"], ">= 1.5x Redis AOF-always" if clients == 16 else None, "higher")
+        add(f"mirrored 4 KiB writes (partner fdatasync), {clients} clients", "p50_us", m["p50_us"], None, "", ra["p50_us"])
+    t = pair["takeover"]
+    add(f"takeover of a {t['log_bytes'] >> 20} MiB mirror log", "ms, kill -9 to first write served", t["first_write_ms"])
 for k, m in ((4, 1), (4, 2), (8, 3)):
     e = js(f"erasure-{k}-{m}.json")
     add(f"erasure code k={k} m={m}, one core", "encode GB/s", e["encode_gbps"], e["memcpy_gbps"], "memcpy, same bytes", None, None, "higher")

@@ -4,7 +4,8 @@
 #           into a preallocated mmap'd file (Benchmarks/baselines/localmsync.c);
 #   peer:   Redis from Debian (redis-server started here on a free port, without persistence and
 #           with appendonly yes + appendfsync always), driven by redis-benchmark;
-#   PMU:    pmu-server (release) on a temporary on-disk data directory, driven by pmu-bench.
+#   PMU:    pmu-server (release) on a temporary on-disk data directory, driven by pmu-bench;
+#   pairs:  scripts/bench-pair.sh (issue 12's mirrored-write, concurrency and takeover rows).
 # Prints a table with ratios, writes bench-out/results.json, bench-out/BENCHMARKS.md and
 # bench-out/benchmarks.png. --quick: smaller counts (under a minute of measuring).
 set -euo pipefail
@@ -22,7 +23,7 @@ if [[ ${#need[@]} -gt 0 ]]; then
 fi
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
 
-for product in pmu-server pmu-bench; do swift build -c release --product "$product" >/dev/null; done
+for product in pmu-server pmu-bench pmuctl; do swift build -c release --product "$product" >/dev/null; done
 bin=$(swift build -c release --show-bin-path)
 out=bench-out
 mkdir -p "$out/raw"
@@ -78,6 +79,11 @@ for clients in 1 4 16 64; do
     bench concurrency --clients "$clients" --seconds "$secs" > "$r/pmu-conc-$clients.json"
     redis_set "$aof_port" 4096 "$clients" $((redis_n / 2)) > "$r/redis-aof-conc-$clients.csv"
 done
+# Issue 12: mirrored 4 KiB writes against acknowledged-only, durable and raw TCP; 1/16/64 clients
+# against Redis appendfsync always; takeover of a 64 MiB mirror log: scripts/bench-pair.sh's own
+# servers and baselines, measured in this run (its table is printed here too).
+PMU_BIN_DIR="$bin" bash scripts/bench-pair.sh $((quick == 1 ? 2000 : 5000)) "$secs" >&2
+cp bench-out/pair.json "$r/pair.json"
 # Issue 6: erasure code per core, and the same large checkpoint on one server vs striped over a
 # local cluster of 5 (k=4 m=1) and 6 (k=4 m=2) servers, read back whole and with one server left out.
 for km in "4 1" "4 2" "8 3"; do

@@ -72,6 +72,10 @@ public actor CheckpointWriter {
         self.head = newest.map { $0.span.upperBound } ?? 0
     }
 
+    /// The error that stopped this writer (nil while it works). A call refused before it wrote
+    /// anything (too large, region full) does not stop it.
+    public var stoppedBy: PMUError? { failure }
+
     /// The sequence the next checkpoint will get.
     public var upcomingSequence: UInt64 { nextSequence }
 

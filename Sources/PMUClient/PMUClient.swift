@@ -161,6 +161,14 @@ public final class PMUClient: Sendable {
         return RegionHandle(name: name, grant: grant, remote: remote)
     }
 
+    /// Takes the writer role back after a reconnect (OPEN_RESUME): granted only if the region's
+    /// writer epoch is still `epoch`, at `epoch` + 1; FENCED if another writer opened it since.
+    public func resumeRegion(_ name: String, epoch: UInt64) async throws(PMUError) -> RegionHandle {
+        try NameRules.validateRegionName(name)
+        let (grant, remote) = try await expectGrant(.openResume(name: name, epoch: epoch))
+        return RegionHandle(name: name, grant: grant, remote: remote)
+    }
+
     public func close(_ handle: RegionHandle) async throws(PMUError) {
         try await expectOK(.close(key: handle.grant.key))
     }

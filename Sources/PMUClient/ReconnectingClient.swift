@@ -12,7 +12,9 @@ import PMUCore
 /// same bytes at the same offset is idempotent, so a caller that owns its byte ranges (as a
 /// checkpoint writer does) sees exactly-once effects; two writers racing on the same bytes must
 /// not rely on retries. Re-opening a checkpoint region `.readWrite` takes the writer role with a
-/// new epoch, so an earlier writer elsewhere is fenced, as it would be by any reopen.
+/// new epoch, so an earlier writer elsewhere is fenced, as it would be by any reopen; a checkpoint
+/// writer that should carry on as the same primary uses `ResumingCheckpointPrimary`, which
+/// resumes only where that is safe (docs/ARCHITECTURE.md section 12a).
 ///
 /// Bounds: each failed operation retries for at most `policy.deadline`; backoff grows from
 /// `initialBackoff` to `maxBackoff`. Errors that a new connection cannot cure (bad arguments,
@@ -91,6 +93,11 @@ public actor ReconnectingClient {
         try await withRegion(name) { client, handle throws(PMUError) in try await client.persist(handle, offset: offset, length: length) }
     }
 
+    /// Moves to the next endpoint (a server that refused in a way only another one can cure).
+    func advanceEndpoint() {
+        endpointIndex = (endpointIndex + 1) % policy.endpoints.count
+    }
+
     public func disconnect() async {
         await client?.disconnect()
         client = nil
@@ -124,7 +131,7 @@ public actor ReconnectingClient {
         }
     }
 
-    private func retrying<T: Sendable>(_ body: (PMUClient) async throws(PMUError) -> T) async throws(PMUError) -> T {
+    func retrying<T: Sendable>(_ body: (PMUClient) async throws(PMUError) -> T) async throws(PMUError) -> T {
         let started = ContinuousClock.now
         var backoff = policy.initialBackoff
         while true {
@@ -140,7 +147,7 @@ public actor ReconnectingClient {
     }
 
     /// The connection, made (or made again) with backoff across the endpoints until the deadline.
-    private func connected() async throws(PMUError) -> PMUClient {
+    func connected() async throws(PMUError) -> PMUClient {
         if let client { return client }
         let started = ContinuousClock.now
         var backoff = policy.initialBackoff
@@ -165,7 +172,7 @@ public actor ReconnectingClient {
         throw PMUError(.serverUnavailable, "no server answered at \(policy.endpoints.map { "\($0)" }.joined(separator: ", ")) within \(policy.deadline): \(last?.description ?? "")")
     }
 
-    private func drop(because error: PMUError) async {
+    func drop(because error: PMUError) async {
         lastReconnectReason = error
         await client?.disconnect()
         client = nil
@@ -174,7 +181,7 @@ public actor ReconnectingClient {
         if error.code == .notPrimary { endpointIndex = (endpointIndex + 1) % policy.endpoints.count }
     }
 
-    private func pause(_ backoff: inout Duration) async throws(PMUError) {
+    func pause(_ backoff: inout Duration) async throws(PMUError) {
         do { try await Task.sleep(for: backoff) } catch { throw PMUError(.cancelled, "the calling task was cancelled while reconnecting") }
         backoff = min(backoff * 2, policy.maxBackoff)
     }

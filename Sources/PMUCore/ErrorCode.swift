@@ -55,6 +55,16 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     case cancelled = 43
     /// A live-snapshot call named a region that is not a snapshot target (or not formatted as one).
     case notSnapshotRegion = 48
+    // 49-51: a checkpoint writer resuming after a failover (docs/ARCHITECTURE.md section 12a).
+    /// OPEN_RESUME found the region's writer epoch older than the resuming writer's: this server
+    /// does not hold the catalog the writer wrote through (another store, or an update was lost).
+    /// Sent by a server; the client library also raises it when the region holds checkpoints the
+    /// writer never wrote. The writer stops; open a new primary once the state is understood.
+    case resumeRefused = 49
+    /// A resuming checkpoint writer's last acknowledged checkpoint is not in the region on the
+    /// server it reconnected to: an acknowledged checkpoint was lost. Raised by the client
+    /// library, never sent by a server. The writer stops and does not write over the evidence.
+    case checkpointLost = 50
     // 52-57: failover (issue 13).
     /// This server is not the pair's serving primary (a monitor, or a primary fenced by a newer
     /// owner at the authority): write to the service address, which the serving primary holds.
@@ -115,6 +125,8 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .timedOut: "TIMED_OUT"
         case .cancelled: "CANCELLED"
         case .notSnapshotRegion: "NOT_SNAPSHOT_REGION"
+        case .resumeRefused: "RESUME_REFUSED"
+        case .checkpointLost: "CHECKPOINT_LOST"
         case .notPrimary: "NOT_PRIMARY"
         case .leaseLapsed: "LEASE_LAPSED"
         case .formingLimit: "FORMING_LIMIT"

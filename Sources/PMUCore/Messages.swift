@@ -114,6 +114,11 @@ public enum Request: Sendable, Equatable {
     case authenticate(proof: [UInt8])
     case create(CreateRegion)
     case open(name: String, rights: Rights)
+    /// OPEN_RESUME: take the writer role back after a reconnect, only if the region's writer epoch
+    /// is still `epoch` (no other writer opened it since); the grant carries `epoch` + 1, which
+    /// fences this writer's own older handles. FENCED if the epoch is newer, RESUME_REFUSED if it
+    /// is older (not the store the writer wrote to). docs/ARCHITECTURE.md section 12a.
+    case openResume(name: String, epoch: UInt64)
     case write(key: AccessKey, offset: UInt64, data: ByteBuffer)
     case read(key: AccessKey, offset: UInt64, length: UInt32)
     /// length 0 means "to the end of the region".
@@ -162,6 +167,7 @@ public enum Request: Sendable, Equatable {
         case .authenticate: .authenticate
         case .create: .create
         case .open: .open
+        case .openResume: .openResume
         case .write: .write
         case .read: .read
         case .persist: .persist
@@ -252,6 +258,7 @@ public enum Opcode: UInt8, Sendable {
     case pairStatus = 0x23
     case pairTakeover = 0x24
     case pairGiveback = 0x25
+    case openResume = 0x26
     case serverInfo = 0x30
     case formBegin = 0x34
     case formData = 0x35

@@ -18,6 +18,9 @@ extension Request: WireMessage {
         case .open(let name, let rights):
             buffer.writeWireString(name, maxBytes: Limits.maxNameBytes)
             buffer.writeLE(rights.rawValue)
+        case .openResume(let name, let epoch):
+            buffer.writeWireString(name, maxBytes: Limits.maxNameBytes)
+            buffer.writeLE(epoch)
         case .write(let key, let offset, let data):
             buffer.writeAccessKey(key)
             buffer.writeLE(offset)
@@ -100,6 +103,9 @@ extension Request: WireMessage {
                 throw PMUError(.malformedFrame, "open rights must be read (1) or read-write (3), got \(rights.rawValue)")
             }
             request = .open(name: name, rights: rights)
+        case .openResume:
+            let name = try body.readWireString("name", maxBytes: Limits.maxNameBytes)
+            request = .openResume(name: name, epoch: try body.readLE(UInt64.self, "epoch"))
         case .write:
             let key = try body.readAccessKey()
             let offset = try body.readLE(UInt64.self, "offset")

@@ -104,6 +104,7 @@ final class RequestMeter: Sendable {
         case .authenticate: "AUTHENTICATE"
         case .create: "CREATE"
         case .open: "OPEN"
+        case .openResume: "OPEN_RESUME"
         case .write: "WRITE"
         case .read: "READ"
         case .persist: "PERSIST"

@@ -334,18 +334,28 @@ final class Session: RequestHandler, @unchecked Sendable {
                     throw PMUError(.accessDenied, "client '\(clientId)' may not open region \(NameRules.quoted(name)) for \(rights); its owner or an admin can grant it")
                 }
                 if rights.contains(.write) {
-                    try state.checkHandleRoom(connection: connection)
-                    // Taking the writer role bumps the epoch durably (fencing), which syncs the catalog.
-                    runBlocking(id) { () throws(PMUError) -> Response in
-                        let updated = try state.store.update(id: record.id) { (current: inout RegionRecord) throws(PMUError) in
-                            current.writerEpoch += 1
-                        }
-                        // Fence older writers now, even if mapping or granting fails below.
-                        state.raiseEpoch(regionId: updated.id, to: updated.writerEpoch, kind: updated.kind)
-                        return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: rights, epoch: updated.writerEpoch)
-                    }
+                    try takeWriterRole(id, record: record) { _ throws(PMUError) in }
                 } else {
                     reply(id, try Session.grant(state: state, connection: connection, memory: memory, record: record, rights: rights, epoch: 0))
+                }
+
+            case .openResume(let name, let epoch):
+                try NameRules.validateRegionName(name)
+                guard let record = state.store.record(named: name) else {
+                    throw PMUError(.unknownRegion, "no region named \(NameRules.quoted(name)) on this server; a resuming writer must reconnect to the server that holds its region")
+                }
+                guard AccessPolicy.may(clientId, open: .readWrite, owner: record.owner, readers: record.readers, writers: record.writers, isAdmin: isAdmin) else {
+                    throw PMUError(.accessDenied, "client '\(clientId)' may not open region \(NameRules.quoted(name)) for writing; its owner or an admin can grant it")
+                }
+                // The compare-and-set that makes a resume safe: decided under the catalog lock,
+                // against the durable epoch, so no OPEN read-write can fall between check and bump.
+                try takeWriterRole(id, record: record) { (current: RegionRecord) throws(PMUError) in
+                    if current.writerEpoch > epoch {
+                        throw PMUError(.fenced, "region \(NameRules.quoted(name)) has writer epoch \(current.writerEpoch), newer than this writer's \(epoch): another primary opened it for writing meanwhile; this writer must stop")
+                    }
+                    if current.writerEpoch < epoch {
+                        throw PMUError(.resumeRefused, "region \(NameRules.quoted(name)) has writer epoch \(current.writerEpoch), older than this writer's \(epoch): this server does not hold the catalog the writer wrote through (another store, or an update was lost); not resuming")
+                    }
                 }
 
             case .create(let create):
@@ -392,6 +402,22 @@ final class Session: RequestHandler, @unchecked Sendable {
         }
     }
 
+    /// OPEN read-write and OPEN_RESUME: bumps the region's writer epoch durably (fencing, which
+    /// syncs the catalog) after `check` accepted the current record, and grants at the new epoch.
+    private func takeWriterRole(_ id: UInt64, record: RegionRecord, check: @escaping @Sendable (RegionRecord) throws(PMUError) -> Void) throws(PMUError) {
+        let (state, connection, memory) = (state, info.id, info.memory)
+        try state.checkHandleRoom(connection: connection)
+        runBlocking(id) { () throws(PMUError) -> Response in
+            let updated = try state.store.update(id: record.id) { (current: inout RegionRecord) throws(PMUError) in
+                try check(current)
+                current.writerEpoch += 1
+            }
+            // Fence older writers now, even if mapping or granting fails below.
+            state.raiseEpoch(regionId: updated.id, to: updated.writerEpoch, kind: updated.kind)
+            return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: .readWrite, epoch: updated.writerEpoch)
+        }
+    }
+
     /// GRANT, or on a verbs connection GRANT_RDMA after registering the region's memory for this
     /// key (read-only memory region for read handles). A refused registration revokes the key.
     private static func grant(state: ServerState, connection: UInt64, memory: (any MemoryRegistrar)?, record: RegionRecord, rights: Rights, epoch: UInt64) throws(PMUError) -> Response {
@@ -420,7 +446,9 @@ extension Request {
     /// primary's write gate must refuse once it is fenced or its lease may lapse.
     var changesStoredState: Bool {
         switch self {
-        case .write, .persist, .create, .delete, .formBegin, .formData, .formCommit, .formRebuild: true
+        // OPEN_RESUME too: a resume is for writing, so a server that would refuse the writes must
+        // not take the epoch (the writer moves on to the serving primary instead).
+        case .write, .persist, .create, .delete, .openResume, .formBegin, .formData, .formCommit, .formRebuild: true
         default: false
         }
     }

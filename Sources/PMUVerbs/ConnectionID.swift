@@ -76,10 +76,20 @@ public final class ConnectionID {
 
     public var localPort: UInt16 { UInt16(bigEndian: rdma_get_src_port(pointer)) }
 
+    /// rdma_cm's timeout argument: whole milliseconds, at least 1 (0 is EINVAL for
+    /// rdma_resolve_route), at most Int32.max. Sub-second parts count: a reconnect's 500 ms attempt
+    /// (ReconnectingClient.Policy.attemptTimeout) once became 0 here and every attempt failed.
+    static func milliseconds(_ timeout: Duration) -> Int32 {
+        let (seconds, attoseconds) = timeout.components
+        guard seconds >= 0 else { return 1 }
+        guard seconds < Int64(Int32.max) / 1000 else { return Int32.max }
+        return Int32(max(1, seconds * 1000 + attoseconds / 1_000_000_000_000_000))
+    }
+
     /// Resolves `address`:`port` to an RDMA device and GID, then the route; waits for both events.
     public func resolve(address: String, port: UInt16, timeout: Duration) throws(VerbsError) {
         var address4 = try ConnectionID.socketAddress(address, port: port)
-        let milliseconds = Int32(clamping: timeout.components.seconds * 1000)
+        let milliseconds = Self.milliseconds(timeout)
         let rc = withUnsafeMutablePointer(to: &address4) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 rdma_resolve_addr(pointer, nil, $0, milliseconds)

@@ -19,6 +19,8 @@ let sampleRequests: [Request] = [
     .create(CreateRegion(name: String(repeating: "n", count: 255), sizeBytes: .max, kind: .checkpointOverwrite, readers: ["a", "b"], writers: ["*"])),
     .open(name: "region", rights: .read),
     .open(name: "region", rights: .readWrite),
+    .openResume(name: "region", epoch: 0),
+    .openResume(name: String(repeating: "r", count: 255), epoch: .max),
     .write(key: sampleKey, offset: 0, data: ByteBuffer()),
     .write(key: sampleKey, offset: .max, data: ByteBuffer(bytes: Array(repeating: 0xAB, count: 5000))),
     .read(key: sampleKey, offset: 12, length: .max),

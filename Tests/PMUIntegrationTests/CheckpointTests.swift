@@ -16,6 +16,23 @@ import Glibc
 
     func bytes(_ seed: UInt64, _ count: Int) -> ByteBuffer { ByteBuffer(bytes: pattern(offset: 0, count: count, seed: seed)) }
 
+    /// A resuming writer (ARCHITECTURE.md 12a) outlives a kill -9 and restart of its server at the
+    /// same address, over either transport (OPEN_RESUME answers GRANT_RDMA on verbs): it takes its
+    /// writer role back with the next epoch and goes on with the next sequence.
+    @Test func resumingWriterOutlivesItsServersRestart() async throws {
+        let server = try ServerProcess(dataDirectory: scratch.path + "/data", extraArguments: ["--listen", "\(testListenHost):\(freePort())"])
+        let (connection, primary) = try await ResumeTests.writer(creatingOn: server)
+        let epoch = await primary.epoch
+        for index in 1...3 { #expect(try await primary.checkpoint(ResumeTests.payload(index)) == UInt64(index)) }
+        server.kill9()
+        try server.start()
+        #expect(try await primary.checkpoint(ResumeTests.payload(4)) == 4)
+        #expect(await primary.resumes == 1)
+        #expect(await primary.epoch == epoch + 1)
+        await connection.disconnect()
+        try await ResumeTests.expectEveryCheckpointInOrder(at: server.configuration(), acknowledged: (1...4).map { ($0, UInt64($0)) })
+    }
+
     @Test func overwriteModeKeepsTheNewestAndReplacesAtomically() async throws {
         let server = try ServerProcess(dataDirectory: scratch.path + "/data")
         let client = try await server.client()
