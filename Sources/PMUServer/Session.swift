@@ -334,7 +334,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                     throw PMUError(.accessDenied, "client '\(clientId)' may not open region \(NameRules.quoted(name)) for \(rights); its owner or an admin can grant it")
                 }
                 if rights.contains(.write) {
-                    try takeWriterRole(id, record: record) { _ throws(PMUError) in }
+                    try takeWriterRole(id, record: record, rights: rights) { _ throws(PMUError) in }
                 } else {
                     reply(id, try Session.grant(state: state, connection: connection, memory: memory, record: record, rights: rights, epoch: 0))
                 }
@@ -349,7 +349,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                 }
                 // The compare-and-set that makes a resume safe: decided under the catalog lock,
                 // against the durable epoch, so no OPEN read-write can fall between check and bump.
-                try takeWriterRole(id, record: record) { (current: RegionRecord) throws(PMUError) in
+                try takeWriterRole(id, record: record, rights: .readWrite) { (current: RegionRecord) throws(PMUError) in
                     if current.writerEpoch > epoch {
                         throw PMUError(.fenced, "region \(NameRules.quoted(name)) has writer epoch \(current.writerEpoch), newer than this writer's \(epoch): another primary opened it for writing meanwhile; this writer must stop")
                     }
@@ -369,7 +369,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                     let updated = try state.store.update(id: record.id) { (current: inout RegionRecord) throws(PMUError) in
                         current.writerEpoch += 1
                     }
-                    return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: .readWrite, epoch: updated.writerEpoch)
+                    return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: rights, epoch: updated.writerEpoch)
                 }
                 logger.debug("create", metadata: ["region": "\(create.name)", "size": "\(create.sizeBytes)", "request": "\(id)"])
 
@@ -402,9 +402,10 @@ final class Session: RequestHandler, @unchecked Sendable {
         }
     }
 
-    /// OPEN read-write and OPEN_RESUME: bumps the region's writer epoch durably (fencing, which
-    /// syncs the catalog) after `check` accepted the current record, and grants at the new epoch.
-    private func takeWriterRole(_ id: UInt64, record: RegionRecord, check: @escaping @Sendable (RegionRecord) throws(PMUError) -> Void) throws(PMUError) {
+    /// OPEN for writing and OPEN_RESUME: bumps the region's writer epoch durably (fencing, which
+    /// syncs the catalog) after `check` accepted the current record, and grants `rights` (those
+    /// the access check allowed: a write-only open stays write-only) at the new epoch.
+    private func takeWriterRole(_ id: UInt64, record: RegionRecord, rights: Rights, check: @escaping @Sendable (RegionRecord) throws(PMUError) -> Void) throws(PMUError) {
         let (state, connection, memory) = (state, info.id, info.memory)
         try state.checkHandleRoom(connection: connection)
         runBlocking(id) { () throws(PMUError) -> Response in
@@ -414,7 +415,7 @@ final class Session: RequestHandler, @unchecked Sendable {
             }
             // Fence older writers now, even if mapping or granting fails below.
             state.raiseEpoch(regionId: updated.id, to: updated.writerEpoch, kind: updated.kind)
-            return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: .readWrite, epoch: updated.writerEpoch)
+            return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: rights, epoch: updated.writerEpoch)
         }
     }
 
