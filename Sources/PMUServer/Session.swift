@@ -369,7 +369,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                     let updated = try state.store.update(id: record.id) { (current: inout RegionRecord) throws(PMUError) in
                         current.writerEpoch += 1
                     }
-                    return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: rights, epoch: updated.writerEpoch)
+                    return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: .readWrite, epoch: updated.writerEpoch)
                 }
                 logger.debug("create", metadata: ["region": "\(create.name)", "size": "\(create.sizeBytes)", "request": "\(id)"])
 

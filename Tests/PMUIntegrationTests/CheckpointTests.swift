@@ -186,12 +186,9 @@ import Glibc
                 newestReported = max(newestReported, step)
             }
             if lines.last?.hasPrefix("committed") == true { killedMidCheckpoint += 1 }
-            let region: CheckpointBackup
-            do {
-                region = try await backup.openBackup("example-state")
-            } catch let error as PMUError where error.code == .unknownRegion && newestReported == 0 {
-                continue // killed before it created its region: nothing was promised yet
-            }
+            // Killed before it created its region: nothing was promised yet.
+            if newestReported == 0, await code({ _ = try await backup.stat("example-state") }) == .unknownRegion { continue }
+            let region = try await backup.openBackup("example-state")
             guard let found = try await region.latest() else {
                 // Nothing committed yet is only right if no primary ever reported a commit.
                 #expect(newestReported == 0, "seed \(seed) iteration \(iteration): nothing recovered after step \(newestReported) was reported")
