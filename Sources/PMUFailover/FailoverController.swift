@@ -25,6 +25,9 @@ public final class FailoverController: Sendable {
     private let tasks = NIOLockedValueBox<[Task<Void, Never>]>([])
     private let ticker = NIOLockedValueBox<RepeatedTask?>(nil)
     private let takeoverAction = NIOLockedValueBox<TakeoverAction?>(nil)
+    /// Says why this monitor must not take over now (nil: it may): the shared-nothing replica
+    /// without a complete copy would serve less than the primary acknowledged.
+    private let takeoverBlocker = NIOLockedValueBox<(@Sendable () -> String?)?>(nil)
     private let bootAnswer = NIOLockedValueBox<HeartbeatMessage?>(nil)
 
     struct State: Sendable {
@@ -72,6 +75,12 @@ public final class FailoverController: Sendable {
     }
 
     public var role: FailoverRole { state.withLockedValue { $0.role } }
+
+    /// The peer answers (detector alive) and has answered at least `count` heartbeats: a
+    /// monitor's replica copy starts after the configured number of heartbeats.
+    public func peerAnswered(atLeast count: UInt64) -> Bool {
+        state.withLockedValue { $0.detector.state == .alive && $0.detector.pongsReceived >= count }
+    }
     public var serving: Bool { state.withLockedValue { $0.serving } }
 
     // MARK: boot
@@ -160,8 +169,9 @@ public final class FailoverController: Sendable {
     // MARK: running
 
     /// Starts heartbeats (monitor) and the authority loop. `takeover` runs once per death verdict.
-    public func start(takeover: TakeoverAction?) {
+    public func start(takeover: TakeoverAction?, blocker: (@Sendable () -> String?)? = nil) {
         takeoverAction.withLockedValue { $0 = takeover }
+        takeoverBlocker.withLockedValue { $0 = blocker }
         guard let socket = socket.withLockedValue({ $0 }) else { return }
         let interval = TimeAmount.milliseconds(configuration.intervalMilliseconds)
         let repeated = socket.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [self] _ in self.tick() }
@@ -256,6 +266,11 @@ public final class FailoverController: Sendable {
         guard go else { return }
         var event = FailoverEvent(atMilliseconds: FailoverClock.wallMilliseconds(), misses: misses, takeoverMilliseconds: 0, epoch: 0)
         do throws(PMUError) {
+            // Checked before the claim: a monitor that could not serve everything must not
+            // become the owner at the authority either.
+            if let reason = takeoverBlocker.withLockedValue({ $0 })?() {
+                throw PMUError(.replicaNotReady, "not taking over: \(reason)")
+            }
             let (epoch, peer) = try await win()
             event.epoch = epoch
             event.peer = peer

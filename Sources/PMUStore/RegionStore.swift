@@ -324,6 +324,54 @@ public final class RegionStore: @unchecked Sendable {
         return record
     }
 
+    /// A replica's region (issue 13, docs/ARCHITECTURE.md "Failover"): created under the
+    /// primary's id with the primary's metadata (name, size, kind, writer epoch, access lists),
+    /// so that mirrored writes, which name regions by id, land in it. Its bytes start as zeros;
+    /// the replica copies them. The caller removed any region holding the id or the name first.
+    /// Blocks (preallocation and two syncs), like `create`.
+    public func adopt(_ record: RegionRecord) throws(PMUError) {
+        try NameRules.validateRegionName(record.name)
+        guard record.sizeBytes > 0, record.sizeBytes <= configuration.maxRegionBytes else {
+            throw PMUError(.invalidSize, "replica region \(NameRules.quoted(record.name)) of \(record.sizeBytes) bytes exceeds this server's limit of \(configuration.maxRegionBytes) bytes (--max-region-size must be at least the primary's)")
+        }
+        try lock.withTypedLock { () throws(PMUError) in
+            guard state.regions[record.id] == nil, state.region(named: record.name) == nil, !creating.contains(record.name) else {
+                throw PMUError(.regionExists, "the replica already holds region id \(record.id) or name \(NameRules.quoted(record.name))")
+            }
+            guard state.regions.count + creating.count < configuration.maxRegions else {
+                throw PMUError(.tooManyRegions, "the replica holds \(configuration.maxRegions) regions, this server's limit (--max-regions must be at least the primary's)")
+            }
+            creating.insert(record.name)
+        }
+        defer { _ = lock.withLock { creating.remove(record.name) } }
+        let temp = directory.tempRegionPath(id: record.id)
+        let final = directory.regionPath(id: record.id)
+        try preallocate(path: temp, sizeBytes: record.sizeBytes)
+        guard rename(temp, final) == 0 else {
+            let failure = Sys.error(.ioError, "cannot rename region file to", final)
+            unlink(temp)
+            throw failure
+        }
+        do throws(PMUError) {
+            try Sys.fsyncPath(directory.regionsPath, directory: true)
+            try commit(.put(record))
+        } catch {
+            unlink(final)
+            throw error
+        }
+    }
+
+    /// A replica's region takes the primary's newer metadata (writer epoch, access lists); same
+    /// id, name, size and kind.
+    public func replaceMetadata(_ record: RegionRecord) throws(PMUError) {
+        try catalogLock.withTypedLock { () throws(PMUError) in
+            guard let current = lock.withLock({ state.regions[record.id] }), current.name == record.name, current.sizeBytes == record.sizeBytes, current.kind == record.kind else {
+                throw PMUError(.unknownRegion, "the replica holds no region id \(record.id) named \(NameRules.quoted(record.name)) of \(record.sizeBytes) bytes")
+            }
+            try commitLocked(.put(record))
+        }
+    }
+
     /// Best effort: a region larger than half the machine's memory, or a kernel without
     /// MADV_POPULATE_WRITE (before 5.14), is left to fault in on first touch.
     private func populate(_ record: RegionRecord) {
