@@ -121,7 +121,7 @@ public final class FailoverController: Sendable {
             let present = owner == nil || owner == configuration.memberId ? true : try await authority.memberPresent(owner ?? "")
             authorityView = (view, present)
         }
-        switch BootDecision.decide(me: configuration.memberId, peerAnswer: answer, authority: authorityView) {
+        switch BootDecision.decide(me: configuration.memberId, peerAnswer: answer, authority: authorityView, sharedNothing: configuration.sharedNothing) {
         case .monitor(let reason):
             try? configuration.service?.remove()
             state.withLockedValue {

@@ -338,6 +338,7 @@ public struct ServerCommand: ParsableCommand {
         failover.etcdPrefix = etcdPrefix
         failover.leaseTTLSeconds = leaseTTLSeconds
         failover.leaseMarginMilliseconds = leaseMarginMilliseconds
+        failover.sharedNothing = replicaFrom != nil
         try failover.validate()
         if failoverRole == .monitor, mirrorClient ?? partnerClient == nil || partnerPortion == nil || fenceCommand == nil || takeoverListen == nil {
             throw ValidationError("--role monitor takes over through the pair: it needs --mirror-client (or --partner-client), --partner-portion, --fence-command and --takeover-listen (the service address's HOST:PORT)")

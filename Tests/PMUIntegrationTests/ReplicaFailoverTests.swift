@@ -114,7 +114,8 @@ import Testing
     /// Issue 13 item 4 with the replica: kill -9 of the primary, the monitor takes over; the old
     /// primary, restarted with the same command line, comes back as the new primary's monitor and
     /// resynchronises its data directory from it; kill -9 of the new primary, and the first one
-    /// takes over again, with every acknowledged write of the three phases byte for byte.
+    /// takes over again, with every acknowledged write of the three phases byte for byte; then the
+    /// first monitor restarts, resyncs and takes over a third time (one pair, three failovers).
     @Test func rebootedPrimaryResyncsAndTakesOverAgain() async throws {
         let etcd = try await EtcdProcess()
         let pair = try FailoverPair(etcd: etcd, replica: true)
@@ -159,12 +160,26 @@ import Testing
         let event = try #require(second["lastFailover"] as? [String: Any])
         #expect(event["error"] == nil, "\(event)")
         #expect((second["epoch"] as? Int ?? 0) > (first["epoch"] as? Int ?? 0))
-        for index in 0..<(3 * slots) {
-            let seed: UInt64 = index < 4 ? 0x4 : index < slots ? 0x1 : index < 2 * slots ? 0x2 : 0x3
-            let bytes = try await client.read("journal", at: UInt64(index * Self.slotBytes), length: Self.slotBytes)
-            let intact = Array(buffer: bytes) == Self.record(index, seed)
-            #expect(intact, "acknowledged write \(index) lost or torn after the second failover")
+        func verify(_ failover: String, rewritten: Int, _ latest: UInt64) async throws {
+            for index in 0..<(3 * slots) {
+                let seed: UInt64 = index < rewritten ? latest : index < slots ? 0x1 : index < 2 * slots ? 0x2 : 0x3
+                let bytes = try await client.read("journal", at: UInt64(index * Self.slotBytes), length: Self.slotBytes)
+                let intact = Array(buffer: bytes) == Self.record(index, seed)
+                #expect(intact, "acknowledged write \(index) lost or torn after the \(failover) failover")
+            }
         }
+        try await verify("second", rewritten: 4, 0x4)
+        // A third round on the same pair: the first monitor restarts with its command line, drops
+        // the takeover mark of the first failover, resynchronises from the current primary, and
+        // takes over when that one is killed.
+        try pair.startMonitor()
+        _ = try await waitReady(pair)
+        try await write(0..<8, 0x5)
+        pair.primary.kill9()
+        let third = try await pair.waitFor(pair.monitor, "the first monitor took over again") { $0["serving"] as? Bool == true }
+        #expect((third["lastFailover"] as? [String: Any])?["error"] == nil, "\(third)")
+        #expect((third["epoch"] as? Int ?? 0) > (second["epoch"] as? Int ?? 0))
+        try await verify("third", rewritten: 8, 0x5)
         await client.disconnect()
     }
 }
