@@ -224,7 +224,7 @@ let package = Package(
         // -sanitize=fuzzer in its own scratch path; the normal build makes it a corpus replayer).
         .target(
             name: "PMUFuzzing",
-            dependencies: ["PMUCore", "PMUCheckpoint", "PMUStripe", "PMUTesting", "PMULog", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["PMUCore", "PMUCheckpoint", "PMUStripe", "PMUTesting", "PMULog", "PMUFailover", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .executableTarget(name: "pmu-fuzz", dependencies: ["PMUFuzzing"]),
         // Examples/: a live program snapshotting a large grid while it runs, a standby resuming from it.
