@@ -197,9 +197,10 @@ let package = Package(
         .target(
             name: "PMUCtl",
             dependencies: [
-                "PMUCore", "PMUClient", "PMUTransport", "PMUCheckpoint", "PMUCluster", "PMUStripe", "PMUSnapshot",
+                "PMUCore", "PMUClient", "PMUTransport", "PMUCheckpoint", "PMUCluster", "PMUStripe", "PMUSnapshot", "PMUFailover",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         .executableTarget(name: "pmu-server", dependencies: ["PMUServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]),

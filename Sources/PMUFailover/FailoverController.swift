@@ -129,6 +129,7 @@ public final class FailoverController: Sendable {
                 $0.bootReason = reason
             }
             logger.notice("booted as monitor", metadata: ["reason": "\(reason)"])
+            await publishRole()
             return .demotedToMonitor(reason)
         case .primary(let reason):
             try becomePrimary(epoch: 0, reason: reason)
@@ -138,6 +139,7 @@ public final class FailoverController: Sendable {
                 throw PMUError(.notPrimary, "another server claimed the portion at the authority while this one booted; not becoming primary (restart to retry)")
             }
             try becomePrimary(epoch: epoch, reason: "granted by the authority at revision \(epoch)")
+            await publishRole()
             return .primary
         case .refuse(let reason):
             throw PMUError(.notPrimary, reason)
@@ -286,6 +288,7 @@ public final class FailoverController: Sendable {
             event.report = report
             event.takeoverMilliseconds = (FailoverClock.nowNanoseconds() - started) / 1_000_000
             logger.notice("took over as primary", metadata: ["epoch": "\(epoch)", "ms": "\(event.takeoverMilliseconds)"])
+            await publishRole()
         } catch {
             event.error = "\(error)"
             event.takeoverMilliseconds = (FailoverClock.nowNanoseconds() - started) / 1_000_000
@@ -346,6 +349,17 @@ public final class FailoverController: Sendable {
             $0.lease = lease
             $0.gate?.renewed(sentAtNanoseconds: sent)
         }
+    }
+
+    /// Rewrites this server's member key with its current role (`pmuctl cluster members`), under
+    /// its lease; best effort (the owner key, not the member key, decides who serves).
+    private func publishRole() async {
+        guard let authority, let lease = state.withLockedValue({ $0.lease }) else { return }
+        let (role, serving) = state.withLockedValue { ($0.role, $0.serving) }
+        let member = Authority.Member(
+            id: configuration.memberId, role: serving ? "primary" : role.rawValue, heartbeat: "\(configuration.heartbeatListen)",
+            service: configuration.service?.address)
+        try? await authority.update(member, lease: lease)
     }
 
     /// Every TTL/4: renew the lease (the write gate follows), check that a serving primary is

@@ -225,6 +225,20 @@ final class FailoverPair: @unchecked Sendable {
         let hook = (try? String(contentsOfFile: pair.hookLog, encoding: .utf8)) ?? ""
         #expect(hook == "del 127.0.0.1/8\nadd 127.0.0.1/8\nadd 127.0.0.1/8\n") // monitor's start, primary's grant, monitor's takeover
         print("failover status after takeover: \(event)")
+        // pmuctl cluster members: the authority names the monitor owner at the new epoch, its member
+        // key says primary; the killed primary's key goes with its lease (bounded wait: TTL 2 s).
+        var members: [String: Any] = [:]
+        for _ in 0..<60 {
+            let listed = try run(binDirectory + "/pmuctl", ["cluster", "members", "--json", "--etcd", etcd.url, "--etcd-prefix", "/pmu/test"])
+            #expect(listed.status == 0, "\(listed.stderr)")
+            members = (try? JSONSerialization.jsonObject(with: listed.stdout) as? [String: Any]) ?? [:]
+            if (members["members"] as? [[String: Any]])?.count == 1 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(members["owner"] as? String == "mon", "\(members)")
+        #expect(members["epoch"] as? Int == after["epoch"] as? Int)
+        let listed = try #require(members["members"] as? [[String: Any]], "\(members)")
+        #expect(listed.count == 1 && listed.first?["id"] as? String == "mon" && listed.first?["role"] as? String == "primary" && listed.first?["owner"] as? Bool == true, "\(listed)")
     }
 
     /// With etcd stopped no takeover happens: the monitor declares the primary dead but cannot
