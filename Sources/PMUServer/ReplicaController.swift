@@ -208,8 +208,9 @@ final class ReplicaController: Sendable {
                 after = last
             }
             let plan = ReplicaPlan.make(primary: catalog, replica: store.list(after: "", limit: Int.max).records, fullCopy: full)
-            if plan.isEmpty {
+            if plan.isEmpty && !full {
                 // Nothing changed: the trims that waited go on as usual (the next one applies them).
+                // (A full copy of an empty portion still completes below: it makes the replica ready.)
                 receiver.dropHold(portion: portion)
                 held = false
                 state.withLockedValue { $0.passes += 1 }

@@ -93,6 +93,15 @@ import Testing
         await served.disconnect()
     }
 
+    /// A primary with no region yet: the first full copy is of nothing, and completes (the
+    /// replica is ready), so a takeover right after the pair starts is not refused.
+    @Test func emptyPortionsReplicaIsReady() async throws {
+        let etcd = try await EtcdProcess()
+        let pair = try FailoverPair(etcd: etcd, replica: true)
+        let ready = try await waitReady(pair)
+        #expect((ready["lastFullCopy"] as? [String: Any])?["regions"] as? Int == 0, "\(ready)")
+    }
+
     /// Without a complete copy the monitor does not take over, and says what it would lose:
     /// here its copy source is a port nothing listens on, so the first copy never completes.
     @Test func monitorWithoutACompleteCopyRefusesToTakeOver() async throws {
