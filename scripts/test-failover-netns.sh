@@ -103,20 +103,27 @@ FENCE_KILL='pid=$(cat "$PMU_PORTION_DIR/LOCK" 2>/dev/null); [ -z "$pid" ] || kil
 server() {
     local ns=$1 name=$2 role=$3 own=$4 peer=$5 peername=$6 mirror=()
     local peerns=$([[ $name == a ]] && echo $NS_B || echo $NS_A)
-    rm -f "$SCRATCH/$name.ready"
     [[ $role == primary ]] && mirror=(--partner "$peer:$PORT")
+    launch "$ns" "$name" "$role" "$own" "$peer" \
+        --listen "$([[ $role == primary ]] && echo $SERVICE || echo "$own"):$PORT" "${mirror[@]}" \
+        --partner-portion "$SCRATCH/$peername" --fence-command "ip -n $peerns addr del $SERVICE/24 dev eth0 2>/dev/null; $FENCE_KILL"
+}
+
+# launch NS NAME ROLE OWN_IP PEER_IP ARGS...: pmu-server in NS with the pair's common options.
+launch() {
+    local ns=$1 name=$2 role=$3 own=$4 peer=$5
+    shift 5
+    rm -f "$SCRATCH/$name.ready"
     ip netns exec "$ns" "$BIN/pmu-server" --role "$role" --member-id "$name" --data-dir "$SCRATCH/$name" \
-        --secrets "$SCRATCH/secrets" --ready-file "$SCRATCH/$name.ready" \
-        --listen "$([[ $role == primary ]] && echo $SERVICE || echo "$own"):$PORT" \
-        "${mirror[@]}" --partner-client pair --partner-secret-file "$SCRATCH/pair.secret" --mirror-client pair \
-        --partner-portion "$SCRATCH/$peername" --takeover-listen "$SERVICE:$PORT" \
-        --fence-command "ip -n $peerns addr del $SERVICE/24 dev eth0 2>/dev/null; $FENCE_KILL" \
+        --secrets "$SCRATCH/secrets" --ready-file "$SCRATCH/$name.ready" "$@" \
+        --partner-client pair --partner-secret-file "$SCRATCH/pair.secret" --mirror-client pair --takeover-listen "$SERVICE:$PORT" \
         --heartbeat-listen "$own:7701" --peer-heartbeat "$peer:7701" --heartbeat-interval "${INTERVAL_MS:-100}" --heartbeat-misses "${MISSES:-3}" \
         --heartbeat-secret-file "$SCRATCH/pair.secret" --service-address "$SERVICE/24" --service-interface eth0 \
         --etcd http://10.77.0.254:2379 --etcd-prefix /pmu/fo --lease-ttl 2 --lease-margin 500 \
         >>"$SCRATCH/$name.log" 2>&1 &
     PIDS+=($!)
     eval "PID_$name=$!"
+    echo $! >"$SCRATCH/$name.pid"
 }
 
 wait_ready() {
@@ -305,18 +312,8 @@ replica_server() { # NAME
         args=(--listen "$own:$PORT" --partner-portion "$SCRATCH/b-replica")
     fi
     local fence="ip -n $peerns addr del $SERVICE/24 dev eth0 2>/dev/null; pid=\$(cat '$SCRATCH/$peername.pid' 2>/dev/null); [ -z \"\$pid\" ] || kill -9 \"\$pid\" 2>/dev/null; for i in \$(seq 50); do kill -0 \"\$pid\" 2>/dev/null || exit 0; sleep 0.02; done; exit 1"
-    rm -f "$SCRATCH/$name.ready"
-    ip netns exec "$ns" "$BIN/pmu-server" --role "$role" --member-id "$name" --data-dir "$SCRATCH/$name" \
-        --secrets "$SCRATCH/secrets" --ready-file "$SCRATCH/$name.ready" "${args[@]}" \
-        --partner-client pair --partner-secret-file "$SCRATCH/pair.secret" --mirror-client pair \
-        --replica-from "$SERVICE:$PORT" --takeover-partner "$peer:$PORT" --takeover-listen "$SERVICE:$PORT" --fence-command "$fence" \
-        --heartbeat-listen "$own:7701" --peer-heartbeat "$peer:7701" --heartbeat-interval "${INTERVAL_MS:-100}" --heartbeat-misses "${MISSES:-3}" \
-        --heartbeat-secret-file "$SCRATCH/pair.secret" --service-address "$SERVICE/24" --service-interface eth0 \
-        --etcd http://10.77.0.254:2379 --etcd-prefix /pmu/fo --lease-ttl 2 --lease-margin 500 \
-        >>"$SCRATCH/$name.log" 2>&1 &
-    PIDS+=($!)
-    eval "PID_$name=$!"
-    echo $! >"$SCRATCH/$name.pid"
+    launch "$ns" "$name" "$role" "$own" "$peer" "${args[@]}" \
+        --replica-from "$SERVICE:$PORT" --takeover-partner "$peer:$PORT" --fence-command "$fence"
 }
 
 wait_replica_ready() { # NAME ADDRESS: until the monitor's copy is complete (bounded, 30 s)

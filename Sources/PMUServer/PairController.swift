@@ -202,10 +202,16 @@ final class PairController: Sendable {
         report.serving = "\(bound)"
         done = true
         served.withLockedValue { $0 = Served(report: report, transport: transport, directory: dataDirectory, store: store, mirror: mirror) }
-        do throws(PMUError) {
-            try await mirror?.start()
-        } catch {
-            logger.error("the taken-over portion cannot mirror to --takeover-partner; its writes stay durable here first", metadata: ["error": "\(error)"])
+        // Not awaited: the takeover is done once the portion is served, and a partner behind a
+        // partition would hold it for the connect timeout (writes stay durable here meanwhile).
+        if let mirror {
+            Task {
+                do throws(PMUError) {
+                    try await mirror.start()
+                } catch {
+                    logger.error("the taken-over portion cannot mirror to --takeover-partner; its writes stay durable here first", metadata: ["error": "\(error)"])
+                }
+            }
         }
         logger.notice("serving taken-over portion", metadata: ["portion": "\(report.portion)", "address": "\(bound)"])
         return Self.json(report)

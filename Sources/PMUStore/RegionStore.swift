@@ -294,20 +294,7 @@ public final class RegionStore: @unchecked Sendable {
         guard free >= reserve, request.sizeBytes <= free - reserve else {
             throw PMUError(.noSpace, "region of \(request.sizeBytes) bytes does not fit: \(free) bytes free on the data directory's filesystem, \(reserve) of them reserved for metadata (--reserve-free \(configuration.reserveFreeBytes), of which \(headroom) already preallocated to the catalog)")
         }
-        let temp = directory.tempRegionPath(id: id)
-        let final = directory.regionPath(id: id)
-        try preallocate(path: temp, sizeBytes: request.sizeBytes)
-        guard rename(temp, final) == 0 else {
-            let failure = Sys.error(.ioError, "cannot rename region file to", final)
-            unlink(temp)
-            throw failure
-        }
-        do throws(PMUError) {
-            try Sys.fsyncPath(directory.regionsPath, directory: true)
-        } catch {
-            unlink(final)
-            throw error
-        }
+        let final = try installRegionFile(id: id, sizeBytes: request.sizeBytes)
 
         let record = RegionRecord(
             id: id, name: request.name, sizeBytes: request.sizeBytes, kind: request.kind,
@@ -344,9 +331,21 @@ public final class RegionStore: @unchecked Sendable {
             creating.insert(record.name)
         }
         defer { _ = lock.withLock { creating.remove(record.name) } }
-        let temp = directory.tempRegionPath(id: record.id)
-        let final = directory.regionPath(id: record.id)
-        try preallocate(path: temp, sizeBytes: record.sizeBytes)
+        let final = try installRegionFile(id: record.id, sizeBytes: record.sizeBytes)
+        do throws(PMUError) {
+            try commit(.put(record))
+        } catch {
+            unlink(final)
+            throw error
+        }
+    }
+
+    /// A region file under its final name, preallocated and durable in the directory, before its
+    /// catalog record commits (a crash in between leaves a file recovery deletes). Returns its path.
+    private func installRegionFile(id: UInt64, sizeBytes: UInt64) throws(PMUError) -> String {
+        let temp = directory.tempRegionPath(id: id)
+        let final = directory.regionPath(id: id)
+        try preallocate(path: temp, sizeBytes: sizeBytes)
         guard rename(temp, final) == 0 else {
             let failure = Sys.error(.ioError, "cannot rename region file to", final)
             unlink(temp)
@@ -354,11 +353,11 @@ public final class RegionStore: @unchecked Sendable {
         }
         do throws(PMUError) {
             try Sys.fsyncPath(directory.regionsPath, directory: true)
-            try commit(.put(record))
         } catch {
             unlink(final)
             throw error
         }
+        return final
     }
 
     /// A replica's region takes the primary's newer metadata (writer epoch, access lists); same

@@ -30,18 +30,24 @@ import Testing
         return last
     }
 
-    /// A monitor that (re)joins a running primary copies its regions (names, sizes, kinds,
-    /// writer epochs) before it counts as takeover-ready, discards what the primary no longer
-    /// has, and after kill -9 of the primary serves every acknowledged write byte for byte from
-    /// its own copy, the primary's directory gone.
-    @Test func monitorJoiningARunningPrimaryCopiesItThenServesItsCopyAfterKill9() async throws {
+    /// A replica pair with a real etcd, both servers up, and a reconnecting client at the service address.
+    func startedPair() async throws -> (EtcdProcess, FailoverPair, ReconnectingClient) {
         let etcd = try await EtcdProcess()
         let pair = try FailoverPair(etcd: etcd, replica: true)
         _ = try await pair.waitFor(pair.primary, "primary serving") { $0["serving"] as? Bool == true }
         _ = try await pair.waitFor(pair.monitor, "monitor sees the primary") { $0["peerState"] as? String == "alive" }
         var configuration = pair.primary.configuration()
         configuration.requestTimeout = .seconds(5)
-        let client = ReconnectingClient(configuration)
+        return (etcd, pair, ReconnectingClient(configuration))
+    }
+
+    /// A monitor that (re)joins a running primary copies its regions (names, sizes, kinds,
+    /// writer epochs) before it counts as takeover-ready, discards what the primary no longer
+    /// has, and after kill -9 of the primary serves every acknowledged write byte for byte from
+    /// its own copy, the primary's directory gone.
+    @Test func monitorJoiningARunningPrimaryCopiesItThenServesItsCopyAfterKill9() async throws {
+        let (etcd, pair, client) = try await startedPair()
+        defer { withExtendedLifetime(etcd) {} }
         // Phase A, before the monitor restarts: persisted (so trimmed from the mirror log, in the
         // replica only by its copy or by a record applied at the trim) and unpersisted writes.
         let slots = 64
@@ -126,13 +132,8 @@ import Testing
     /// takes over again, with every acknowledged write of the three phases byte for byte; then the
     /// first monitor restarts, resyncs and takes over a third time (one pair, three failovers).
     @Test func rebootedPrimaryResyncsAndTakesOverAgain() async throws {
-        let etcd = try await EtcdProcess()
-        let pair = try FailoverPair(etcd: etcd, replica: true)
-        _ = try await pair.waitFor(pair.primary, "primary serving") { $0["serving"] as? Bool == true }
-        _ = try await pair.waitFor(pair.monitor, "monitor sees the primary") { $0["peerState"] as? String == "alive" }
-        var configuration = pair.primary.configuration()
-        configuration.requestTimeout = .seconds(5)
-        let client = ReconnectingClient(configuration)
+        let (etcd, pair, client) = try await startedPair()
+        defer { withExtendedLifetime(etcd) {} }
         let slots = 48
         try await client.create("journal", sizeBytes: UInt64(3 * slots * Self.slotBytes))
         func write(_ range: Range<Int>, _ seed: UInt64) async throws {
