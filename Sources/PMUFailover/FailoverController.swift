@@ -277,7 +277,7 @@ public final class FailoverController: Sendable {
             event.epoch = epoch
             event.peer = peer
             guard let action = takeoverAction.withLockedValue({ $0 }) else {
-                throw PMUError(.invalidArgument, "this monitor has nothing to take over (no --partner-portion: issue 13's replica copy is not built)")
+                throw PMUError(.invalidArgument, "this monitor has nothing to take over: start it with --partner-portion (shared storage) or --replica-from (its own copy), --fence-command and --takeover-listen")
             }
             let report = try await action()
             state.withLockedValue {
