@@ -279,16 +279,16 @@ public final class FailoverController: Sendable {
             guard let action = takeoverAction.withLockedValue({ $0 }) else {
                 throw PMUError(.invalidArgument, "this monitor has nothing to take over: start it with --partner-portion (shared storage) or --replica-from (its own copy), --fence-command and --takeover-listen")
             }
-            let report = try await action()
-            state.withLockedValue {
+            event.report = try await action()
+            event.takeoverMilliseconds = (FailoverClock.nowNanoseconds() - started) / 1_000_000
+            // Serving and its event in one update: pair status never shows one without the other.
+            state.withLockedValue { [event] in
                 $0.role = .primary
                 $0.serving = true
                 $0.epoch = epoch
+                $0.lastFailover = event
             }
-            event.report = report
-            event.takeoverMilliseconds = (FailoverClock.nowNanoseconds() - started) / 1_000_000
             logger.notice("took over as primary", metadata: ["epoch": "\(epoch)", "ms": "\(event.takeoverMilliseconds)"])
-            await publishRole()
         } catch {
             event.error = "\(error)"
             event.takeoverMilliseconds = (FailoverClock.nowNanoseconds() - started) / 1_000_000
@@ -296,11 +296,12 @@ public final class FailoverController: Sendable {
             // Watch again: a primary that answers is alive after all; a dead one is declared dead again.
             state.withLockedValue { $0.detector.reset() }
         }
-        state.withLockedValue {
+        state.withLockedValue { [event] in
             $0.takeoverRunning = false
             $0.lastFailover = event
         }
         PMUMetrics.failover(result: event.error == nil ? "completed" : "failed")
+        if event.error == nil { await publishRole() }
     }
 
     /// Wins the portion at the authority (TakeoverRule), retried each interval while the rule says
