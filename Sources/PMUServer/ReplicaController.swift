@@ -158,6 +158,13 @@ final class ReplicaController: Sendable {
     func handOver() async throws(PMUError) -> (DataDirectory, RegionStore, UInt64) {
         let task = loop.withLockedValue { $0 }
         task?.cancel()
+        // A pass may be waiting on the old primary (behind a partition, for the request timeout):
+        // closing its connection fails that request now, so the takeover does not wait for it.
+        let client = state.withLockedValue { state in
+            defer { state.client = nil }
+            return state.client
+        }
+        await client?.disconnect()
         await task?.value
         if let reason = notReadyReason() {
             resume()
@@ -312,6 +319,8 @@ final class ReplicaController: Sendable {
     }
 
     private func connected() async throws(PMUError) -> PMUClient {
+        // Handed over: no new connection to the old primary.
+        if Task.isCancelled { throw PMUError(.cancelled, "the replica was handed over to a takeover") }
         if let client = state.withLockedValue({ $0.client }) { return client }
         var configuration = ClientConfiguration(endpoint: settings.source, clientId: settings.clientId, secret: settings.secret)
         configuration.connectTimeout = .seconds(2)
