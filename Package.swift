@@ -197,9 +197,10 @@ let package = Package(
         .target(
             name: "PMUCtl",
             dependencies: [
-                "PMUCore", "PMUClient", "PMUTransport", "PMUCheckpoint", "PMUCluster", "PMUStripe", "PMUSnapshot",
+                "PMUCore", "PMUClient", "PMUTransport", "PMUCheckpoint", "PMUCluster", "PMUStripe", "PMUSnapshot", "PMUFailover",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         .executableTarget(name: "pmu-server", dependencies: ["PMUServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
@@ -224,7 +225,7 @@ let package = Package(
         // -sanitize=fuzzer in its own scratch path; the normal build makes it a corpus replayer).
         .target(
             name: "PMUFuzzing",
-            dependencies: ["PMUCore", "PMUCheckpoint", "PMUStripe", "PMUTesting", "PMULog", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["PMUCore", "PMUCheckpoint", "PMUStripe", "PMUTesting", "PMULog", "PMUFailover", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .executableTarget(name: "pmu-fuzz", dependencies: ["PMUFuzzing"]),
         // Examples/: a live program snapshotting a large grid while it runs, a standby resuming from it.

@@ -60,6 +60,26 @@ extension PMUClient {
         guard case .ok = try await call(.mirrorTrim(through: through)) else { throw PMUError(.protocolViolation, "unexpected reply to MIRROR_TRIM") }
     }
 
+    /// REPLICA_CATALOG: a page of the server's regions with ids and metadata, unfiltered (the
+    /// pair's client only), names after `after`. Returns the entries and whether more follow.
+    public func replicaCatalog(after: String, limit: Int = Limits.maxListEntries) async throws(PMUError) -> (entries: [RegionInfo], more: Bool) {
+        guard case .list(let entries, let more, _) = try await call(.replicaCatalog(after: after, limit: UInt32(clamping: limit))) else {
+            throw PMUError(.protocolViolation, "unexpected reply to REPLICA_CATALOG")
+        }
+        return (entries, more)
+    }
+
+    /// REPLICA_READ: `length` bytes of region `regionId` at `offset` (the pair's client only).
+    public func replicaRead(regionId: UInt64, offset: UInt64, length: Int) async throws(PMUError) -> ByteBuffer {
+        guard case .data(let data) = try await call(.replicaRead(regionId: regionId, offset: offset, length: UInt32(clamping: length))) else {
+            throw PMUError(.protocolViolation, "unexpected reply to REPLICA_READ")
+        }
+        guard data.readableBytes == length else {
+            throw PMUError(.protocolViolation, "REPLICA_READ answered \(data.readableBytes) bytes for \(length) asked")
+        }
+        return data
+    }
+
     /// PAIR_STATUS: the server's pair state as a JSON object.
     public func pairStatus() async throws(PMUError) -> String {
         try await jsonReply(.pairStatus)

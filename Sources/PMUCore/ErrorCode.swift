@@ -72,6 +72,11 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
     /// The primary's member lease at the authority is about to lapse (etcd unreachable from it):
     /// writes are refused until it is renewed, so that a monitor may take over without a split brain.
     case leaseLapsed = 53
+    // 54-57: the failover replica (issue 13).
+    /// A monitor's copy of the primary's portion is not complete (the first full copy has not
+    /// finished since the primary attached): it does not take over, since serving would lose
+    /// what it has not copied.
+    case replicaNotReady = 54
     // 58-60: verbs (issue 17).
     /// Opening a region would take the server's shmem shadows (region memory registered for RDMA
     /// on a disk filesystem) past `--rdma-shadow-memory`: nothing was mapped, the region is intact.
@@ -129,6 +134,7 @@ public enum PMUErrorCode: UInt16, Sendable, CaseIterable, CustomStringConvertibl
         case .checkpointLost: "CHECKPOINT_LOST"
         case .notPrimary: "NOT_PRIMARY"
         case .leaseLapsed: "LEASE_LAPSED"
+        case .replicaNotReady: "REPLICA_NOT_READY"
         case .formingLimit: "FORMING_LIMIT"
         case .formingUnavailable: "FORMING_UNAVAILABLE"
         case .shadowMemoryFull: "SHADOW_MEMORY_FULL"

@@ -145,6 +145,12 @@ public enum Request: Sendable, Equatable {
     /// Give the taken-over portion back to its recovered owner: stop serving it, persist it,
     /// release it, clear the takeover. DATA reply with JSON.
     case pairGiveback
+    /// A monitor copying the primary's portion (issue 13's shared-nothing replica): the catalog,
+    /// every region with its id and metadata and no access filter, names strictly after `after`,
+    /// at most `limit`. LIST reply. Only the pair's client may ask.
+    case replicaCatalog(after: String, limit: UInt32)
+    /// The replica copy's bytes: `length` bytes of region `regionId` at `offset`. DATA reply.
+    case replicaRead(regionId: UInt64, offset: UInt64, length: UInt32)
     /// The server's INFO (pmuctl stats): DATA reply holding a JSON object. Admins only.
     case serverInfo
     // Server-side forming of a striped checkpoint (docs/WIRE_PROTOCOL.md, "Forming").
@@ -181,6 +187,8 @@ public enum Request: Sendable, Equatable {
         case .pairStatus: .pairStatus
         case .pairTakeover: .pairTakeover
         case .pairGiveback: .pairGiveback
+        case .replicaCatalog: .replicaCatalog
+        case .replicaRead: .replicaRead
         case .serverInfo: .serverInfo
         case .formBegin: .formBegin
         case .formData: .formData
@@ -259,6 +267,8 @@ public enum Opcode: UInt8, Sendable {
     case pairTakeover = 0x24
     case pairGiveback = 0x25
     case openResume = 0x26
+    case replicaCatalog = 0x28
+    case replicaRead = 0x29
     case serverInfo = 0x30
     case formBegin = 0x34
     case formData = 0x35

@@ -53,6 +53,13 @@ extension Request: WireMessage {
             buffer.writeBuffer(&data)
         case .mirrorTrim(let through):
             buffer.writeLE(through)
+        case .replicaCatalog(let after, let limit):
+            buffer.writeWireString(after, maxBytes: Limits.maxNameBytes)
+            buffer.writeLE(limit)
+        case .replicaRead(let regionId, let offset, let length):
+            buffer.writeLE(regionId)
+            buffer.writeLE(offset)
+            buffer.writeLE(length)
         case .pairStatus, .pairTakeover, .pairGiveback, .serverInfo, .formCommit:
             break
         case .formBegin(let set, let length, let crc):
@@ -145,6 +152,11 @@ extension Request: WireMessage {
             request = .mirrorAppend(MirrorAppend(sequence: sequence, regionId: regionId, epoch: epoch, offset: offset, data: data))
         case .mirrorTrim:
             request = .mirrorTrim(through: try body.readLE(UInt64.self, "through"))
+        case .replicaCatalog:
+            request = .replicaCatalog(after: try body.readWireString("after", maxBytes: Limits.maxNameBytes), limit: try body.readLE(UInt32.self, "limit"))
+        case .replicaRead:
+            let regionId = try body.readLE(UInt64.self, "region_id")
+            request = .replicaRead(regionId: regionId, offset: try body.readLE(UInt64.self, "offset"), length: try body.readLE(UInt32.self, "length"))
         case .pairStatus:
             request = .pairStatus
         case .pairTakeover:

@@ -2,7 +2,9 @@ import ArgumentParser
 import Foundation
 import NIOCore
 import PMUCluster
+import NIOPosix
 import PMUCore
+import PMUFailover
 import PMUStripe
 
 /// Where the cluster map is: --cluster, else $PMU_CLUSTER.
@@ -35,7 +37,49 @@ struct ClusterCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster", abstract: "Checkpoint sets striped with parity or mirrored across the servers of a cluster map.",
         discussion: "Checkpoints go in and out with `pmuctl checkpoint put|get|list|verify NAME --cluster MAP`.",
-        subcommands: [Create.self, Status.self, Scrub.self, Rebuild.self, Delete.self])
+        subcommands: [Create.self, Status.self, Scrub.self, Rebuild.self, Delete.self, Members.self])
+
+    /// The failover members at the authority (issue 13): etcd's member keys, each bound to its
+    /// server's lease (a server whose lease lapsed is gone from the list), and the owner record.
+    struct Members: PMUCtlCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List the failover servers registered at the authority (etcd) and which one owns the portion.")
+        @Option(help: "The authority, etcd's client URL http://HOST:PORT (env PMU_ETCD).") var etcd: String?
+        @Option(name: .customLong("etcd-prefix"), help: "The pair's key prefix (the servers' --etcd-prefix).") var etcdPrefix = "/pmu/pair"
+        @OptionGroup var connection: ConnectionOptions
+
+        func execute() async throws {
+            guard let url = etcd ?? ProcessInfo.processInfo.environment["PMU_ETCD"] else {
+                throw PMUError(.invalidArgument, "no authority: pass --etcd http://HOST:PORT or set PMU_ETCD")
+            }
+            let authority = Authority(etcd: EtcdClient(endpoint: try EtcdClient.parse(url: url), group: MultiThreadedEventLoopGroup.singleton), prefix: etcdPrefix, memberId: "pmuctl")
+            let members = try await authority.members().sorted { $0.id < $1.id }
+            let owner = try await authority.owner()
+            let ownerId = owner.record?.owner
+            if connection.json {
+                print(Output.json([
+                    "authority": url + etcdPrefix,
+                    "owner": ownerId.map { $0 as Any } ?? NSNull(),
+                    "epoch": owner.modRevision,
+                    "generation": owner.record.map { Int($0.generation) } ?? 0,
+                    "members": members.map { member -> [String: Any] in
+                        ["id": member.id, "role": member.role, "heartbeat": member.heartbeat, "service": member.service.map { $0 as Any } ?? NSNull(),
+                         "owner": member.id == ownerId]
+                    },
+                ] as [String: Any]))
+                return
+            }
+            print("authority \(url)\(etcdPrefix): owner \(ownerId ?? "none"), epoch \(owner.modRevision)")
+            if members.isEmpty { print("  no member registered (no server of the pair runs, or their leases lapsed)") }
+            for member in members {
+                let mark = member.id == ownerId ? " (owner)" : ""
+                print("  \(member.id)\(mark): \(member.role), heartbeat \(member.heartbeat)\(member.service.map { ", service address \($0)" } ?? "")")
+            }
+            if let ownerId, !members.contains(where: { $0.id == ownerId }) {
+                print("  the owner \(ownerId) has no live member key: its lease lapsed (down or cut off from etcd)")
+            }
+        }
+    }
 
     struct Create: PMUCtlCommand {
         static let configuration = CommandConfiguration(abstract: "Create a checkpoint set on every server of the map.")

@@ -23,6 +23,9 @@ public struct FailoverConfiguration: Sendable {
     public var leaseTTLSeconds = 2
     /// A primary stops acknowledging writes this long before its lease could lapse.
     public var leaseMarginMilliseconds: Int64 = 500
+    /// The servers share no storage (`--replica-from`): at boot only the last owner at the
+    /// authority may become primary (BootDecision).
+    public var sharedNothing = false
 
     public init(role: FailoverRole, memberId: String, heartbeatListen: Endpoint, peerHeartbeat: Endpoint, secret: [UInt8]) {
         self.role = role

@@ -25,6 +25,9 @@ public final class FailoverController: Sendable {
     private let tasks = NIOLockedValueBox<[Task<Void, Never>]>([])
     private let ticker = NIOLockedValueBox<RepeatedTask?>(nil)
     private let takeoverAction = NIOLockedValueBox<TakeoverAction?>(nil)
+    /// Says why this monitor must not take over now (nil: it may): the shared-nothing replica
+    /// without a complete copy would serve less than the primary acknowledged.
+    private let takeoverBlocker = NIOLockedValueBox<(@Sendable () -> String?)?>(nil)
     private let bootAnswer = NIOLockedValueBox<HeartbeatMessage?>(nil)
 
     struct State: Sendable {
@@ -72,6 +75,12 @@ public final class FailoverController: Sendable {
     }
 
     public var role: FailoverRole { state.withLockedValue { $0.role } }
+
+    /// The peer answers (detector alive) and has answered at least `count` heartbeats: a
+    /// monitor's replica copy starts after the configured number of heartbeats.
+    public func peerAnswered(atLeast count: UInt64) -> Bool {
+        state.withLockedValue { $0.detector.state == .alive && $0.detector.pongsReceived >= count }
+    }
     public var serving: Bool { state.withLockedValue { $0.serving } }
 
     // MARK: boot
@@ -112,7 +121,7 @@ public final class FailoverController: Sendable {
             let present = owner == nil || owner == configuration.memberId ? true : try await authority.memberPresent(owner ?? "")
             authorityView = (view, present)
         }
-        switch BootDecision.decide(me: configuration.memberId, peerAnswer: answer, authority: authorityView) {
+        switch BootDecision.decide(me: configuration.memberId, peerAnswer: answer, authority: authorityView, sharedNothing: configuration.sharedNothing) {
         case .monitor(let reason):
             try? configuration.service?.remove()
             state.withLockedValue {
@@ -120,6 +129,7 @@ public final class FailoverController: Sendable {
                 $0.bootReason = reason
             }
             logger.notice("booted as monitor", metadata: ["reason": "\(reason)"])
+            await publishRole()
             return .demotedToMonitor(reason)
         case .primary(let reason):
             try becomePrimary(epoch: 0, reason: reason)
@@ -129,6 +139,7 @@ public final class FailoverController: Sendable {
                 throw PMUError(.notPrimary, "another server claimed the portion at the authority while this one booted; not becoming primary (restart to retry)")
             }
             try becomePrimary(epoch: epoch, reason: "granted by the authority at revision \(epoch)")
+            await publishRole()
             return .primary
         case .refuse(let reason):
             throw PMUError(.notPrimary, reason)
@@ -160,8 +171,9 @@ public final class FailoverController: Sendable {
     // MARK: running
 
     /// Starts heartbeats (monitor) and the authority loop. `takeover` runs once per death verdict.
-    public func start(takeover: TakeoverAction?) {
+    public func start(takeover: TakeoverAction?, blocker: (@Sendable () -> String?)? = nil) {
         takeoverAction.withLockedValue { $0 = takeover }
+        takeoverBlocker.withLockedValue { $0 = blocker }
         guard let socket = socket.withLockedValue({ $0 }) else { return }
         let interval = TimeAmount.milliseconds(configuration.intervalMilliseconds)
         let repeated = socket.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { [self] _ in self.tick() }
@@ -256,20 +268,26 @@ public final class FailoverController: Sendable {
         guard go else { return }
         var event = FailoverEvent(atMilliseconds: FailoverClock.wallMilliseconds(), misses: misses, takeoverMilliseconds: 0, epoch: 0)
         do throws(PMUError) {
+            // Checked before the claim: a monitor that could not serve everything must not
+            // become the owner at the authority either.
+            if let reason = takeoverBlocker.withLockedValue({ $0 })?() {
+                throw PMUError(.replicaNotReady, "not taking over: \(reason)")
+            }
             let (epoch, peer) = try await win()
             event.epoch = epoch
             event.peer = peer
             guard let action = takeoverAction.withLockedValue({ $0 }) else {
-                throw PMUError(.invalidArgument, "this monitor has nothing to take over (no --partner-portion: issue 13's replica copy is not built)")
+                throw PMUError(.invalidArgument, "this monitor has nothing to take over: start it with --partner-portion (shared storage) or --replica-from (its own copy), --fence-command and --takeover-listen")
             }
-            let report = try await action()
-            state.withLockedValue {
+            event.report = try await action()
+            event.takeoverMilliseconds = (FailoverClock.nowNanoseconds() - started) / 1_000_000
+            // Serving and its event in one update: pair status never shows one without the other.
+            state.withLockedValue { [event] in
                 $0.role = .primary
                 $0.serving = true
                 $0.epoch = epoch
+                $0.lastFailover = event
             }
-            event.report = report
-            event.takeoverMilliseconds = (FailoverClock.nowNanoseconds() - started) / 1_000_000
             logger.notice("took over as primary", metadata: ["epoch": "\(epoch)", "ms": "\(event.takeoverMilliseconds)"])
         } catch {
             event.error = "\(error)"
@@ -278,11 +296,12 @@ public final class FailoverController: Sendable {
             // Watch again: a primary that answers is alive after all; a dead one is declared dead again.
             state.withLockedValue { $0.detector.reset() }
         }
-        state.withLockedValue {
+        state.withLockedValue { [event] in
             $0.takeoverRunning = false
             $0.lastFailover = event
         }
         PMUMetrics.failover(result: event.error == nil ? "completed" : "failed")
+        if event.error == nil { await publishRole() }
     }
 
     /// Wins the portion at the authority (TakeoverRule), retried each interval while the rule says
@@ -331,6 +350,17 @@ public final class FailoverController: Sendable {
             $0.lease = lease
             $0.gate?.renewed(sentAtNanoseconds: sent)
         }
+    }
+
+    /// Rewrites this server's member key with its current role (`pmuctl cluster members`), under
+    /// its lease; best effort (the owner key, not the member key, decides who serves).
+    private func publishRole() async {
+        guard let authority, let lease = state.withLockedValue({ $0.lease }) else { return }
+        let (role, serving) = state.withLockedValue { ($0.role, $0.serving) }
+        let member = Authority.Member(
+            id: configuration.memberId, role: serving ? "primary" : role.rawValue, heartbeat: "\(configuration.heartbeatListen)",
+            service: configuration.service?.address)
+        try? await authority.update(member, lease: lease)
     }
 
     /// Every TTL/4: renew the lease (the write gate follows), check that a serving primary is

@@ -67,14 +67,21 @@ public enum BootDecision {
     ///   the record is ours, absent, or its owner's lease is gone; otherwise refuse.
     /// - `authority` nil (a pair run without etcd): primary only if the peer did not answer as
     ///   serving; the fence command is what stands between a takeover and a split brain then.
+    /// - `sharedNothing` (the replica, `--replica-from`): each server serves its own copy, so a
+    ///   server whose peer was the last owner must not become primary even once that owner's
+    ///   lease lapsed: its copy lacks what the last owner acknowledged. Only the last owner (or
+    ///   the first server of a new pair) may.
     public static func decide(
-        me: String, peerAnswer: HeartbeatMessage?, authority: (view: OwnerView, ownerMemberPresent: Bool)?
+        me: String, peerAnswer: HeartbeatMessage?, authority: (view: OwnerView, ownerMemberPresent: Bool)?, sharedNothing: Bool = false
     ) -> Outcome {
         if let peerAnswer, peerAnswer.serving, peerAnswer.role == .primary {
             return .monitor(reason: "\(peerAnswer.senderId) answered at the monitor address as the serving primary (epoch \(peerAnswer.epoch))")
         }
         guard let authority else { return .primary(reason: "no authority configured and no serving peer answered") }
         let record = authority.view.record
+        if sharedNothing, let record, record.owner != me {
+            return .refuse("the authority names \(record.owner) as the last owner (revision \(authority.view.modRevision)): this server's copy of the portion lacks what \(record.owner) acknowledged since, so it does not become primary; start \(record.owner) first (this server then resynchronises from it as its monitor)")
+        }
         if record == nil || record?.owner == me || !authority.ownerMemberPresent {
             return .claimPrimary(expectedRevision: authority.view.modRevision)
         }

@@ -77,7 +77,8 @@ public struct HeartbeatMessage: Sendable, Equatable {
             senderId: senderId, sentAtNanoseconds: get(bytes, at: 40))
     }
 
-    static func tag(_ body: ArraySlice<UInt8>, secret: [UInt8]) -> [UInt8] {
+    /// The 16-byte tag of bytes 0..<48 (public for the fuzz target, which re-tags mutated datagrams).
+    public static func tag(_ body: ArraySlice<UInt8>, secret: [UInt8]) -> [UInt8] {
         var hmac = HMAC<SHA256>(key: SymmetricKey(data: secret))
         hmac.update(data: Array("pmu-heartbeat-v1".utf8))
         hmac.update(data: Array(body))

@@ -2,6 +2,7 @@ import Dispatch
 import NIOCore
 import PMUCheckpoint
 import PMUCore
+import PMUFailover
 import PMULog
 import PMUStripe
 import PMUTesting
@@ -22,6 +23,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case catalog
     /// The append-only log (a partner's mirror log): record framing, scan, sequence order.
     case log
+    /// The failover heartbeat datagram (UDP, HMAC-tagged): every field of a hostile packet.
+    case heartbeat
 
     public func run(_ bytes: [UInt8]) {
         switch self {
@@ -29,6 +32,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .stripe: StripeFuzz.run(bytes)
         case .catalog: CatalogFuzz.run(bytes)
         case .log: LogFuzz.run(bytes)
+        case .heartbeat: HeartbeatFuzz.run(bytes)
         }
     }
 }
@@ -198,5 +202,26 @@ enum LogFuzz {
             }
             precondition(again == record && length == header + record.payload.count, "a decoded log record does not survive re-encoding")
         }
+    }
+}
+
+enum HeartbeatFuzz {
+    /// The pair secret the fuzzed datagrams are tagged with.
+    static let secret = Array("pmu-fuzz-heartbeat-secret-0123456789".utf8)
+
+    /// Input: mode byte | datagram. Fixing recomputes the tag (bytes 48..<64) over bytes 0..<48 when
+    /// the datagram has the heartbeat's size, so the fuzzer reaches the field checks behind it.
+    /// Property: a decoded message re-encodes to a datagram that decodes to the same message.
+    static func run(_ input: [UInt8]) {
+        var bytes = Array(input.dropFirst())
+        if fixesChecksums(input), bytes.count == HeartbeatMessage.size {
+            bytes.replaceSubrange(48..<64, with: HeartbeatMessage.tag(bytes[0..<48], secret: secret))
+        }
+        guard let message = try? HeartbeatMessage.decode(bytes, secret: secret) else { return }
+        precondition(message.senderId.utf8.count <= HeartbeatMessage.maxSenderIdBytes, "a decoded sender id is longer than its field")
+        let again = try? HeartbeatMessage.decode(message.encode(secret: secret), secret: secret)
+        precondition(again == message, "a decoded heartbeat does not survive re-encoding")
+        // Under another secret the same bytes are refused (the tag covers every field).
+        precondition((try? HeartbeatMessage.decode(bytes, secret: Array("another-secret".utf8))) == nil, "a heartbeat decoded under the wrong secret")
     }
 }

@@ -1,6 +1,7 @@
 import NIOCore
 import PMUCheckpoint
 import PMUCore
+import PMUFailover
 import PMULog
 import PMUStripe
 
@@ -17,6 +18,7 @@ public enum SeedCorpus {
         case .stripe: encodings = stripe()
         case .catalog: encodings = catalog()
         case .log: encodings = log()
+        case .heartbeat: encodings = heartbeat()
         }
         return encodings.flatMap { [($0.name + "-fixed", [0] + $0.bytes), ($0.name + "-as-is", [1] + $0.bytes)] }
     }
@@ -94,6 +96,17 @@ public enum SeedCorpus {
             ("log-one", LogRecordFormat.encode(records[0])),
             ("log-torn-tail", Array(log.dropLast(5))),
             ("log-zero-tail", log + [UInt8](repeating: 0, count: 64)),
+        ]
+    }
+
+    static func heartbeat() -> [(name: String, bytes: [UInt8])] {
+        let secret = HeartbeatFuzz.secret
+        let ping = HeartbeatMessage(kind: .ping, role: .monitor, serving: false, sequence: 7, epoch: 0, senderId: "mon", sentAtNanoseconds: 123_456_789)
+        let pong = HeartbeatMessage(kind: .pong, role: .primary, serving: true, sequence: 7, epoch: 42, senderId: "pri-sixteen-byte", sentAtNanoseconds: 123_456_789)
+        return [
+            ("heartbeat-ping", ping.encode(secret: secret)),
+            ("heartbeat-pong", pong.encode(secret: secret)),
+            ("heartbeat-short", Array(ping.encode(secret: secret).prefix(40))),
         ]
     }
 }

@@ -39,6 +39,18 @@ public final class MirrorReceiver: @unchecked Sendable {
     /// How long an attached owner may be silent before pair status calls it silent (this
     /// server's --partner-timeout; owners send a heartbeat every third of theirs).
     public let silentAfterMilliseconds: UInt64
+    /// The shared-nothing replica (ARCHITECTURE "Failover"): portion -> how many times an owner
+    /// attached with no channel open before (a new attachment), and the log's highest origin
+    /// then. Records up to that origin predate the attachment: the replica's full copy, made
+    /// after it, holds their effect or newer, so they are never applied to the replica.
+    private var attachments: [String: (generation: UInt64, base: UInt64)] = [:]
+    /// Serialises applying records to the replica with trims and the copy's holds.
+    private let replicaLock = NIOLock()
+    /// Set by the replica: applies records (sorted by origin) of a portion to its copy.
+    private var replicaApply: (@Sendable (String, [LogRecord]) throws(PMUError) -> Void)?
+    /// portion -> the highest trim asked for while the replica copies (trims wait: a record
+    /// trimmed during the copy might be older than bytes the copy read, and newer than others).
+    private var heldTrims: [String: UInt64] = [:]
 
     public init(dataDirectory: String, ownPortion: String, instance: [UInt8], logConfiguration: AppendLogConfiguration, logger: Logger, silentAfterMilliseconds: UInt64 = 3000) throws(PMUError) {
         self.silentAfterMilliseconds = silentAfterMilliseconds
@@ -93,6 +105,9 @@ public final class MirrorReceiver: @unchecked Sendable {
                 throw PMUError(.protocolViolation, "this connection already mirrors portion \(previous)")
             }
             let log = try logLocked(portion)
+            if attached[portion] == nil {
+                attachments[portion] = ((attachments[portion]?.generation ?? 0) + 1, log.status.maxOrigin)
+            }
             attached[portion, default: (instance, [])].connections.insert(connection)
             byConnection[connection] = portion
             lastHeard[portion] = PairClock.nowMilliseconds()
@@ -135,8 +150,68 @@ public final class MirrorReceiver: @unchecked Sendable {
     }
 
     public func trim(through: UInt64, connection: UInt64) throws(PMUError) {
-        let (_, log) = try attachedLog(connection, "MIRROR_TRIM")
-        try log.trim(through: through)
+        let (portion, log) = try attachedLog(connection, "MIRROR_TRIM")
+        try replicaLock.withTypedLock { () throws(PMUError) in
+            guard let apply = lock.withLock({ replicaApply }), through > log.trimmedThroughOrigin else { return try log.trim(through: through) }
+            if let held = lock.withLock({ heldTrims[portion] }) {
+                lock.withLock { heldTrims[portion] = max(held, through) }
+                return
+            }
+            // Records up to `through` are durable on the owner and about to leave the log: into
+            // the replica first, in the owner's order (every one of them was acknowledged, so
+            // every one has arrived; later ones stay in the log for the next trim or a takeover).
+            let after = max(log.trimmedThroughOrigin, base(portion))
+            try apply(portion, try Self.records(log, after: after, through: through))
+            try log.trim(through: through)
+        }
+    }
+
+    private func base(_ portion: String) -> UInt64 { lock.withLock { attachments[portion]?.base ?? 0 } }
+
+    /// Untrimmed records with origin in (after, through], sorted by origin.
+    static func records(_ log: AppendLog, after: UInt64, through: UInt64 = .max) throws(PMUError) -> [LogRecord] {
+        var records: [LogRecord] = []
+        try log.replay { record in if record.origin > after && record.origin <= through { records.append(record) } }
+        records.sort { $0.origin < $1.origin }
+        return records
+    }
+
+    /// The replica's applier (nil: none; takeover replays the log alone).
+    public func setReplicaApply(_ apply: (@Sendable (String, [LogRecord]) throws(PMUError) -> Void)?) {
+        replicaLock.withLock { lock.withLock { replicaApply = apply } }
+    }
+
+    /// The portion's current attachment: its generation, the origin below which records predate
+    /// it, and whether a channel is open now. nil: never attached since this server started.
+    public func attachment(portion: String) -> (generation: UInt64, base: UInt64, open: Bool)? {
+        lock.withLock { attachments[portion].map { ($0.generation, $0.base, attached[portion] != nil) } }
+    }
+
+    /// The portions an owner mirrors into this server now.
+    public var attachedPortions: [String] { lock.withLock { attached.keys.sorted() } }
+
+    /// The replica starts copying: trims of the portion wait (recorded, not applied) until
+    /// `releaseTrims`. Returns once no trim is applying.
+    public func holdTrims(portion: String) {
+        replicaLock.withLock { lock.withLock { heldTrims[portion] = heldTrims[portion] ?? 0 } }
+    }
+
+    /// The copy is done: every untrimmed record newer than the attachment is applied to the
+    /// replica over the copied bytes, in order (the copy may predate any of them), then the
+    /// trims that waited are done.
+    public func releaseTrims(portion: String) throws(PMUError) {
+        try replicaLock.withTypedLock { () throws(PMUError) in
+            let held = lock.withLock { heldTrims.removeValue(forKey: portion) }
+            guard let apply = lock.withLock({ replicaApply }) else { return }
+            let log = try self.log(portion: portion)
+            try apply(portion, try Self.records(log, after: max(log.trimmedThroughOrigin, base(portion))))
+            if let held, held > 0 { try log.trim(through: held) }
+        }
+    }
+
+    /// The copy failed: trims go on without it (the next pass copies again).
+    public func dropHold(portion: String) {
+        replicaLock.withLock { _ = lock.withLock { heldTrims.removeValue(forKey: portion) } }
     }
 
     public func connectionClosed(_ connection: UInt64) {
@@ -175,6 +250,9 @@ public final class MirrorReceiver: @unchecked Sendable {
             return log
         }
     }
+
+    /// Whether this server took the portion over (its durable mark exists).
+    public func isTakenOver(_ portion: String) -> Bool { access(takenOverMarker(portion), F_OK) == 0 }
 
     /// Giveback, last step: the portion is its owner's again. Its takeover mark goes first (a
     /// crash after it leaves a stale log that the owner's next MIRROR_OPEN trims without replay,

@@ -26,6 +26,15 @@ public enum PortionIdentity {
         }
         var generator = SystemRandomNumberGenerator()
         let id = (0..<2).map { _ in hex16(generator.next()) }.joined()
+        try store(id, dataDirectory: dataDirectory)
+        return id
+    }
+
+    /// Writes `id` as the directory's portion id (durably, replacing any): a monitor's replica
+    /// carries the primary's portion id, so a takeover finds the primary's mirror log for it.
+    public static func store(_ id: String, dataDirectory: String) throws(PMUError) {
+        precondition(isValid(id), "not a portion id")
+        let path = dataDirectory + "/portion-id"
         let temp = path + ".tmp"
         let out = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard out >= 0 else { throw PMUError(.ioError, "cannot create \(temp)") }
@@ -34,7 +43,6 @@ public enum PortionIdentity {
         let synced = fsync(out) == 0
         close(out)
         guard written == line.count, synced, rename(temp, path) == 0 else { throw PMUError(.ioError, "cannot write \(path)") }
-        return id
     }
 
     public static func isValid(_ id: String) -> Bool {

@@ -55,8 +55,12 @@ public enum Takeover {
     }
 
     /// Fences, replays and persists; returns the portion's store, ready to serve.
+    /// `replica`: the monitor's own copy of the portion (the shared-nothing replica), already
+    /// open, and the origin through which its log's records predate the copy (not replayed).
+    /// nil: the portion directory on shared storage is opened after the fence.
     public static func run(
-        receiver: MirrorReceiver, portionDirectory: String, fenceCommand: String, storeConfiguration: StoreConfiguration, logger: Logger
+        receiver: MirrorReceiver, portionDirectory: String, fenceCommand: String, storeConfiguration: StoreConfiguration, logger: Logger,
+        replica: (directory: DataDirectory, store: RegionStore, replayAfter: UInt64)? = nil
     ) throws(PMUError) -> (DataDirectory, RegionStore, TakeoverReport) {
         let started = PairClock.nowMilliseconds()
         let portion = try PortionIdentity.load(dataDirectory: portionDirectory, create: false)
@@ -68,17 +72,21 @@ public enum Takeover {
         try fence(fenceCommand, portion: portion, directory: portionDirectory)
         // 2. Open the portion. Its LOCK refuses if the owner still runs there.
         let directory: DataDirectory
-        do throws(PMUError) {
-            directory = try DataDirectory(path: portionDirectory)
-        } catch {
-            throw PMUError(error.code, "cannot take over portion \(portion): \(error.message). Two servers cannot serve one portion; the fence command did not stop its owner")
+        let store: RegionStore
+        var replayAfter: UInt64 = 0
+        if let replica {
+            (directory, store, replayAfter) = replica
+        } else {
+            do throws(PMUError) {
+                directory = try DataDirectory(path: portionDirectory)
+            } catch {
+                throw PMUError(error.code, "cannot take over portion \(portion): \(error.message). Two servers cannot serve one portion; the fence command did not stop its owner")
+            }
+            store = try RegionStore(directory: directory, configuration: storeConfiguration, logger: logger)
         }
-        let store = try RegionStore(directory: directory, configuration: storeConfiguration, logger: logger)
         // 3. Replay every record not trimmed, in the owner's sequence order (records of concurrent
         //    writers may sit slightly out of order in the log).
-        var records: [LogRecord] = []
-        try log.replay { records.append($0) }
-        records.sort { $0.origin < $1.origin }
+        let records = try MirrorReceiver.records(log, after: replayAfter)
         var report = TakeoverReport(
             portion: portion, portionDirectory: portionDirectory, fenceCommand: fenceCommand, replayedRecords: 0, replayedBytes: 0,
             skippedDeletedRegions: 0, regionsPersisted: 0, regions: store.regionCount, milliseconds: 0, serving: nil)
@@ -103,7 +111,13 @@ public enum Takeover {
             report.replayedRecords += 1
             report.replayedBytes += UInt64(record.payload.count)
         }
-        // 4. Durable before anything is served.
+        // 4. Durable before anything is served. A replica's copied bytes and the records applied
+        //    to it since were not synced (only a copy pass syncs what it copied): every region.
+        if replica != nil {
+            for region in store.list(after: "", limit: Int.max).records where touched[region.id] == nil {
+                touched[region.id] = try store.mapping(id: region.id)
+            }
+        }
         for mapping in touched.values {
             try mapping.persist(offset: 0, length: mapping.sizeBytes)
         }

@@ -35,8 +35,16 @@ public final class PMUServerService: Service, Sendable {
         let failover = configuration.failover.map { FailoverController(configuration: $0, group: MultiThreadedEventLoopGroup.singleton, logger: logger) }
         if let failover {
             if case .demotedToMonitor(let reason) = try await failover.boot() {
-                try await runDemotedMonitor(failover, reason: reason)
-                return
+                guard let monitor = Self.rebootedMonitorConfiguration(configuration) else {
+                    try await runDemotedMonitor(failover, reason: reason)
+                    return
+                }
+                // Serves as the new primary's monitor from here on: its data directory becomes the
+                // replica (what the new primary does not have is discarded by the first copy).
+                logger.notice("restarted as the monitor of the new primary; resynchronising the data directory from it", metadata: [
+                    "reason": "\(reason)", "listen": "\(monitor.listen)", "replicaFrom": "\(monitor.pair.replicaFrom.map { "\($0)" } ?? "")",
+                ])
+                configuration = monitor
             }
             configuration.writeGate = { failover.writeRefusal() }
             configuration.failoverStatus = { failover.status }
@@ -159,7 +167,15 @@ public final class PMUServerService: Service, Sendable {
             // out) and before the ready file, so a wrong partner fails the start.
             try await pair?.start()
             if let failover {
-                failover.start(takeover: failover.role == .monitor ? pair.map { Self.takeoverAction($0, service: configuration.failover?.service) } : nil)
+                let replica: ReplicaController? = failover.role == .monitor ? pair?.replica : nil
+                var blocker: (@Sendable () -> String?)?
+                if let replica { blocker = { replica.notReadyReason() } }
+                failover.start(
+                    takeover: failover.role == .monitor ? pair.map { Self.takeoverAction($0, service: configuration.failover?.service) } : nil,
+                    blocker: blocker)
+                // The first copy waits for the configured number of heartbeats answered.
+                let needed = UInt64(configuration.failover?.missLimit ?? 3)
+                replica?.start { failover.peerAnswered(atLeast: needed) }
             }
             if let readyFile = configuration.readyFile {
                 try writeReadyFile(readyFile, address: bound)
@@ -199,6 +215,25 @@ public final class PMUServerService: Service, Sendable {
         return { () async throws(PMUError) -> String in
             try await pair.takeover(beforeListen: addAddress)
         }
+    }
+
+    /// A `--role primary` server that rebooted while its monitor took over, given --replica-from,
+    /// --monitor-listen, --fence-command and --takeover-listen: it runs as a monitor at
+    /// --monitor-listen, with its own home under the data directory (`monitor/`: its mirror logs)
+    /// and the data directory itself as the replica of the new primary's portion (the same
+    /// portion id), so a second failover serves it again. nil: those options are missing.
+    static func rebootedMonitorConfiguration(_ configuration: ServerConfiguration) -> ServerConfiguration? {
+        let pair = configuration.pair
+        guard let listen = pair.monitorListen, pair.replicaFrom != nil, pair.fenceCommand != nil, pair.takeoverListen != nil, pair.mirrorClient != nil else {
+            return nil
+        }
+        var monitor = configuration
+        monitor.secretsPath = configuration.resolvedSecretsPath
+        monitor.dataDirectory = configuration.dataDirectory + "/monitor"
+        monitor.listen = listen
+        monitor.pair.partner = nil
+        monitor.pair.partnerPortion = configuration.dataDirectory
+        return monitor
     }
 
     /// A primary that rebooted while its monitor took over: it answers heartbeats as a monitor

@@ -17,6 +17,8 @@ final class PairController: Sendable {
     let portion: String
     let sender: MirrorSender?
     let receiver: MirrorReceiver?
+    /// The monitor's own copy of the primary's portion (`--replica-from`).
+    let replica: ReplicaController?
     private let configuration: ServerConfiguration
     private let logger: Logger
     private let served = NIOLockedValueBox<Served?>(nil)
@@ -27,6 +29,7 @@ final class PairController: Sendable {
         var transport: any ServerTransport
         var directory: DataDirectory
         var store: RegionStore
+        var mirror: PairController?
     }
 
     struct Runtime: Sendable {
@@ -57,6 +60,22 @@ final class PairController: Sendable {
             ? MirrorReceiver(dataDirectory: configuration.dataDirectory, ownPortion: portion, instance: instance, logConfiguration: settings.mirrorLog, logger: logger,
                 silentAfterMilliseconds: UInt64(settings.partnerTimeout.components.seconds) * 1000 + UInt64(settings.partnerTimeout.components.attoseconds / 1_000_000_000_000_000))
             : nil
+        if let source = settings.replicaFrom, let receiver, let directory = settings.partnerPortion, let clientId = settings.replicaClient {
+            replica = ReplicaController(
+                settings: .init(source: source, clientId: clientId, secret: settings.replicaSecret, directory: directory, intervalMilliseconds: settings.replicaIntervalMilliseconds),
+                receiver: receiver, storeConfiguration: configuration.store, pool: runtime.metadataPool, logger: logger)
+        } else {
+            replica = nil
+        }
+        // A monitor whose copy it once served itself (it took the portion over, then restarted):
+        // the portion is served elsewhere now, so its takeover mark, which fenced the old owner,
+        // would refuse the new owner's mirror channel. The authority fences stale owners here.
+        if replica != nil, let receiver, let directory = settings.partnerPortion,
+            let served = try? PortionIdentity.load(dataDirectory: directory, create: false), receiver.isTakenOver(served)
+        {
+            try receiver.endTakeover(portion: served)
+            logger.notice("this monitor once took its replica's portion over; it is the monitor again, mirroring from the current primary", metadata: ["portion": "\(served)"])
+        }
     }
 
     /// msyncs whole regions (nil: every region); returns how many (a region deleted meanwhile is skipped).
@@ -75,11 +94,20 @@ final class PairController: Sendable {
     }
 
     func stop() async {
+        await replica?.stop()
         await sender?.stop()
-        if let served = served.withLockedValue({ $0 }) { await served.transport.stop() }
+        if let served = served.withLockedValue({ $0 }) {
+            await served.transport.stop()
+            await served.mirror?.stop()
+        }
     }
 
     func mayMirror(_ clientId: String) -> Bool { receiver != nil && clientId == settings.mirrorClient }
+    /// REPLICA_CATALOG and REPLICA_READ: the pair's client, which a monitor copies the portion as.
+    func mayReplicate(_ clientId: String) -> Bool {
+        guard let allowed = settings.replicaClient ?? settings.mirrorClient else { return false }
+        return clientId == allowed
+    }
 
     struct Status: Codable {
         var portion: String
@@ -90,6 +118,7 @@ final class PairController: Sendable {
         var mirrorSync: String
         var takenOver: TakeoverReport?
         var failover: FailoverController.Status?
+        var replica: ReplicaController.Status?
     }
 
     func statusJSON() -> String {
@@ -101,7 +130,7 @@ final class PairController: Sendable {
         let status = Status(
             portion: portion, dataDirectory: configuration.dataDirectory, role: roles, mirroringTo: sender?.status,
             mirrorLogs: receiver?.status ?? [], mirrorSync: settings.mirrorLog.sync.rawValue, takenOver: takenOver,
-            failover: configuration.failoverStatus?())
+            failover: configuration.failoverStatus?(), replica: replica?.status)
         return Self.json(status)
     }
 
@@ -129,12 +158,16 @@ final class PairController: Sendable {
         let storeConfiguration = configuration.store
         let logger = self.logger
         // Blocking work (fence command, recovery, replay, msync) off the cooperative pool.
+        // The shared-nothing replica: this server's own copy, handed over by its copy passes.
+        let handed = try await replica?.handOver()
+        let replicaStore = handed.map { (directory: $0.0, store: $0.1, replayAfter: $0.2) }
         let taken: (DataDirectory, RegionStore, TakeoverReport)
         do {
             taken = try await runtime.metadataPool.runIfActive {
-                try Takeover.run(receiver: receiver, portionDirectory: directory, fenceCommand: fence, storeConfiguration: storeConfiguration, logger: logger)
+                try Takeover.run(receiver: receiver, portionDirectory: directory, fenceCommand: fence, storeConfiguration: storeConfiguration, logger: logger, replica: replicaStore)
             }
         } catch {
+            replica?.resume()
             throw (error as? PMUError) ?? PMUError(.internalError, "takeover failed: \(error)")
         }
         var (dataDirectory, store, report) = taken
@@ -142,8 +175,19 @@ final class PairController: Sendable {
         portionConfiguration.dataDirectory = directory
         portionConfiguration.listen = listen
         portionConfiguration.pair = PairSettings()
-        portionConfiguration.durableWrites = true
-        let state = ServerState(store: store, secrets: runtime.secrets, configuration: portionConfiguration)
+        // With --takeover-partner the portion mirrors to the other server once it answers (each
+        // write durable here until then, --partner-down durable), so it can be taken over again.
+        var mirror: PairController?
+        if let partner = settings.takeoverPartner {
+            portionConfiguration.pair.partner = partner
+            portionConfiguration.pair.replicaClient = partner.clientId
+            mirror = try PairController(
+                configuration: portionConfiguration,
+                runtime: Runtime(group: runtime.group, pool: runtime.pool, metadataPool: runtime.metadataPool, secrets: runtime.secrets, store: store), logger: logger)
+        } else {
+            portionConfiguration.durableWrites = true
+        }
+        let state = ServerState(store: store, secrets: runtime.secrets, configuration: portionConfiguration, pair: mirror)
         let transport = TCPServerTransport(endpoint: listen, group: runtime.group, logger: logger)
         let runtime = self.runtime
         try beforeListen?()
@@ -157,7 +201,18 @@ final class PairController: Sendable {
         }
         report.serving = "\(bound)"
         done = true
-        served.withLockedValue { $0 = Served(report: report, transport: transport, directory: dataDirectory, store: store) }
+        served.withLockedValue { $0 = Served(report: report, transport: transport, directory: dataDirectory, store: store, mirror: mirror) }
+        // Not awaited: the takeover is done once the portion is served, and a partner behind a
+        // partition would hold it for the connect timeout (writes stay durable here meanwhile).
+        if let mirror {
+            Task {
+                do throws(PMUError) {
+                    try await mirror.start()
+                } catch {
+                    logger.error("the taken-over portion cannot mirror to --takeover-partner; its writes stay durable here first", metadata: ["error": "\(error)"])
+                }
+            }
+        }
         logger.notice("serving taken-over portion", metadata: ["portion": "\(report.portion)", "address": "\(bound)"])
         return Self.json(report)
     }
@@ -183,6 +238,7 @@ final class PairController: Sendable {
         }
         let started = DispatchTime.now().uptimeNanoseconds
         await taken.transport.stop()
+        await taken.mirror?.stop()
         // Requests already taken off those connections finish on their event loops first.
         for loop in runtime.group.makeIterator() { try? await loop.submit {}.get() }
         let store = taken.store
@@ -208,3 +264,4 @@ final class PairController: Sendable {
         return Self.json(report)
     }
 }
+

@@ -22,6 +22,23 @@ public struct PairSettings: Sendable {
     /// `--partner-timeout-ms`: how long a mirror channel may be silent before it counts as dead.
     public var partnerTimeout: Duration = .seconds(3)
 
+    /// `--replica-from`: the shared-nothing replica. The monitor copies the primary's portion
+    /// from this address (as the pair's client) into `partnerPortion`, its own directory, and
+    /// serves that copy at takeover (docs/ARCHITECTURE.md "Failover").
+    public var replicaFrom: Endpoint?
+    public var replicaClient: String?
+    public var replicaSecret: [UInt8] = []
+    /// Between copy passes (the heartbeat interval).
+    public var replicaIntervalMilliseconds: Int64 = 1000
+    /// `--takeover-partner`: where a taken-over portion mirrors its writes (the other server's
+    /// monitor address), so that server can copy it and take it over in turn. nil: a taken-over
+    /// portion has no partner and every write is durable before its OK.
+    public var takeoverPartner: PartnerConfiguration?
+    /// `--monitor-listen`: where a `--role primary` server that rebooted as the monitor of the
+    /// new primary listens for the new primary's mirror channel (its --listen, the service
+    /// address, is the new primary's now). nil: such a server only answers heartbeats.
+    public var monitorListen: Endpoint?
+
     public init() {}
 
     public var receives: Bool { mirrorClient != nil }

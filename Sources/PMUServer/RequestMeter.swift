@@ -118,6 +118,8 @@ final class RequestMeter: Sendable {
         case .pairStatus: "PAIR_STATUS"
         case .pairTakeover: "PAIR_TAKEOVER"
         case .pairGiveback: "PAIR_GIVEBACK"
+        case .replicaCatalog: "REPLICA_CATALOG"
+        case .replicaRead: "REPLICA_READ"
         case .serverInfo: "SERVER_INFO"
         case .formBegin: "FORM_BEGIN"
         case .formData: "FORM_DATA"

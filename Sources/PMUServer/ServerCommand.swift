@@ -126,6 +126,15 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("fence-command"), help: "Shell command that must exit 0 before a takeover touches the partner's portion (gets PMU_PORTION, PMU_PORTION_DIR).")
     var fenceCommand: String?
 
+    @Option(name: .customLong("replica-from"), help: "HOST:PORT of the primary to copy its portion from (the shared-nothing replica of a --role monitor): --partner-portion is then this server's own directory holding the copy, never the primary's. Authenticates as --mirror-client with --partner-secret-file (or --heartbeat-secret-file).")
+    var replicaFrom: String?
+
+    @Option(name: .customLong("takeover-partner"), help: "With --replica-from: HOST:PORT of the other server's mirror listener (a monitor's --listen, a rebooted primary's --monitor-listen). A portion this server takes over mirrors its writes there once it answers, so it can be copied and taken over in turn.")
+    var takeoverPartner: String?
+
+    @Option(name: .customLong("monitor-listen"), help: "With --role primary and --replica-from: HOST:PORT where this server listens when it reboots as the monitor of the new primary (the service address is the new primary's): it takes the new primary's mirror channel there and copies the portion into its data directory.")
+    var monitorListen: String?
+
     @Option(name: .customLong("takeover-listen"), help: "HOST:PORT to serve the taken-over portion on (the failed owner's address).")
     var takeoverListen: String?
 
@@ -280,6 +289,27 @@ public struct ServerCommand: ParsableCommand {
         pair.partnerPortion = partnerPortion
         pair.fenceCommand = fenceCommand
         pair.takeoverListen = try takeoverListen.map { try Endpoint(parsing: $0) }
+        if let replicaFrom {
+            // A monitor copies into --partner-portion; a primary, once it rebooted as the monitor of
+            // the new primary, into its own data directory (docs/ARCHITECTURE.md "Failover").
+            guard let clientId = mirrorClient ?? partnerClient, let secretFile = partnerSecretFile ?? heartbeatSecretFile, partnerPortion != nil || role == "primary" else {
+                throw ValidationError("--replica-from needs --mirror-client (the pair's client id), --partner-secret-file or --heartbeat-secret-file (its secret) and, on a monitor, --partner-portion (this server's directory for the copy)")
+            }
+            guard partnerPortion != dataDirectory else {
+                throw ValidationError("--partner-portion \(partnerPortion ?? "") is --data-dir: the replica of the primary's portion needs a directory of its own")
+            }
+            let secret = try SecretsTable.parseClientSecret(try SecretsFile.readText(secretFile, what: "--partner-secret-file"), source: secretFile)
+            pair.replicaFrom = try Endpoint(parsing: replicaFrom)
+            pair.replicaClient = clientId
+            pair.replicaSecret = secret
+            pair.replicaIntervalMilliseconds = heartbeatIntervalMilliseconds
+            if let takeoverPartner {
+                pair.takeoverPartner = PartnerConfiguration(
+                    endpoint: try Endpoint(parsing: takeoverPartner), clientId: clientId, secret: secret, maxUnpersistedBytes: try ByteSize.parse(partnerMaxUnpersisted),
+                    partnerDown: .durable, partnerTimeout: .milliseconds(partnerTimeoutMilliseconds))
+            }
+            pair.monitorListen = try monitorListen.map { try Endpoint(parsing: $0) }
+        }
         configuration.pair = pair
         configuration.failover = try makeFailover()
         configuration.metricsListen = try metricsListen.map { try Endpoint(parsing: $0) }
@@ -308,6 +338,7 @@ public struct ServerCommand: ParsableCommand {
         failover.etcdPrefix = etcdPrefix
         failover.leaseTTLSeconds = leaseTTLSeconds
         failover.leaseMarginMilliseconds = leaseMarginMilliseconds
+        failover.sharedNothing = replicaFrom != nil
         try failover.validate()
         if failoverRole == .monitor, mirrorClient ?? partnerClient == nil || partnerPortion == nil || fenceCommand == nil || takeoverListen == nil {
             throw ValidationError("--role monitor takes over through the pair: it needs --mirror-client (or --partner-client), --partner-portion, --fence-command and --takeover-listen (the service address's HOST:PORT)")

@@ -68,6 +68,23 @@ extension Session {
                 throw PMUError(.accessDenied, "pair status is for admins and the pair's mirror client")
             }
             reply(id, .data(ByteBuffer(string: pair.statusJSON())))
+        case .replicaCatalog(let after, let limit):
+            guard pair.mayReplicate(clientId) else { throw Self.replicaDenied(clientId) }
+            let page = state.store.list(after: after, limit: Int(min(limit, UInt32(Limits.maxListEntries))))
+            reply(id, .list(entries: page.records.map { $0.info(openHandles: 0) }, more: page.more, cursor: nil))
+        case .replicaRead(let regionId, let offset, let length):
+            guard pair.mayReplicate(clientId) else { throw Self.replicaDenied(clientId) }
+            guard Int(length) <= Limits.maxIOBytes else {
+                throw PMUError(.requestTooLarge, "REPLICA_READ of \(length) bytes exceeds the per-request limit of \(Limits.maxIOBytes)")
+            }
+            let mapping = try state.store.mapping(id: regionId)
+            let (end, overflow) = offset.addingReportingOverflow(UInt64(length))
+            guard !overflow, end <= mapping.sizeBytes else {
+                throw PMUError(.outOfBounds, "REPLICA_READ [\(offset), +\(length)) is outside region id \(regionId) of \(mapping.sizeBytes) bytes")
+            }
+            var data = ByteBufferAllocator().buffer(capacity: Int(length))
+            data.writeBytes(mapping.bytes(at: offset, length: Int(length)))
+            reply(id, .data(data))
         case .pairTakeover, .pairGiveback:
             guard isAdmin else { throw PMUError(.accessDenied, "only an admin may take over the partner's portion or give it back") }
             let promise = info.eventLoop.makePromise(of: Response.self)
@@ -83,6 +100,10 @@ extension Session {
         default:
             throw PMUError(.internalError, "not a pair request")
         }
+    }
+
+    static func replicaDenied(_ clientId: String) -> PMUError {
+        PMUError(.accessDenied, "client '\(clientId)' may not copy this server's portion; only the pair's client (--mirror-client, or --partner-client) may")
     }
 
     private func mirror(_ request: Request, receiver: MirrorReceiver, id: UInt64) throws(PMUError) {

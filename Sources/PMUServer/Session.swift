@@ -391,7 +391,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                 guard isAdmin else { throw PMUError(.accessDenied, "server info is for admins (--admin); client '\(clientId)' is not one") }
                 reply(id, .data(ByteBuffer(string: ServerInfo(state: state).json)))
 
-            case .mirrorOpen, .mirrorAppend, .mirrorTrim, .pairStatus, .pairTakeover, .pairGiveback:
+            case .mirrorOpen, .mirrorAppend, .mirrorTrim, .pairStatus, .pairTakeover, .pairGiveback, .replicaCatalog, .replicaRead:
                 try pairRequest(request, id: id, clientId: clientId, isAdmin: isAdmin)
 
             case .formBegin, .formData, .formCommit, .formRebuild:

@@ -294,20 +294,7 @@ public final class RegionStore: @unchecked Sendable {
         guard free >= reserve, request.sizeBytes <= free - reserve else {
             throw PMUError(.noSpace, "region of \(request.sizeBytes) bytes does not fit: \(free) bytes free on the data directory's filesystem, \(reserve) of them reserved for metadata (--reserve-free \(configuration.reserveFreeBytes), of which \(headroom) already preallocated to the catalog)")
         }
-        let temp = directory.tempRegionPath(id: id)
-        let final = directory.regionPath(id: id)
-        try preallocate(path: temp, sizeBytes: request.sizeBytes)
-        guard rename(temp, final) == 0 else {
-            let failure = Sys.error(.ioError, "cannot rename region file to", final)
-            unlink(temp)
-            throw failure
-        }
-        do throws(PMUError) {
-            try Sys.fsyncPath(directory.regionsPath, directory: true)
-        } catch {
-            unlink(final)
-            throw error
-        }
+        let final = try installRegionFile(id: id, sizeBytes: request.sizeBytes)
 
         let record = RegionRecord(
             id: id, name: request.name, sizeBytes: request.sizeBytes, kind: request.kind,
@@ -322,6 +309,66 @@ public final class RegionStore: @unchecked Sendable {
             populate(record)
         }
         return record
+    }
+
+    /// A replica's region (issue 13, docs/ARCHITECTURE.md "Failover"): created under the
+    /// primary's id with the primary's metadata (name, size, kind, writer epoch, access lists),
+    /// so that mirrored writes, which name regions by id, land in it. Its bytes start as zeros;
+    /// the replica copies them. The caller removed any region holding the id or the name first.
+    /// Blocks (preallocation and two syncs), like `create`.
+    public func adopt(_ record: RegionRecord) throws(PMUError) {
+        try NameRules.validateRegionName(record.name)
+        guard record.sizeBytes > 0, record.sizeBytes <= configuration.maxRegionBytes else {
+            throw PMUError(.invalidSize, "replica region \(NameRules.quoted(record.name)) of \(record.sizeBytes) bytes exceeds this server's limit of \(configuration.maxRegionBytes) bytes (--max-region-size must be at least the primary's)")
+        }
+        try lock.withTypedLock { () throws(PMUError) in
+            guard state.regions[record.id] == nil, state.region(named: record.name) == nil, !creating.contains(record.name) else {
+                throw PMUError(.regionExists, "the replica already holds region id \(record.id) or name \(NameRules.quoted(record.name))")
+            }
+            guard state.regions.count + creating.count < configuration.maxRegions else {
+                throw PMUError(.tooManyRegions, "the replica holds \(configuration.maxRegions) regions, this server's limit (--max-regions must be at least the primary's)")
+            }
+            creating.insert(record.name)
+        }
+        defer { _ = lock.withLock { creating.remove(record.name) } }
+        let final = try installRegionFile(id: record.id, sizeBytes: record.sizeBytes)
+        do throws(PMUError) {
+            try commit(.put(record))
+        } catch {
+            unlink(final)
+            throw error
+        }
+    }
+
+    /// A region file under its final name, preallocated and durable in the directory, before its
+    /// catalog record commits (a crash in between leaves a file recovery deletes). Returns its path.
+    private func installRegionFile(id: UInt64, sizeBytes: UInt64) throws(PMUError) -> String {
+        let temp = directory.tempRegionPath(id: id)
+        let final = directory.regionPath(id: id)
+        try preallocate(path: temp, sizeBytes: sizeBytes)
+        guard rename(temp, final) == 0 else {
+            let failure = Sys.error(.ioError, "cannot rename region file to", final)
+            unlink(temp)
+            throw failure
+        }
+        do throws(PMUError) {
+            try Sys.fsyncPath(directory.regionsPath, directory: true)
+        } catch {
+            unlink(final)
+            throw error
+        }
+        return final
+    }
+
+    /// A replica's region takes the primary's newer metadata (writer epoch, access lists); same
+    /// id, name, size and kind.
+    public func replaceMetadata(_ record: RegionRecord) throws(PMUError) {
+        try catalogLock.withTypedLock { () throws(PMUError) in
+            guard let current = lock.withLock({ state.regions[record.id] }), current.name == record.name, current.sizeBytes == record.sizeBytes, current.kind == record.kind else {
+                throw PMUError(.unknownRegion, "the replica holds no region id \(record.id) named \(NameRules.quoted(record.name)) of \(record.sizeBytes) bytes")
+            }
+            try commitLocked(.put(record))
+        }
     }
 
     /// Best effort: a region larger than half the machine's memory, or a kernel without

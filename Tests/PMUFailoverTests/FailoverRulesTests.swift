@@ -53,6 +53,14 @@ import Testing
         }
         // Its lease lapsed: claim against its revision.
         #expect(BootDecision.decide(me: "a", peerAnswer: nil, authority: (theirs, false)) == .claimPrimary(expectedRevision: 21))
+        // Shared nothing: the last owner's copy is the only current one, lease or not.
+        guard case .refuse(let reason) = BootDecision.decide(me: "a", peerAnswer: nil, authority: (theirs, false), sharedNothing: true) else {
+            Issue.record("a shared-nothing server became primary over the last owner's newer copy")
+            return
+        }
+        #expect(reason.contains("last owner"))
+        #expect(BootDecision.decide(me: "a", peerAnswer: nil, authority: (mine, false), sharedNothing: true) == .claimPrimary(expectedRevision: 20))
+        #expect(BootDecision.decide(me: "a", peerAnswer: nil, authority: (OwnerView(record: nil, modRevision: 0), true), sharedNothing: true) == .claimPrimary(expectedRevision: 0))
         // No authority: primary when no serving peer answered.
         guard case .primary = BootDecision.decide(me: "a", peerAnswer: nil, authority: nil) else {
             Issue.record("no authority, no peer: not primary")

@@ -31,8 +31,24 @@ final class FailoverPair: @unchecked Sendable {
     var hookLog: String { scratch.path + "/address-hook.log" }
     var service: Endpoint { Endpoint(host: "127.0.0.1", port: servicePort) }
 
-    init(etcd: EtcdProcess) throws {
+    /// The shared-nothing replica: the monitor copies the primary's portion into its own
+    /// directory (`--replica-from`), never opens the primary's, and listens on a fixed port so
+    /// that the primary finds it again after a restart.
+    let replica: Bool
+    let monitorPort = freePort()
+    var replicaDirectory: String { monitorDirectory + "-replica" }
+    var primaryPidFile: String { scratch.path + "/primary.pid" }
+    var monitorPidFile: String { scratch.path + "/monitor.pid" }
+    /// Where the primary listens once it rebooted as the new primary's monitor.
+    let rebootedMonitorPort = freePort()
+
+    /// Where the monitor copies from (default: the service address, where the primary serves).
+    let replicaSource: Endpoint?
+
+    init(etcd: EtcdProcess, replica: Bool = false, replicaSource: Endpoint? = nil) throws {
         self.etcd = etcd
+        self.replica = replica
+        self.replicaSource = replicaSource
         secretsPath = scratch.path + "/secrets"
         pairSecretPath = scratch.path + "/pair.secret"
         var secrets = testSecrets
@@ -52,6 +68,18 @@ final class FailoverPair: @unchecked Sendable {
     }
 
     func startMonitor() throws {
+        if replica {
+            // The fence (the STONITH of one machine) checks the primary's pid, recorded by the test.
+            let fence = "pid=$(cat '\(primaryPidFile)'); ! kill -0 \"$pid\" 2>/dev/null"
+            monitor = try ServerProcess(
+                dataDirectory: monitorDirectory, secretsPath: secretsPath,
+                extraArguments: ["--role", "monitor", "--listen", "127.0.0.1:\(monitorPort)", "--mirror-client", "pair", "--replica-from", "\(replicaSource ?? service)",
+                                 "--partner-portion", replicaDirectory, "--fence-command", fence, "--takeover-listen", "\(service)",
+                                 "--takeover-partner", "127.0.0.1:\(rebootedMonitorPort)"]
+                    + common("mon", listen: monitorHeartbeat, peer: primaryHeartbeat))
+            try "\(monitor.process.processIdentifier)\n".write(toFile: monitorPidFile, atomically: true, encoding: .utf8)
+            return
+        }
         // The fence succeeds only once the primary's pid (in its LOCK) is gone.
         let fence = #"pid=$(cat "$PMU_PORTION_DIR/LOCK"); ! kill -0 "$pid" 2>/dev/null"#
         monitor = try ServerProcess(
@@ -63,8 +91,26 @@ final class FailoverPair: @unchecked Sendable {
     func startPrimary() throws {
         primary = try ServerProcess(
             dataDirectory: primaryDirectory, secretsPath: secretsPath,
-            extraArguments: ["--role", "primary", "--listen", "\(service)"] + TestPair.pairArguments(monitor.endpoint, pairSecretPath)
+            extraArguments: ["--role", "primary", "--listen", "\(service)"] + TestPair.pairArguments(monitor.endpoint, pairSecretPath) + rebootArguments
                 + common("pri", listen: primaryHeartbeat, peer: monitorHeartbeat))
+        try "\(primary.process.processIdentifier)\n".write(toFile: primaryPidFile, atomically: true, encoding: .utf8)
+    }
+
+    /// With the replica, a rebooted primary resynchronises as the new primary's monitor and can
+    /// take over again: it listens at its own port, copies from the service address, and mirrors
+    /// what it later takes over to the monitor's port.
+    var rebootArguments: [String] {
+        guard replica else { return [] }
+        let fence = "pid=$(cat '\(monitorPidFile)'); ! kill -0 \"$pid\" 2>/dev/null"
+        return ["--replica-from", "\(replicaSource ?? service)", "--monitor-listen", "127.0.0.1:\(rebootedMonitorPort)",
+                "--takeover-partner", "127.0.0.1:\(monitorPort)", "--fence-command", fence, "--takeover-listen", "\(service)"]
+    }
+
+    /// The whole PAIR_STATUS object.
+    func pairStatus(_ server: ServerProcess) async throws -> [String: Any] {
+        let client = try await server.client()
+        defer { Task { await client.disconnect() } }
+        return try #require(try JSONSerialization.jsonObject(with: Data(try await client.pairStatus().utf8)) as? [String: Any])
     }
 
     func failoverStatus(_ server: ServerProcess) async throws -> [String: Any] {
@@ -179,6 +225,20 @@ final class FailoverPair: @unchecked Sendable {
         let hook = (try? String(contentsOfFile: pair.hookLog, encoding: .utf8)) ?? ""
         #expect(hook == "del 127.0.0.1/8\nadd 127.0.0.1/8\nadd 127.0.0.1/8\n") // monitor's start, primary's grant, monitor's takeover
         print("failover status after takeover: \(event)")
+        // pmuctl cluster members: the authority names the monitor owner at the new epoch, its member
+        // key says primary; the killed primary's key goes with its lease (bounded wait: TTL 2 s).
+        var members: [String: Any] = [:]
+        for _ in 0..<60 {
+            let listed = try run(binDirectory + "/pmuctl", ["cluster", "members", "--json", "--etcd", etcd.url, "--etcd-prefix", "/pmu/test"])
+            #expect(listed.status == 0, "\(listed.stderr)")
+            members = (try? JSONSerialization.jsonObject(with: listed.stdout) as? [String: Any]) ?? [:]
+            if (members["members"] as? [[String: Any]])?.count == 1 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(members["owner"] as? String == "mon", "\(members)")
+        #expect(members["epoch"] as? Int == after["epoch"] as? Int)
+        let listed = try #require(members["members"] as? [[String: Any]], "\(members)")
+        #expect(listed.count == 1 && listed.first?["id"] as? String == "mon" && listed.first?["role"] as? String == "primary" && listed.first?["owner"] as? Bool == true, "\(listed)")
     }
 
     /// With etcd stopped no takeover happens: the monitor declares the primary dead but cannot
