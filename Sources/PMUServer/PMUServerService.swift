@@ -77,7 +77,8 @@ public final class PMUServerService: Service, Sendable {
         defer { journal?.stop() }
         let state = ServerState(store: store, secrets: secrets, configuration: configuration, pair: pair, journal: useJournal ? journal : nil)
         var transport: any ServerTransport = TCPServerTransport(
-            endpoint: configuration.listen, group: group, logger: logger, maxUnsentReplyBytes: configuration.maxUnsentReplyBytes)
+            endpoint: configuration.listen, group: group, logger: logger, maxUnsentReplyBytes: configuration.maxUnsentReplyBytes,
+            minStreamedWritePayload: configuration.minStreamedWritePayload ?? .max)
         var useRDMA = false
         var metrics: MetricsEndpoint?
         do {
