@@ -3,7 +3,9 @@
 # fresh region, acknowledged) against the raw TCP stream of the same bytes (Benchmarks/baselines/
 # rawtcp.c), interleaved in one run, on 127.0.0.1, data directories on disk (/var/tmp):
 #   streamed  the default server: WRITE payloads copied into the region as each socket read arrives;
-#   gathered  the same binary with --streamed-write-min 0: every WRITE gathered whole (the path before).
+#   gathered  the same binary with --streamed-write-min 0: every WRITE gathered whole (the path before);
+#   populated the default server with --populate (regions pre-faulted at create, outside the timed
+#             part): what is left once the region's pages are not touched for the first time.
 # PMU_BULK_PERF=1 also records `perf record -g` of the server during one streamed and one gathered
 # run (root), and prints the top symbols. Prints one JSON line per measurement and the ratios.
 # Usage: scripts/bench-bulk.sh [ROUNDS] [TOTAL_BYTES] [CHUNK_BYTES]
@@ -12,21 +14,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rounds=${1:-3}
 total=${2:-$((1 << 30))}
 chunk=${3:-$((1 << 20))}
-# PMU_BENCH_BIN=DIR uses the pmu-server and pmu-bench already built there.
-if [[ -n ${PMU_BENCH_BIN:-} ]]; then
-    bin=$PMU_BENCH_BIN
-else
-    for product in pmu-server pmu-bench; do swift build -c release --product "$product" >/dev/null; done
-    bin=$(swift build -c release --show-bin-path)
-fi
-out=bench-out/bulk
-mkdir -p "$out"
-work=$(mktemp -d /var/tmp/pmu-bench-bulk.XXXXXX)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-gcc -O2 -o "$work/rawtcp" Benchmarks/baselines/rawtcp.c
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+source scripts/bench-setup.sh
+bench_setup bulk
 
 declare -A server_pid
 start_pmu() {  # name extra-args...
@@ -37,6 +26,7 @@ start_pmu() {  # name extra-args...
 }
 start_pmu streamed
 start_pmu gathered --streamed-write-min 0
+start_pmu populated --populate
 tcp_port=$(free_port); "$work/rawtcp" server "$tcp_port" & pids+=($!)
 sleep 0.3
 bulk() {  # name
@@ -45,7 +35,7 @@ bulk() {  # name
 for round in $(seq "$rounds"); do
     tcp=$("$work/rawtcp" stream 127.0.0.1 "$tcp_port" $((1 << 20)) "$total")
     echo "{\"round\":$round,\"what\":\"tcp-stream\",\"result\":$tcp}" | tee -a "$out/results.jsonl"
-    order="streamed gathered"; (( round % 2 == 0 )) && order="gathered streamed"  # alternate who runs first
+    order="streamed gathered populated"; (( round % 2 == 0 )) && order="populated gathered streamed"  # alternate who runs first
     for name in $order; do
         result=$(bulk "$name")
         echo "{\"round\":$round,\"what\":\"$name\",\"result\":$result}" | tee -a "$out/results.jsonl"
