@@ -193,6 +193,7 @@ public struct ServerCommand: ParsableCommand {
         _ = try Endpoint(parsing: listen)
         _ = try ByteSize.parse(maxRegionSize)
         _ = try ByteSize.parse(reserveFree)
+        _ = try ByteSize.parse(streamedWriteMin)
         if let rdmaShadowMemory { _ = try ByteSize.parse(rdmaShadowMemory) }
         if let rdmaPoll { _ = try RDMAPolling(parsing: rdmaPoll) }
         _ = try TransportChoice(parsing: transport)
