@@ -10,22 +10,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rounds=${1:-2}
 secs=${2:-3}
-# PMU_BENCH_BIN=DIR uses the pmu-server and pmu-bench already built there (e.g. .build/debug).
-if [[ -n ${PMU_BENCH_BIN:-} ]]; then
-    bin=$PMU_BENCH_BIN
-else
-    for product in pmu-server pmu-bench; do swift build -c release --product "$product" >/dev/null; done
-    bin=$(swift build -c release --show-bin-path)
-fi
-out=bench-out/journal
-mkdir -p "$out"
-work=$(mktemp -d /var/tmp/pmu-bench-journal.XXXXXX)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-gcc -O2 -o "$work/rawtcp" Benchmarks/baselines/rawtcp.c
+source scripts/bench-setup.sh
+bench_setup journal
 gcc -O2 -o "$work/localmsync" Benchmarks/baselines/localmsync.c
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 start_pmu() {  # name extra-args...
     local name=$1; shift

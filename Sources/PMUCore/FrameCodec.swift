@@ -71,24 +71,7 @@ public enum FrameCodec {
         _: M.Type, from buffer: inout ByteBuffer, maxFrameBytes: Int = Limits.maxFrameBytes,
         tooLargeHint: String = "split large writes (the client library does)"
     ) throws(FrameDecodingError) -> Frame<M>? {
-        guard let length = buffer.getInteger(at: buffer.readerIndex, endianness: .little, as: UInt32.self) else {
-            return nil
-        }
-        guard length >= FrameHeader.countedHeaderBytes else {
-            throw FrameDecodingError(error: PMUError(.malformedFrame, "frame length \(length) is shorter than the 12-byte header"), requestId: nil)
-        }
-        guard Int(length) + 4 <= maxFrameBytes else {
-            let id = buffer.getInteger(at: buffer.readerIndex + 8, endianness: .little, as: UInt64.self)
-            throw FrameDecodingError(
-                error: PMUError(.frameTooLarge, "frame of \(Int(length) + 4) bytes exceeds the limit of \(maxFrameBytes) bytes; \(tooLargeHint)"),
-                requestId: id)
-        }
-        if buffer.readableBytes >= 5, let version = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self), version != Limits.protocolVersion {
-            // Refused from the header, before any body arrives.
-            throw FrameDecodingError(
-                error: PMUError(.unsupportedVersion, "frame version \(version); this peer speaks \(Limits.protocolVersion)"),
-                requestId: buffer.getInteger(at: buffer.readerIndex + 8, endianness: .little, as: UInt64.self))
-        }
+        guard let length = try checkHeader(buffer, maxFrameBytes: maxFrameBytes, tooLargeHint: tooLargeHint) else { return nil }
         guard buffer.readableBytes >= Int(length) + 4 else { return nil }
         var frame = buffer.readSlice(length: Int(length) + 4)!
         frame.moveReaderIndex(forwardBy: 4)
@@ -110,6 +93,31 @@ public enum FrameCodec {
         } catch {
             throw FrameDecodingError(error: error, requestId: requestId)
         }
+    }
+
+    /// The checks a frame's header allows before its body arrives: returns the `length` field,
+    /// or nil when not even that has arrived. Throws for a length shorter than the header, over
+    /// `maxFrameBytes`, or (once its byte is there) a version this peer does not speak.
+    static func checkHeader(_ buffer: ByteBuffer, maxFrameBytes: Int, tooLargeHint: String) throws(FrameDecodingError) -> UInt32? {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, endianness: .little, as: UInt32.self) else {
+            return nil
+        }
+        guard length >= FrameHeader.countedHeaderBytes else {
+            throw FrameDecodingError(error: PMUError(.malformedFrame, "frame length \(length) is shorter than the 12-byte header"), requestId: nil)
+        }
+        guard Int(length) + 4 <= maxFrameBytes else {
+            let id = buffer.getInteger(at: buffer.readerIndex + 8, endianness: .little, as: UInt64.self)
+            throw FrameDecodingError(
+                error: PMUError(.frameTooLarge, "frame of \(Int(length) + 4) bytes exceeds the limit of \(maxFrameBytes) bytes; \(tooLargeHint)"),
+                requestId: id)
+        }
+        if buffer.readableBytes >= 5, let version = buffer.getInteger(at: buffer.readerIndex + 4, as: UInt8.self), version != Limits.protocolVersion {
+            // Refused from the header, before any body arrives.
+            throw FrameDecodingError(
+                error: PMUError(.unsupportedVersion, "frame version \(version); this peer speaks \(Limits.protocolVersion)"),
+                requestId: buffer.getInteger(at: buffer.readerIndex + 8, endianness: .little, as: UInt64.self))
+        }
+        return length
     }
 }
 

@@ -112,7 +112,8 @@ public final class PMUServerService: Service, Sendable {
         defer { journal?.stop() }
         let state = ServerState(store: store, secrets: secrets, configuration: configuration, pair: pair, journal: useJournal ? journal : nil)
         var transport: any ServerTransport = TCPServerTransport(
-            endpoint: configuration.listen, group: group, logger: logger, maxUnsentReplyBytes: configuration.maxUnsentReplyBytes)
+            endpoint: configuration.listen, group: group, logger: logger, maxUnsentReplyBytes: configuration.maxUnsentReplyBytes,
+            minStreamedWritePayload: configuration.minStreamedWritePayload ?? .max)
         var metrics: MetricsEndpoint?
         do {
             let makeHandler: @Sendable (ConnectionInfo) -> any RequestHandler = { info in

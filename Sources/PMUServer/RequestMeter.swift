@@ -37,14 +37,18 @@ final class RequestMeter: Sendable {
     }
 
     func received(_ frame: Frame<Request>) {
-        let opcode = frame.message.opcode
         var writeBytes = 0
         if case .write(_, _, let data) = frame.message { writeBytes = data.readableBytes }
+        received(requestId: frame.requestId, opcode: frame.message.opcode, writeBytes: writeBytes)
+    }
+
+    /// A request known from its head (a streamed WRITE), measured from there.
+    func received(requestId: UInt64, opcode: Opcode, writeBytes: Int) {
         let entry = Pending(verb: opcode, startedNanoseconds: PMUMetrics.now(), writeBytes: writeBytes)
         // Not tracked past the bound: its reply then counts with verb NONE.
         let tracked = pending.withLockedValue { state -> Bool in
             guard state.count < Self.maxTracked else { return false }
-            state.byId[frame.requestId, default: []].append(entry)
+            state.byId[requestId, default: []].append(entry)
             state.count += 1
             return true
         }
@@ -182,6 +186,13 @@ final class MeteredHandler: RequestHandler {
         meter.received(frame)
         session.handle(frame)
     }
+
+    func beginWrite(requestId: UInt64, key: AccessKey, offset: UInt64, length: Int) {
+        meter.received(requestId: requestId, opcode: .write, writeBytes: length)
+        session.beginWrite(requestId: requestId, key: key, offset: offset, length: length)
+    }
+
+    func writePayload(_ bytes: ByteBuffer, last: Bool) { session.writePayload(bytes, last: last) }
 
     func malformedFrame(_ error: PMUError, requestId: UInt64?) { session.malformedFrame(error, requestId: requestId) }
 

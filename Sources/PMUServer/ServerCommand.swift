@@ -54,6 +54,9 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("max-unsent-replies"), help: "Reply bytes a TCP connection may have waiting to be written to its socket; over it, its requests wait until the client reads (at least 64KiB).")
     var maxUnsentReplies = "16MiB"
 
+    @Option(name: .customLong("streamed-write-min"), help: "TCP WRITEs with at least this much payload are copied into the region as each socket read arrives instead of being gathered whole first (one copy fewer); 0 gathers every WRITE whole.")
+    var streamedWriteMin = "64KiB"
+
     @Option(name: .customLong("max-handles"), help: "Open region handles per connection.")
     var maxHandles = 4096
 
@@ -199,6 +202,7 @@ public struct ServerCommand: ParsableCommand {
         _ = try Endpoint(parsing: listen)
         _ = try ByteSize.parse(maxRegionSize)
         _ = try ByteSize.parse(reserveFree)
+        _ = try ByteSize.parse(streamedWriteMin)
         if let rdmaShadowMemory { _ = try ByteSize.parse(rdmaShadowMemory) }
         if let rdmaPoll { _ = try RDMAPolling(parsing: rdmaPoll) }
         _ = try TransportChoice(parsing: transport)
@@ -263,6 +267,11 @@ public struct ServerCommand: ParsableCommand {
         configuration.maxConnectionsPerClient = maxConnectionsPerClient
         configuration.idleTimeout = idleTimeoutSeconds == 0 ? nil : .seconds(Int64(idleTimeoutSeconds))
         configuration.maxUnsentReplyBytes = Int(try ByteSize.parse(maxUnsentReplies))
+        let streamedMin = try ByteSize.parse(streamedWriteMin)
+        guard streamedMin <= UInt64(Limits.maxIOBytes) else {
+            throw ValidationError("--streamed-write-min \(streamedWriteMin) is larger than one WRITE may be (\(Limits.maxIOBytes) bytes); use 0 to turn streaming off")
+        }
+        configuration.minStreamedWritePayload = streamedMin == 0 ? nil : Int(streamedMin)
         configuration.maxHandlesPerConnection = maxHandles
         configuration.store = StoreConfiguration(
             maxRegionBytes: try ByteSize.parse(maxRegionSize), maxRegions: maxRegions, reserveFreeBytes: try ByteSize.parse(reserveFree),

@@ -26,6 +26,9 @@ public struct ServerConfiguration: Sendable {
     /// TCP: a connection's replies not yet written to its socket. Over it, the connection's
     /// requests wait (none executes) until the replies drain below half of it.
     public var maxUnsentReplyBytes: Int = 16 * 1024 * 1024
+    /// TCP: WRITE payloads of at least this many bytes are copied into the region piece by piece
+    /// as they arrive, not gathered whole first (`--streamed-write-min`); nil: always gathered.
+    public var minStreamedWritePayload: Int? = RequestStreamDecoder.minStreamedPayload
     public var maxHandlesPerConnection: Int = 4096
     public var store = StoreConfiguration()
     /// Threads that run PERSIST's msync off the event loops (`--persist-threads`). Concurrent syncs

@@ -152,17 +152,33 @@ final class ServerState: Sendable {
     /// `copy`, when given, does the copy instead (the pair's mirror wraps it to order and mirror
     /// the write), under the same fence.
     func write(key: AccessKey, connection: UInt64, offset: UInt64, data: ByteBuffer, copy: ((ProtectionTable<ServedRegion>.Translation) -> Void)? = nil) throws(PMUError) {
-        let length = UInt64(data.readableBytes)
-        let (translation, fence) = try table.withTypedLock { table throws(PMUError) -> (ProtectionTable<ServedRegion>.Translation, RegionFence?) in
-            let translation = try table.keys.check(key: key, connection: connection, need: .write, offset: offset, length: length)
-            return (translation, translation.region.kind == .raw ? nil : table.fence(for: translation.regionId))
-        }
+        let (translation, fence) = try checkWrite(key: key, connection: connection, offset: offset, length: UInt64(data.readableBytes))
         let apply: () -> Void = copy.map { copy in { copy(translation) } }
             ?? { data.withUnsafeReadableBytes { translation.region.mapping.write($0, at: offset) } }
         if let fence {
             try fence.whileCurrent(translation.epoch, apply)
         } else {
             apply()
+        }
+    }
+
+    /// A WRITE whose payload arrives in pieces (`Session.beginWrite`): everything `write` checks,
+    /// for the whole range, before its first byte lands; each piece then goes through `write`
+    /// (key and fence again, the copy under the fence), so no piece lands after a takeover or a
+    /// revocation, and the region is left with a prefix of the payload if one stops it.
+    /// Returns the region's mapping.
+    func admitWrite(key: AccessKey, connection: UInt64, offset: UInt64, length: UInt64) throws(PMUError) -> MappedRegion {
+        let (translation, fence) = try checkWrite(key: key, connection: connection, offset: offset, length: length)
+        try fence?.whileCurrent(translation.epoch) {}
+        return translation.region.mapping
+    }
+
+    /// Key, connection, write rights and bounds under the table lock, and the region's fence for
+    /// checkpoint regions (nil for raw ones).
+    private func checkWrite(key: AccessKey, connection: UInt64, offset: UInt64, length: UInt64) throws(PMUError) -> (ProtectionTable<ServedRegion>.Translation, RegionFence?) {
+        try table.withTypedLock { table throws(PMUError) -> (ProtectionTable<ServedRegion>.Translation, RegionFence?) in
+            let translation = try table.keys.check(key: key, connection: connection, need: .write, offset: offset, length: length)
+            return (translation, translation.region.kind == .raw ? nil : table.fence(for: translation.regionId))
         }
     }
 

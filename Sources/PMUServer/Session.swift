@@ -22,7 +22,7 @@ import PMUTransport
 ///
 /// Unchecked Sendable: confined to its event loop; work on the pool hops back before touching it.
 final class Session: RequestHandler, @unchecked Sendable {
-    private enum Phase {
+    enum Phase {
         case awaitingHello
         case challenged(clientId: String, clientNonce: [UInt8], serverNonce: [UInt8], secret: [UInt8]?)
         case authenticated(clientId: String)
@@ -37,16 +37,18 @@ final class Session: RequestHandler, @unchecked Sendable {
     /// never delay a takeover's fencing open.
     private let metadataPool: NIOThreadPool
     private var logger: Logger
-    private var phase: Phase = .awaitingHello
+    private(set) var phase: Phase = .awaitingHello
     /// Last request received, reply sent or replies drained; the idle timeout counts from it.
     /// On the loop's clock (`EventLoop.now`), which tests can advance.
-    private var lastActivity: NIODeadline
-    private var queue: [Frame<Request>] = []
-    private var busy = false { didSet { updateReading() } }
+    var lastActivity: NIODeadline
+    private(set) var queue: [Frame<Request>] = []
+    private(set) var busy = false { didSet { updateReading() } }
     /// PERSISTs this connection has on the pool; reading pauses at the cap (bounded queue).
     var persistsInFlight = 0 { didSet { updateReading() } }
     static let maxPersistsInFlight = 256
     private var readingPaused = false
+    /// The large WRITE whose payload is arriving in pieces (Session+StreamedWrite.swift).
+    var inboundWrite: InboundWrite?
 
     init(info: ConnectionInfo, state: ServerState, pool: NIOThreadPool, metadataPool: NIOThreadPool, logger: Logger) {
         self.info = info
@@ -117,6 +119,8 @@ final class Session: RequestHandler, @unchecked Sendable {
     func connectionClosed() {
         phase = .closed
         queue.removeAll()
+        // A payload cut short lands no further and is never answered.
+        inboundWrite = nil
         state.connectionClosed(info.id)
         state.pair?.receiver?.connectionClosed(info.id)
         state.forming.connectionClosed(info.id)

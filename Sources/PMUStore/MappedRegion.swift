@@ -37,7 +37,10 @@ public final class MappedRegion: @unchecked Sendable {
     public let sizeBytes: UInt64
     public let base: UnsafeMutableRawPointer
     public let memory: RegionMemory
-    let path: String
+    public let path: String
+    /// The mapped file's device and inode, so a writer that opens `path` later can tell it is
+    /// still the same file (`RegionFileWriter`).
+    let fileIdentity: (device: UInt64, inode: UInt64)?
 
     init(id: UInt64, path: String, sizeBytes: UInt64, memory: RegionMemory = .fileMapping) throws(PMUError) {
         let fd = open(path, O_RDWR | O_CLOEXEC)
@@ -55,6 +58,8 @@ public final class MappedRegion: @unchecked Sendable {
         case .shadow:
             pointer = try Self.loadShadow(from: fd, sizeBytes: sizeBytes, path: path)
         }
+        var status = stat()
+        self.fileIdentity = fstat(fd, &status) == 0 ? (UInt64(status.st_dev), UInt64(status.st_ino)) : nil
         self.id = id
         self.sizeBytes = sizeBytes
         self.base = pointer

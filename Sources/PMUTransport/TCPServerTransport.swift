@@ -15,12 +15,19 @@ public final class TCPServerTransport: ServerTransport, @unchecked Sendable {
     /// A connection's replies handed to NIO and not yet written to its socket: above this the
     /// channel turns unwritable and its session stops executing requests; it resumes below half.
     private let maxUnsentReplyBytes: Int
+    /// WRITE payloads of at least this many bytes are handed to the session in pieces as they
+    /// arrive (`RequestStreamDecoder`); Int.max: every frame is gathered whole.
+    private let minStreamedWritePayload: Int
     private let state = NIOLockedValueBox<(server: Channel?, connections: [ObjectIdentifier: Channel], nextId: UInt64)>((nil, [:], 1))
 
     public static let defaultMaxUnsentReplyBytes = 16 * 1024 * 1024
 
-    public init(endpoint: Endpoint, group: any EventLoopGroup, logger: Logger, maxUnsentReplyBytes: Int = TCPServerTransport.defaultMaxUnsentReplyBytes) {
-        precondition(maxUnsentReplyBytes >= 2)
+    public init(
+        endpoint: Endpoint, group: any EventLoopGroup, logger: Logger, maxUnsentReplyBytes: Int = TCPServerTransport.defaultMaxUnsentReplyBytes,
+        minStreamedWritePayload: Int = RequestStreamDecoder.minStreamedPayload
+    ) {
+        precondition(maxUnsentReplyBytes >= 2 && minStreamedWritePayload >= 1)
+        self.minStreamedWritePayload = minStreamedWritePayload
         self.endpoint = endpoint
         self.group = group
         self.logger = logger
@@ -29,6 +36,7 @@ public final class TCPServerTransport: ServerTransport, @unchecked Sendable {
 
     public func start(makeHandler: @escaping @Sendable (ConnectionInfo) -> any RequestHandler) async throws -> Endpoint {
         let logger = self.logger
+        let minStreamed = minStreamedWritePayload
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -56,7 +64,7 @@ public final class TCPServerTransport: ServerTransport, @unchecked Sendable {
                     replies: ChannelReplySink(channel: channel, gate: gate, frameLimit: frameLimit))
                 return channel.eventLoop.makeCompletedFuture {
                     let handler = makeHandler(info)
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder<Request>(limit: frameLimit)))
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RequestStreamDecoder(limit: frameLimit, minStreamedPayload: minStreamed)))
                     try channel.pipeline.syncOperations.addHandler(ServerFrameHandler(handler: handler, gate: gate, logger: logger))
                 }.flatMap {
                     channel.closeFuture.whenComplete { [weak self] _ in self?.unregister(channel) }
@@ -217,7 +225,7 @@ struct ChannelReplySink: ReplySink {
 /// pauses and the session executes nothing, so a client that pipelines reads but never drains
 /// replies cannot make the server buffer without bound; `repliesDrained` resumes it.
 final class ServerFrameHandler: ChannelInboundHandler {
-    typealias InboundIn = Frame<Request>
+    typealias InboundIn = InboundRequest
     private let handler: any RequestHandler
     private let gate: ReadGate
     private let logger: Logger
@@ -231,7 +239,11 @@ final class ServerFrameHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !failed else { return }
-        handler.handle(unwrapInboundIn(data))
+        switch unwrapInboundIn(data) {
+        case .frame(let frame): handler.handle(frame)
+        case .writeHead(let requestId, let key, let offset, let length): handler.beginWrite(requestId: requestId, key: key, offset: offset, length: length)
+        case .writePayload(let bytes, let last): handler.writePayload(bytes, last: last)
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

@@ -112,6 +112,11 @@ public protocol OneSidedTransport: Sendable {
 /// The server side of one connection. Called on the connection's event loop, in arrival order.
 public protocol RequestHandler: AnyObject {
     func handle(_ frame: Frame<Request>)
+    /// A large WRITE arriving in pieces (TCP, `RequestStreamDecoder`): its header and fixed
+    /// fields now, then `writePayload` with exactly `length` bytes in all, the last marked. No
+    /// other call but `connectionClosed` comes in between.
+    func beginWrite(requestId: UInt64, key: AccessKey, offset: UInt64, length: Int)
+    func writePayload(_ bytes: ByteBuffer, last: Bool)
     /// A frame that could not be decoded. The transport closes the connection after the reply.
     func malformedFrame(_ error: PMUError, requestId: UInt64?)
     func connectionClosed()

@@ -118,8 +118,6 @@ import Testing
         FrameCodec.encode(Frame(requestId: 4, message: Request.write(key: grant.key, offset: 0, data: ByteBuffer(bytes: Array(repeating: 7, count: 512 * 1024)))), into: &frame)
         raw.send(Array(frame.readableBytesView.prefix(300 * 1024))) // then vanish
         _ = consume raw
-        #expect(Array(try await bystander.read(handle, at: 0, length: 4).readableBytesView) == [0, 0, 0, 0]) // torn frame never applied
-        try await bystander.write(handle, at: 0, [5])
         // The dead connection's handle is gone once the server has seen the close, which it learns
         // asynchronously from the kernel (the bystander's requests can overtake it): wait up to 10 s.
         var handles = try await bystander.stat("r").openHandles
@@ -128,6 +126,13 @@ import Testing
             handles = try await bystander.stat("r").openHandles
         }
         #expect(handles == 1)
+        // The torn WRITE was never answered; a large one streams into the region as it arrives
+        // (StreamedWriteTests), so at most a prefix of what was sent landed, nothing beyond.
+        let region = Array(try await bystander.read(handle, at: 0, length: 512 * 1024).readableBytesView)
+        let landed = region.firstIndex(of: 0) ?? region.count
+        #expect(landed <= 300 * 1024 - FrameCodec.writeHeadBytes && region[landed...].allSatisfy { $0 == 0 })
+        try await bystander.write(handle, at: 0, [5])
+        #expect(Array(try await bystander.read(handle, at: 0, length: 1).readableBytesView) == [5])
         await bystander.disconnect()
     }
 
