@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Fuzzes every decoder of stored bytes (Sources/PMUFuzzing: checkpoint, stripe, catalog, log) and the
-# failover heartbeat datagram (heartbeat) with
+# failover heartbeat datagram (heartbeat) and the server's streaming request decoder (request) with
 # libFuzzer for a bounded time each; fails if any target crashes (a trap, an ASan report, or a
 # broken round-trip property). Crash inputs are kept in .build-fuzz/crashes/TARGET/ and reproduce
 # with the normal build: `$(swift build --show-bin-path)/pmu-fuzz TARGET FILE`.
 #
 #   PMU_FUZZ_SECONDS=20     time per target (default 20)
-#   PMU_FUZZ_TARGETS="..."  which targets (default: all five)
+#   PMU_FUZZ_TARGETS="..."  which targets (default: all six)
 #   PMU_FUZZ_SANITIZE=...   -sanitize value (default fuzzer,address)
 #
 # The build uses its own scratch path (.build-fuzz), so the normal `swift build` never sees the
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 seconds=${PMU_FUZZ_SECONDS:-20}
-targets=${PMU_FUZZ_TARGETS:-checkpoint stripe catalog log heartbeat}
+targets=${PMU_FUZZ_TARGETS:-checkpoint stripe catalog log heartbeat request}
 sanitize=${PMU_FUZZ_SANITIZE:-fuzzer,address}
 
 echo "fuzz: building pmu-fuzz (-sanitize=$sanitize) in .build-fuzz"

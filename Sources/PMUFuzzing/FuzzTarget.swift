@@ -25,6 +25,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case log
     /// The failover heartbeat datagram (UDP, HMAC-tagged): every field of a hostile packet.
     case heartbeat
+    /// The server's TCP request decoder, whose large WRITEs come out in pieces (issue 15).
+    case request
 
     public func run(_ bytes: [UInt8]) {
         switch self {
@@ -33,6 +35,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .catalog: CatalogFuzz.run(bytes)
         case .log: LogFuzz.run(bytes)
         case .heartbeat: HeartbeatFuzz.run(bytes)
+        case .request: RequestStreamFuzz.run(bytes)
         }
     }
 }
@@ -223,5 +226,77 @@ enum HeartbeatFuzz {
         precondition(again == message, "a decoded heartbeat does not survive re-encoding")
         // Under another secret the same bytes are refused (the tag covers every field).
         precondition((try? HeartbeatMessage.decode(bytes, secret: Array("another-secret".utf8))) == nil, "a heartbeat decoded under the wrong secret")
+    }
+}
+
+enum RequestStreamFuzz {
+    /// Input: mode byte | split seed byte | a stream of request frames as a client would send it.
+    /// The mode byte's high seven bits choose the streaming threshold (1...128 payload bytes, so
+    /// small WRITEs stream too). Property: `RequestStreamDecoder`, fed the stream in seeded
+    /// random pieces with the leftover kept as NIO's cumulation would, yields exactly the frames
+    /// `FrameCodec.decode` yields from the whole stream (a streamed WRITE reassembled from its head
+    /// and pieces), and stops with the same error where the whole-stream decode refuses a frame.
+    static func run(_ input: [UInt8]) {
+        guard input.count >= 2 else { return }
+        let minPayload = Int(input[0] >> 1) + 1
+        var seed = UInt32(input[1]) &* 2_654_435_761 | 1
+        let stream = Array(input.dropFirst(2))
+
+        var whole = ByteBuffer(bytes: stream)
+        var expected: [Frame<Request>] = []
+        var expectedError: PMUErrorCode?
+        while true {
+            do {
+                guard let frame = try FrameCodec.decode(Request.self, from: &whole) else { break }
+                expected.append(frame)
+            } catch {
+                expectedError = error.error.code
+                break
+            }
+        }
+
+        var decoder = RequestStreamDecoder(limit: FrameSizeLimit(maxFrameBytes: Limits.maxFrameBytes, tooLargeHint: "fuzz"), minStreamedPayload: minPayload)
+        var cumulation = ByteBuffer()
+        var got: [Frame<Request>] = []
+        var gotError: PMUErrorCode?
+        var open: (requestId: UInt64, key: AccessKey, offset: UInt64, length: Int, data: ByteBuffer)?
+        var at = 0
+        feeding: while at < stream.count {
+            seed = seed &* 1_103_515_245 &+ 12_345
+            let piece = min(stream.count - at, 1 + Int(seed >> 16) % 97)
+            cumulation.writeBytes(stream[at..<(at + piece)])
+            at += piece
+            while true {
+                let event: InboundRequest?
+                do {
+                    event = try decoder.next(from: &cumulation)
+                } catch {
+                    gotError = error.error.code
+                    break feeding
+                }
+                guard let event else { break }
+                switch event {
+                case .frame(let frame):
+                    precondition(open == nil, "a whole frame came out inside a streamed WRITE's payload")
+                    got.append(frame)
+                case .writeHead(let requestId, let key, let offset, let length):
+                    precondition(open == nil && length >= minPayload, "a streamed WRITE began inside another, or below the threshold")
+                    open = (requestId, key, offset, length, ByteBuffer())
+                case .writePayload(var bytes, let last):
+                    guard var write = open else { preconditionFailure("payload bytes without a WRITE head") }
+                    write.data.writeBuffer(&bytes)
+                    precondition(write.data.readableBytes <= write.length, "more payload than the WRITE announced")
+                    if last {
+                        precondition(write.data.readableBytes == write.length, "a WRITE's last piece came early")
+                        got.append(Frame(requestId: write.requestId, message: .write(key: write.key, offset: write.offset, data: write.data)))
+                        open = nil
+                    } else {
+                        open = write
+                    }
+                }
+            }
+        }
+        precondition(got == expected, "the streamed decode yields other frames than the whole-stream decode")
+        precondition(gotError == expectedError, "the streamed decode stops with \(String(describing: gotError)), the whole-stream decode with \(String(describing: expectedError))")
     }
 }

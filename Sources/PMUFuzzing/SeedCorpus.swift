@@ -19,6 +19,7 @@ public enum SeedCorpus {
         case .catalog: encodings = catalog()
         case .log: encodings = log()
         case .heartbeat: encodings = heartbeat()
+        case .request: encodings = request()
         }
         return encodings.flatMap { [($0.name + "-fixed", [0] + $0.bytes), ($0.name + "-as-is", [1] + $0.bytes)] }
     }
@@ -96,6 +97,24 @@ public enum SeedCorpus {
             ("log-one", LogRecordFormat.encode(records[0])),
             ("log-torn-tail", Array(log.dropLast(5))),
             ("log-zero-tail", log + [UInt8](repeating: 0, count: 64)),
+        ]
+    }
+
+    /// Input form of RequestStreamFuzz (after the mode byte): split seed, then the frames.
+    static func request() -> [(name: String, bytes: [UInt8])] {
+        let key = AccessKey(high: 0x0102_0304_0506_0708, low: 0x1112_1314_1516_1718)
+        var stream = ByteBuffer()
+        let frames: [Frame<Request>] = [
+            Frame(requestId: 1, message: .write(key: key, offset: 4096, data: ByteBuffer(bytes: [UInt8](repeating: 0xAB, count: 16)))),
+            Frame(requestId: 2, message: .write(key: key, offset: 0, data: ByteBuffer(bytes: (0..<300).map { UInt8(truncatingIfNeeded: $0) }))),
+            Frame(requestId: 3, message: .persist(key: key, offset: 0, length: 300)),
+            Frame(requestId: 4, message: .read(key: key, offset: 0, length: 300)),
+        ]
+        for frame in frames { FrameCodec.encode(frame, into: &stream) }
+        let bytes = Array(stream.readableBytesView)
+        return [
+            ("request-mixed", [7] + bytes),
+            ("request-torn", [200] + Array(bytes.dropLast(100))),
         ]
     }
 
