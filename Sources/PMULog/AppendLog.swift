@@ -165,6 +165,14 @@ public final class AppendLog: @unchecked Sendable {
             segments.append(segment)
             nextSequence = first + UInt64(scan.records.count)
         }
+        // A last segment holding no record and smaller than a segment is a crash between its
+        // creation and its preallocation (startSegment): nothing was written there. Removed, so
+        // the next append creates it again; kept, that append would find it too small and try
+        // to create the same name (O_EXCL: EEXIST) — every later append would fail.
+        if let last = segments.last, last.records == 0, last.sizeBytes < configuration.segmentBytes {
+            guard unlink(last.path) == 0 || errno == ENOENT else { throw LogIO.error("cannot remove an unprepared log segment", last.path) }
+            segments.removeLast()
+        }
         repairedTornBytes = repaired
         durableThrough = nextSequence - 1
         if let last = segments.last {

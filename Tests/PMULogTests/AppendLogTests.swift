@@ -117,6 +117,29 @@ func segmentFiles(_ dir: String) -> [String] {
         #expect(try replayed(log).map(\.sequence) == [1, 2, 3])
     }
 
+    /// A crash between creating the next segment's file and preallocating it leaves an empty
+    /// file named for the next sequence. Reopened, the log appends again (before the fix every
+    /// append failed: the too-small segment made it create the same name, EEXIST).
+    @Test func segmentCreatedButNotPreallocatedAtACrashIsRemovedAtReopen() throws {
+        let temp = LogTempDir()
+        do {
+            let log = try AppendLog(path: temp.log, configuration: small)
+            try log.append([entry(1), entry(2), entry(3), entry(4)]) // fills segment 1 exactly
+        }
+        #expect(FileManager.default.createFile(atPath: temp.log + "/0000000000000005.pmulog", contents: Data()))
+        let log = try AppendLog(path: temp.log, configuration: small)
+        #expect(log.status.nextSequence == 5)
+        #expect(try log.append([entry(5)]) == 5)
+        #expect(try replayed(log).map(\.sequence) == [1, 2, 3, 4, 5])
+        #expect((try FileManager.default.attributesOfItem(atPath: temp.log + "/0000000000000005.pmulog")[.size] as? Int) == small.segmentBytes)
+        // And the same with the unprepared file as the only segment (the log trimmed empty before).
+        try log.trim(through: 5)
+        #expect(FileManager.default.createFile(atPath: temp.log + "/0000000000000006.pmulog", contents: Data()))
+        let again = try AppendLog(path: temp.log, configuration: small)
+        #expect(try again.append([entry(6)]) == 6)
+        #expect(try replayed(again).map(\.sequence) == [6])
+    }
+
     @Test func damageFollowedByValidRecordsRefusesToOpen() throws {
         let temp = LogTempDir()
         do {
