@@ -210,27 +210,42 @@ final class RawConnection {
         send(Array(buffer.readableBytesView))
     }
 
-    /// Reads replies until the server closes the connection (or 10 s pass).
+    /// Reply bytes received but not yet decoded: a recv can carry more than one frame, and the bytes
+    /// past the first belong to the next read.
+    private var pending = ByteBuffer()
+
+    /// Reads replies until the server closes the connection (or 10 s pass). A reply that does not
+    /// decode ends the read as if the connection closed badly (closed: false).
     func readUntilClosed() -> (frames: [Frame<Response>], closed: Bool) {
-        var pending = ByteBuffer()
         var frames: [Frame<Response>] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
-            if n <= 0 { return (frames, n == 0) }
-            pending.writeBytes(chunk[0..<n])
-            while let frame = try? FrameCodec.decode(Response.self, from: &pending) { frames.append(frame) }
+            switch nextFrame() {
+            case .frame(let frame): frames.append(frame)
+            case .closed: return (frames, true)
+            case .failed: return (frames, false)
+            }
         }
     }
 
-    /// Reads exactly one reply.
+    /// Reads exactly one reply; nil if the connection closed, timed out or sent bytes that are not a reply.
     func readFrame() -> Frame<Response>? {
-        var pending = ByteBuffer()
+        if case .frame(let frame) = nextFrame() { return frame }
+        return nil
+    }
+
+    private enum Next { case frame(Frame<Response>), closed, failed }
+
+    private func nextFrame() -> Next {
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
-            if let frame = try? FrameCodec.decode(Response.self, from: &pending) { return frame }
+            do {
+                if let frame = try FrameCodec.decode(Response.self, from: &pending) { return .frame(frame) }
+            } catch {
+                return .failed
+            }
             let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
-            if n <= 0 { return nil }
+            if n == 0 { return .closed }
+            if n < 0 { return .failed }
             pending.writeBytes(chunk[0..<n])
         }
     }
