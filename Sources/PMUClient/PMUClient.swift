@@ -163,9 +163,15 @@ public final class PMUClient: Sendable {
 
     /// Takes the writer role back after a reconnect (OPEN_RESUME): granted only if the region's
     /// writer epoch is still `epoch`, at `epoch` + 1; FENCED if another writer opened it since.
-    public func resumeRegion(_ name: String, epoch: UInt64) async throws(PMUError) -> RegionHandle {
+    /// Pass the same `token` (`Limits.resumeTokenBytes` random bytes) on every retry of one resume:
+    /// if an earlier try's reply was lost after the server raised the epoch, the retry is granted
+    /// at `epoch` + 1 again instead of FENCED (by the same server process only).
+    public func resumeRegion(_ name: String, epoch: UInt64, token: [UInt8]? = nil) async throws(PMUError) -> RegionHandle {
         try NameRules.validateRegionName(name)
-        let (grant, remote) = try await expectGrant(.openResume(name: name, epoch: epoch))
+        if let token, token.count != Limits.resumeTokenBytes {
+            throw PMUError(.invalidArgument, "a resume token is \(Limits.resumeTokenBytes) bytes, not \(token.count)")
+        }
+        let (grant, remote) = try await expectGrant(.openResume(name: name, epoch: epoch, token: token))
         return RegionHandle(name: name, grant: grant, remote: remote)
     }
 

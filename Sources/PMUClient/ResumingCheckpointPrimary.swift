@@ -155,10 +155,14 @@ public actor ResumingCheckpointPrimary {
     /// `lastSettled` says which). Throws, and stops the writer, when resuming is not safe.
     private func resume(started: ContinuousClock.Instant) async throws(PMUError) -> Outcome {
         var backoff = connection.policy.initialBackoff
+        // One token for every try of this resume (same epoch): a try whose reply was lost after
+        // the server raised the epoch is then granted again rather than FENCED by itself.
+        var generator = SystemRandomNumberGenerator()
+        let token = (0..<Limits.resumeTokenBytes).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
         while true {
             do throws(PMUError) {
                 let client = try await connection.connected()
-                let handle = try await client.resumeRegion(name, epoch: epoch)
+                let handle = try await client.resumeRegion(name, epoch: epoch, token: token)
                 // Held from here: the next attempt must present the new epoch, not be fenced by it.
                 epoch = handle.epoch
                 let io = RemoteRegion(client: client, handle: handle)

@@ -48,4 +48,6 @@ public enum Limits {
 
     /// A server process's random instance id (MIRROR_OPEN), to tell a server that is its own partner.
     public static let instanceIdBytes: Int = 16
+    /// OPEN_RESUME's optional idempotency token.
+    public static let resumeTokenBytes: Int = 16
 }

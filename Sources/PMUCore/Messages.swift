@@ -118,7 +118,11 @@ public enum Request: Sendable, Equatable {
     /// is still `epoch` (no other writer opened it since); the grant carries `epoch` + 1, which
     /// fences this writer's own older handles. FENCED if the epoch is newer, RESUME_REFUSED if it
     /// is older (not the store the writer wrote to). docs/ARCHITECTURE.md section 12a.
-    case openResume(name: String, epoch: UInt64)
+    /// `token` (optional, `Limits.resumeTokenBytes` random bytes, the same on every retry of one
+    /// resume) makes the resume idempotent: when its reply was lost, the retry finds the epoch at
+    /// `epoch` + 1 raised by this very resume (same token, same client, remembered by the server
+    /// process) and is granted again at `epoch` + 1 instead of being told FENCED.
+    case openResume(name: String, epoch: UInt64, token: [UInt8]?)
     case write(key: AccessKey, offset: UInt64, data: ByteBuffer)
     case read(key: AccessKey, offset: UInt64, length: UInt32)
     /// length 0 means "to the end of the region".

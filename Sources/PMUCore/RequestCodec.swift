@@ -18,9 +18,13 @@ extension Request: WireMessage {
         case .open(let name, let rights):
             buffer.writeWireString(name, maxBytes: Limits.maxNameBytes)
             buffer.writeLE(rights.rawValue)
-        case .openResume(let name, let epoch):
+        case .openResume(let name, let epoch, let token):
             buffer.writeWireString(name, maxBytes: Limits.maxNameBytes)
             buffer.writeLE(epoch)
+            if let token {
+                precondition(token.count == Limits.resumeTokenBytes, "an OPEN_RESUME token is \(Limits.resumeTokenBytes) bytes")
+                buffer.writeBytes(token)
+            }
         case .write(let key, let offset, let data):
             buffer.writeAccessKey(key)
             buffer.writeLE(offset)
@@ -112,7 +116,10 @@ extension Request: WireMessage {
             request = .open(name: name, rights: rights)
         case .openResume:
             let name = try body.readWireString("name", maxBytes: Limits.maxNameBytes)
-            request = .openResume(name: name, epoch: try body.readLE(UInt64.self, "epoch"))
+            let epoch = try body.readLE(UInt64.self, "epoch")
+            // The token is optional (absent from writers before it existed); present, it is whole.
+            let token = body.readableBytes == 0 ? nil : try body.readFixedBytes(Limits.resumeTokenBytes, "token")
+            request = .openResume(name: name, epoch: epoch, token: token)
         case .write:
             let key = try body.readAccessKey()
             let offset = try body.readLE(UInt64.self, "offset")

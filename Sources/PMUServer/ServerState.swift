@@ -32,6 +32,8 @@ final class ServerState: Sendable {
     let forming: FormingService
     /// Group commit for small PERSISTs (nil: every PERSIST is an msync).
     let journal: WriteJournal?
+    /// The last resume of each region, so that a resume whose reply was lost can be retried.
+    let resumeGrants = ResumeGrants()
     private let table: NIOLockedValueBox<Table>
     /// Who holds a connection slot, with how to close each connection it may displace. Its own
     /// lock: admission never waits for the data path's table.

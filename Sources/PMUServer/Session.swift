@@ -338,12 +338,12 @@ final class Session: RequestHandler, @unchecked Sendable {
                     throw PMUError(.accessDenied, "client '\(clientId)' may not open region \(NameRules.quoted(name)) for \(rights); its owner or an admin can grant it")
                 }
                 if rights.contains(.write) {
-                    try takeWriterRole(id, record: record, rights: rights) { _ throws(PMUError) in }
+                    try takeWriterRole(id, record: record, rights: rights) { _ throws(PMUError) in true }
                 } else {
                     reply(id, try Session.grant(state: state, connection: connection, memory: memory, record: record, rights: rights, epoch: 0))
                 }
 
-            case .openResume(let name, let epoch):
+            case .openResume(let name, let epoch, let token):
                 try NameRules.validateRegionName(name)
                 guard let record = state.store.record(named: name) else {
                     throw PMUError(.unknownRegion, "no region named \(NameRules.quoted(name)) on this server; a resuming writer must reconnect to the server that holds its region")
@@ -353,11 +353,15 @@ final class Session: RequestHandler, @unchecked Sendable {
                 }
                 // The compare-and-set that makes a resume safe: decided under the catalog lock,
                 // against the durable epoch, so no OPEN read-write can fall between check and bump.
-                try takeWriterRole(id, record: record, rights: .readWrite) { (current: RegionRecord) throws(PMUError) in
-                    if current.writerEpoch > epoch {
+                let grants = state.resumeGrants
+                try takeWriterRole(id, record: record, rights: .readWrite, resumeToken: (token, clientId)) { (current: RegionRecord) throws(PMUError) in
+                    let again = grants.matches(regionId: current.id, epoch: current.writerEpoch, token: token, clientId: clientId)
+                    switch ResumeEpochRule.decide(stored: current.writerEpoch, asked: epoch, lastResumeMatches: again) {
+                    case .raise: return true
+                    case .grantAgain: return false
+                    case .fenced:
                         throw PMUError(.fenced, "region \(NameRules.quoted(name)) has writer epoch \(current.writerEpoch), newer than this writer's \(epoch): another primary opened it for writing meanwhile; this writer must stop")
-                    }
-                    if current.writerEpoch < epoch {
+                    case .refused:
                         throw PMUError(.resumeRefused, "region \(NameRules.quoted(name)) has writer epoch \(current.writerEpoch), older than this writer's \(epoch): this server does not hold the catalog the writer wrote through (another store, or an update was lost); not resuming")
                     }
                 }
@@ -387,6 +391,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                         state.revokeAll(regionId: record.id)
                     }
                     state.pair?.sender?.forget(regionId: record.id)
+                    state.resumeGrants.forget(regionId: record.id)
                     return .ok
                 }
 
@@ -409,13 +414,21 @@ final class Session: RequestHandler, @unchecked Sendable {
     /// OPEN for writing and OPEN_RESUME: bumps the region's writer epoch durably (fencing, which
     /// syncs the catalog) after `check` accepted the current record, and grants `rights` (those
     /// the access check allowed: a write-only open stays write-only) at the new epoch.
-    private func takeWriterRole(_ id: UInt64, record: RegionRecord, rights: Rights, check: @escaping @Sendable (RegionRecord) throws(PMUError) -> Void) throws(PMUError) {
+    /// `check` runs under the catalog lock on the current record: it throws to refuse, returns
+    /// true to raise the writer epoch (every OPEN read-write, a resume at its epoch) or false to
+    /// grant at the stored epoch (a resume retried after its reply was lost). A resume's token is
+    /// remembered once its raise is committed.
+    private func takeWriterRole(_ id: UInt64, record: RegionRecord, rights: Rights, resumeToken: (token: [UInt8]?, clientId: String)? = nil, check: @escaping @Sendable (RegionRecord) throws(PMUError) -> Bool) throws(PMUError) {
         let (state, connection, memory) = (state, info.id, info.memory)
         try state.checkHandleRoom(connection: connection)
         runBlocking(id) { () throws(PMUError) -> Response in
+            var raised = false
             let updated = try state.store.update(id: record.id) { (current: inout RegionRecord) throws(PMUError) in
-                try check(current)
-                current.writerEpoch += 1
+                raised = try check(current)
+                if raised { current.writerEpoch += 1 }
+            }
+            if raised, let resumeToken {
+                state.resumeGrants.record(regionId: updated.id, epoch: updated.writerEpoch, token: resumeToken.token, clientId: resumeToken.clientId)
             }
             // Fence older writers now, even if mapping or granting fails below.
             state.raiseEpoch(regionId: updated.id, to: updated.writerEpoch, kind: updated.kind)

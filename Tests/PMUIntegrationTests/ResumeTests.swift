@@ -199,4 +199,35 @@ struct ResumeTests {
         await connection.disconnect()
         try await Self.expectEveryCheckpointInOrder(at: server.configuration(), acknowledged: (1...5).map { ($0, UInt64($0)) })
     }
+
+    /// A resume whose own reply is lost: the server raised the epoch and granted, the grant never
+    /// arrived (the second proxy cuts exactly the OPEN_RESUME reply, after the handshake's two).
+    /// The writer retries with the same token at the server directly and is granted again at the
+    /// same raised epoch (ResumeEpochRule.grantAgain), not FENCED by its own first try; the stream
+    /// goes on with nothing lost. Without the token this writer would stop FENCED.
+    @Test func resumeWhoseReplyIsLostIsGrantedAgainNotFenced() async throws {
+        let scratch = Scratch()
+        let server = try ServerProcess(dataDirectory: scratch.path + "/data", secretsPath: nil)
+        let first = try ReplyCuttingProxy(to: server.endpoint)
+        let second = try ReplyCuttingProxy(to: server.endpoint)
+        defer {
+            first.stop()
+            second.stop()
+        }
+        let (connection, primary) = try await Self.writer(creatingOn: server, first: first.endpoint, then: [second.endpoint, server.endpoint])
+        let firstEpoch = await primary.epoch
+        for index in 1...3 { #expect(try await primary.checkpoint(Self.payload(index)) == UInt64(index)) }
+
+        second.cut(afterReplies: 2) // CHALLENGE and AUTHENTICATED pass; the OPEN_RESUME grant is lost
+        first.cut(afterReplies: 0) // checkpoint 4's first reply is lost: the writer resumes
+        let fourth = await message { _ = try await primary.checkpoint(Self.payload(4)) }
+        #expect(fourth.code == nil, "checkpoint 4 after a lost resume reply: \(fourth.text)")
+        #expect(first.hasCut && second.hasCut)
+        #expect(await primary.resumes == 1)
+        // One raise, by the try whose reply was lost; the retry took no second one.
+        #expect(await primary.epoch == firstEpoch + 1)
+        #expect(try await primary.checkpoint(Self.payload(5)) == 5)
+        await connection.disconnect()
+        try await Self.expectEveryCheckpointInOrder(at: server.configuration(), acknowledged: (1...5).map { ($0, UInt64($0)) })
+    }
 }
