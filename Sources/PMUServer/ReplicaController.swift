@@ -29,7 +29,10 @@ final class ReplicaController: Sendable {
         var clientId: String
         var secret: [UInt8]
         var directory: String
+        /// Between tries while the replica is not ready (no full copy under the current attachment).
         var intervalMilliseconds: Int64
+        /// Between passes once it is (`--replica-interval`).
+        var passIntervalMilliseconds: Int64
     }
 
     struct CopyReport: Sendable, Codable, Equatable {
@@ -98,21 +101,15 @@ final class ReplicaController: Sendable {
             if handedOver { throw PMUError(.fenced, "portion \(portion) is being taken over by this server; its log is kept whole") }
             // No replica open yet: the first pass copies after this trim, so it reads these bytes.
             guard let store else { return }
-            var unknown: UInt64 = 0
-            for record in records {
-                guard let region = store.record(id: record.regionId), let mapping = try? store.mapping(id: record.regionId) else {
-                    unknown += 1
-                    continue
-                }
-                let (end, overflow) = record.offset.addingReportingOverflow(UInt64(record.payload.count))
-                guard !overflow, end <= region.sizeBytes else {
-                    // The replica's region does not match the primary's: copy everything again.
-                    state.withLockedValue { $0.copiedGeneration = nil }
-                    unknown += 1
-                    continue
-                }
-                record.payload.withUnsafeBytes { mapping.write($0, at: record.offset) }
+            // Catalog records first shape the copy's catalog (a region created since the last
+            // pass, a delete, a raised epoch), then the writes that follow them land in it.
+            let replay = try CatalogReplay.make(records: records, catalog: store.list(after: "", limit: Int.max).records)
+            if !replay.outOfBounds.isEmpty {
+                // The replica's region does not match the primary's: copy everything again.
+                state.withLockedValue { $0.copiedGeneration = nil }
             }
+            _ = try replay.apply(to: store)
+            let unknown = UInt64(replay.unknownRegionWrites + replay.outOfBounds.count)
             if unknown > 0 { state.withLockedValue { $0.unknownRecords += unknown } }
         }
     }
@@ -121,12 +118,18 @@ final class ReplicaController: Sendable {
     /// heartbeats in a row (the copy waits for it, as the issue asks).
     func start(peerReady: @escaping @Sendable () -> Bool) {
         self.peerReady.withLockedValue { $0 = peerReady }
-        let interval = max(settings.intervalMilliseconds, 10)
         let task = Task { [self] in
+            // Woken every interval; a ready replica passes only every --replica-interval, one
+            // that is not (a new attachment needs its full copy) at once.
+            var sinceLastPass: Int64 = 0
             while !Task.isCancelled {
+                let interval = max(settings.intervalMilliseconds, 10)
                 try? await Task.sleep(for: .milliseconds(interval))
                 if Task.isCancelled { return }
+                sinceLastPass += interval
+                guard notReadyReason() != nil || sinceLastPass >= settings.passIntervalMilliseconds else { continue }
                 guard peerReady(), let portion = receiver.attachedPortions.first, let attachment = receiver.attachment(portion: portion), attachment.open else { continue }
+                sinceLastPass = 0
                 await pass(portion: portion, generation: attachment.generation)
             }
         }
