@@ -57,13 +57,28 @@ import Testing
         for index in 0..<slots { try await client.write("journal", at: UInt64(index * Self.slotBytes), Self.record(index, 0xA)) }
         try await client.persist("journal")
         _ = try await waitReady(pair)
-        // The monitor reboots (kill -9, same data directory). Meanwhile the primary deletes a
-        // region and refuses writes (--partner-down refuse under --role).
+        // The monitor reboots (kill -9, same data directory). Meanwhile the primary refuses
+        // writes and catalog changes (--partner-down refuse under --role: a monitor behind a
+        // partition could take over without them): a DELETE is refused SERVER_UNAVAILABLE once
+        // the primary saw its mirror channel close, and the region stays.
         pair.monitor.kill9()
         let admin = try await PMUClient.connect(pair.primary.configuration())
+        var refused: PMUError?
+        for _ in 0..<100 {
+            let mirroring = (try? await pair.pairStatus(pair.primary))?["mirroringTo"] as? [String: Any]
+            if mirroring?["connected"] as? Bool == false {
+                do throws(PMUError) { try await admin.delete("doomed") } catch { refused = error }
+                break
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(refused?.code == .serverUnavailable, "\(String(describing: refused))")
+        #expect(try await admin.list().map(\.name).contains("doomed"))
+        try pair.startMonitor()
+        _ = try await waitReady(pair)
+        // Mirrored again: the delete is in the monitor's log before it is acknowledged.
         try await admin.delete("doomed")
         await admin.disconnect()
-        try pair.startMonitor()
         let ready = try await waitReady(pair)
         let copy = try #require(ready["lastFullCopy"] as? [String: Any])
         #expect(copy["full"] as? Bool == true)
