@@ -16,7 +16,8 @@ import PMUTransport
 /// (REPLICA_CATALOG) and copies them (REPLICA_READ) into `--partner-portion`, this server's own
 /// directory; the mirrored writes then keep it current (records are applied as the primary trims
 /// them, the rest at takeover). Passes repeat every interval to pick up created, deleted and
-/// re-opened regions. A takeover serves this copy; until a full copy has completed since the
+/// re-opened regions (the mirror log's catalog records carry those changes as they happen; passes
+/// re-check). A takeover serves this copy; until a full copy has completed since the
 /// primary's current attachment, the replica is not ready and the monitor does not take over.
 ///
 /// Why the copy plus the log is every acknowledged write: the log holds every write from the
@@ -57,8 +58,9 @@ final class ReplicaController: Sendable {
         var lastCopy: CopyReport?
         var lastFullCopy: CopyReport?
         var lastError: String?
-        /// Records of regions the replica did not know yet (created on the primary since the last
-        /// pass): the next pass copies those regions whole.
+        /// Write records for a region the replica does not hold at their point in the log (deleted
+        /// before them, or created while the primary's channel was not attached: the next pass
+        /// copies such regions whole), and writes outside their region (a full copy follows).
         var recordsForUnknownRegions: UInt64
     }
 
