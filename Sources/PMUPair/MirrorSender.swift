@@ -354,27 +354,33 @@ public final class MirrorSender: @unchecked Sendable {
             let policy = configuration.partnerDown
             // Written now on this loop's channel; the reply completes on the same loop.
             client.mirrorAppendNow(append).whenComplete { result in
-                self.answered(sequence)
-                switch result {
-                case .success:
-                    self.lock.withLock { self.acknowledged += 1 }
-                    promise.succeed(.mirrored)
-                case .failure(let failure):
-                    let error = (failure as? PMUError) ?? PMUError(.connectionClosed, "\(failure)")
-                    if error.code != .logFull { self.channelFailed(client, error) }
-                    if policy == .durable, ![.logFull, .fenced].contains(error.code) {
-                        // The partner went away with this write in flight: degraded for it too.
-                        self.lock.withLock {
-                            self.degradedWrites += 1
-                            if self.degradedSinceMilliseconds == nil { self.degradedSinceMilliseconds = PairClock.nowMilliseconds() }
-                        }
-                        promise.succeed(.localOnly)
-                    } else {
-                        promise.fail(PMUError(error.code, "write applied on this server but not acknowledged: the partner did not take it (\(error.message))"))
-                    }
-                }
+                if case .success = result { self.lock.withLock { self.acknowledged += 1 } }
+                self.settle(result, sequence: sequence, client: client, policy: policy, promise: promise, what: "write applied")
             }
             return promise.futureResult
+        }
+    }
+
+    /// The partner answered the record at `sequence` (a write or a catalog change) or failed:
+    /// how the client's request is acknowledged.
+    private func settle(_ result: Result<Void, any Error>, sequence: UInt64, client: PMUClient, policy: PartnerDownPolicy, promise: EventLoopPromise<WriteOutcome>, what: String) {
+        answered(sequence)
+        switch result {
+        case .success:
+            promise.succeed(.mirrored)
+        case .failure(let failure):
+            let error = (failure as? PMUError) ?? PMUError(.connectionClosed, "\(failure)")
+            if error.code != .logFull { channelFailed(client, error) }
+            if policy == .durable, ![.logFull, .fenced].contains(error.code) {
+                // The partner went away with this record in flight: degraded for it too.
+                lock.withLock {
+                    degradedWrites += 1
+                    if degradedSinceMilliseconds == nil { degradedSinceMilliseconds = PairClock.nowMilliseconds() }
+                }
+                promise.succeed(.localOnly)
+            } else {
+                promise.fail(PMUError(error.code, "\(what) on this server but not acknowledged: the partner did not take it (\(error.message))"))
+            }
         }
     }
 
@@ -420,23 +426,7 @@ public final class MirrorSender: @unchecked Sendable {
         let promise = loop.makePromise(of: WriteOutcome.self)
         let policy = configuration.partnerDown
         client.mirrorCatalogNow(sequence: sequence, entry: entry).whenComplete { result in
-            self.answered(sequence)
-            switch result {
-            case .success:
-                promise.succeed(.mirrored)
-            case .failure(let failure):
-                let error = (failure as? PMUError) ?? PMUError(.connectionClosed, "\(failure)")
-                if error.code != .logFull { self.channelFailed(client, error) }
-                if policy == .durable, ![.logFull, .fenced].contains(error.code) {
-                    self.lock.withLock {
-                        self.degradedWrites += 1
-                        if self.degradedSinceMilliseconds == nil { self.degradedSinceMilliseconds = PairClock.nowMilliseconds() }
-                    }
-                    promise.succeed(.localOnly)
-                } else {
-                    promise.fail(PMUError(error.code, "catalog change made on this server but not acknowledged: the partner did not take it (\(error.message))"))
-                }
-            }
+            self.settle(result, sequence: sequence, client: client, policy: policy, promise: promise, what: "catalog change made")
         }
         return promise.futureResult
     }

@@ -79,8 +79,10 @@ final class ReplicaController: Sendable {
         var client: PMUClient?
     }
 
-    /// A pass copies regions in reads of this size.
+    /// A pass copies regions in reads of this size, this many outstanding at a time (at most
+    /// 16 MiB of replies buffered).
     static let chunkBytes = 4 << 20
+    static let readsInFlight = 4
 
     let settings: Settings
     private let receiver: MirrorReceiver
@@ -278,18 +280,51 @@ final class ReplicaController: Sendable {
         }
     }
 
-    /// Copies a region's bytes in chunks, then makes them durable here.
+    /// Copies a region's bytes in chunks, `readsInFlight` REPLICA_READs outstanding at a time on
+    /// the one connection (a read's round trip and the primary's copy into its reply overlap the
+    /// others' transfer and this server's copy into the mapping), then makes them durable here.
+    /// Chunks are disjoint, so they land in any order.
     private func copy(regionId: UInt64, from client: PMUClient, into store: RegionStore) async throws(PMUError) -> UInt64 {
         let mapping = try store.mapping(id: regionId)
-        var offset: UInt64 = 0
-        while offset < mapping.sizeBytes {
-            let length = Int(min(UInt64(Self.chunkBytes), mapping.sizeBytes - offset))
-            let data = try await client.replicaRead(regionId: regionId, offset: offset, length: length)
-            data.withUnsafeReadableBytes { mapping.write($0, at: offset) }
-            offset += UInt64(length)
+        let size = mapping.sizeBytes
+        let landing = Landing(file: RegionFileWriter(mapping), mapping: mapping)
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                var next: UInt64 = 0
+                var running = 0
+                while next < size || running > 0 {
+                    while running < Self.readsInFlight && next < size {
+                        let offset = next
+                        let length = Int(min(UInt64(Self.chunkBytes), size - offset))
+                        next += UInt64(length)
+                        running += 1
+                        group.addTask {
+                            let data = try await client.replicaRead(regionId: regionId, offset: offset, length: length)
+                            data.withUnsafeReadableBytes { landing.write($0, at: offset) }
+                        }
+                    }
+                    try await group.next()
+                    running -= 1
+                }
+            }
+        } catch {
+            throw (error as? PMUError) ?? PMUError(.internalError, "replica copy of region id \(regionId): \(error)")
         }
-        try await blocking { () throws(PMUError) in try mapping.persist(offset: 0, length: mapping.sizeBytes) }
-        return mapping.sizeBytes
+        try await blocking { () throws(PMUError) in try mapping.persist(offset: 0, length: size) }
+        return size
+    }
+
+    /// Where copied bytes land: through the region's file (pwrite: no page fault and zero-fill
+    /// per page of a fresh region, as for streamed WRITEs) where the region is a file mapping,
+    /// else into the mapping. Unchecked Sendable: the copy's tasks write disjoint chunks, and
+    /// pwrite on one descriptor from several threads at distinct offsets is safe.
+    private struct Landing: @unchecked Sendable {
+        let file: RegionFileWriter?
+        let mapping: MappedRegion
+
+        func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) {
+            if let file { file.write(bytes, at: offset) } else { mapping.write(bytes, at: offset) }
+        }
     }
 
     /// The replica's directory, holding the primary's portion id. A directory that held another

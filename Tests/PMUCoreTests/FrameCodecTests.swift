@@ -149,15 +149,22 @@ func encoded<M: WireMessage>(_ frame: Frame<M>) -> ByteBuffer {
         var body = ByteBuffer()
         body.writeInteger(UInt16(2), endianness: .little)
         body.writeBytes([0xC3, 0x28])
-        var frame = ByteBuffer()
-        FrameCodec.encodeHeader(opcode: .stat, requestId: 1, bodyBytes: body.readableBytes, into: &frame)
-        frame.writeBuffer(&body)
+        var frame = Self.requestFrame(.stat, body)
         do {
             _ = try FrameCodec.decode(Request.self, from: &frame)
             Issue.record("accepted")
         } catch {
             #expect(error.error.code == .malformedFrame)
         }
+    }
+
+    /// A request frame of `opcode` around `body`, bytes as a hostile peer would send them.
+    static func requestFrame(_ opcode: Opcode, _ body: ByteBuffer) -> ByteBuffer {
+        var body = body
+        var frame = ByteBuffer()
+        FrameCodec.encodeHeader(opcode: opcode, requestId: 1, bodyBytes: body.readableBytes, into: &frame)
+        frame.writeBuffer(&body)
+        return frame
     }
 
     /// MIRROR_CATALOG's catalog record is hostile input: a damaged one, trailing bytes, a
@@ -176,9 +183,7 @@ func encoded<M: WireMessage>(_ frame: Frame<M>) -> ByteBuffer {
             var body = ByteBuffer()
             body.writeInteger(UInt64(5), endianness: .little)
             body.writeBytes(payload)
-            var frame = ByteBuffer()
-            FrameCodec.encodeHeader(opcode: .mirrorCatalog, requestId: 1, bodyBytes: body.readableBytes, into: &frame)
-            frame.writeBuffer(&body)
+            var frame = Self.requestFrame(.mirrorCatalog, body)
             do {
                 _ = try FrameCodec.decode(Request.self, from: &frame)
                 Issue.record("accepted: \(reason)")
