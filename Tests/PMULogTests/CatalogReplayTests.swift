@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import PMUCore
@@ -44,9 +45,8 @@ import Testing
         #expect(without.steps.isEmpty && without.unknownRegionWrites == 2)
     }
 
-    /// A delete removes the region, and writes recorded before it are not applied after it
-    /// (they are applied before it, in order); a put of the same id after the delete cannot
-    /// happen on an owner (ids are never reused), but writes after a delete are dropped.
+    /// A delete removes the region: writes recorded before it are applied before it, writes
+    /// after it are counted and dropped, a delete of an unknown id does nothing.
     @Test func deleteRemovesAndLaterWritesAreDropped() throws {
         let doomed = Self.region(4, "doomed")
         let records = Self.log([.write(4, 0, [9]), .catalog(.delete(id: 4)), .write(4, 8, [7]), .catalog(.delete(id: 99))])
@@ -119,6 +119,30 @@ import Testing
         }
         let unknownKind = LogRecord(kind: 9, sequence: 1, origin: 1, regionId: 1, epoch: 0, offset: 0, payload: [])
         #expect(throws: PMUError.self) { _ = try CatalogReplay.make(records: [unknownKind], catalog: []) }
+    }
+
+    /// A log holding catalog records among writes survives a reopen (what a monitor restarted,
+    /// or killed and restarted, finds): the scan accepts version-2 records, replay gives them
+    /// back in order, and the apply rule on the reopened log is the one on the records appended.
+    @Test func catalogRecordsSurviveAReopenOfTheLog() throws {
+        let temp = LogTempDir()
+        let created = Self.region(7, "fresh")
+        let entries = [
+            CatalogReplay.logEntry(.put(created), origin: 1),
+            LogEntry(origin: 2, regionId: 7, epoch: 1, offset: 8, payload: [5, 6, 7]),
+            CatalogReplay.logEntry(.delete(id: 7), origin: 3),
+        ]
+        let before: [LogRecord]
+        do {
+            let log = try AppendLog(path: temp.log, configuration: small)
+            _ = try log.append(entries)
+            before = try replayed(log)
+        }
+        let reopened = try AppendLog(path: temp.log, configuration: small)
+        let after = try replayed(reopened)
+        #expect(after == before && after.map(\.kind) == [2, 1, 2])
+        let replay = try CatalogReplay.make(records: after, catalog: [])
+        #expect(replay.steps == [.create(created), .write(after[1]), .remove(created)])
     }
 
     /// The record format: a catalog record is version 2 (an older build refuses it rather than
