@@ -6,7 +6,7 @@
 #       msync (Benchmarks/baselines/localmsync.c bulk) - what the copy's own write costs;
 #   replica full copy: a failover pair (primary + monitor with --replica-from, real etcd) holding one
 #       region of SIZE random bytes; the monitor is killed (kill -9) and restarted on its directory, and
-#       its first pass copies the region (REPLICA_CATALOG, REPLICA_READ in 4 MiB reads one at a time,
+#       its first pass copies the region (REPLICA_CATALOG, REPLICA_READ in 4 MiB reads, 4 in flight,
 #       write into the replica's mapping, msync): the pass's bytes over its wall time, from the
 #       monitor's pair status (replica.lastFullCopy).
 # Data directories on disk under /var/tmp.

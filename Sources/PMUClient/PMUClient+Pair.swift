@@ -28,6 +28,14 @@ extension PMUClient {
         sendNowExpectingOK(.mirrorAppend(append)) { [self] () async throws(PMUError) in try await mirrorAppend(append) }
     }
 
+    /// MIRROR_CATALOG the same way: a catalog change the owner committed, at its mirror sequence.
+    public func mirrorCatalogNow(sequence: UInt64, entry: CatalogEntry) -> EventLoopFuture<Void> {
+        let request = Request.mirrorCatalog(sequence: sequence, entry: entry)
+        return sendNowExpectingOK(request) { [self] () async throws(PMUError) in
+            guard case .ok = try await call(request) else { throw PMUError(.protocolViolation, "unexpected reply to MIRROR_CATALOG") }
+        }
+    }
+
     /// MIRROR_TRIM the same way (pmu-server's heartbeat on its mirror channel).
     public func mirrorTrimNow(through: UInt64) -> EventLoopFuture<Void> {
         sendNowExpectingOK(.mirrorTrim(through: through)) { [self] () async throws(PMUError) in try await mirrorTrim(through: through) }

@@ -149,6 +149,20 @@ public enum CatalogFormat {
         return Scan(entries: entries, validBytes: offset, tail: .clean)
     }
 
+    /// Exactly one whole record, nothing after it (the payload of a mirror log's catalog record,
+    /// and of MIRROR_CATALOG): every byte may be hostile. Throws DAMAGED naming what is wrong.
+    public static func decodeOne(_ bytes: [UInt8]) throws(PMUError) -> (sequence: UInt64, entry: CatalogEntry) {
+        switch record(in: bytes, at: 0) {
+        case .success(let (sequence, entry, length)):
+            guard length == bytes.count else {
+                throw PMUError(.damaged, "catalog record of \(length) bytes is followed by \(bytes.count - length) more; one record was expected")
+            }
+            return (sequence, entry)
+        case .failure(let reason):
+            throw PMUError(.damaged, "catalog record: \(reason)")
+        }
+    }
+
     private enum RecordResult {
         case success((UInt64, CatalogEntry, Int))
         case failure(String)

@@ -142,6 +142,9 @@ public enum Request: Sendable, Equatable {
     case mirrorAppend(MirrorAppend)
     /// Every mirrored write with a sequence up to `through` is durable on the owner.
     case mirrorTrim(through: UInt64)
+    /// A catalog change (CREATE, DELETE, a writer-epoch raise) the owner committed, under the
+    /// owner's mirror sequence, to keep in the partner's mirror log in order with the writes.
+    case mirrorCatalog(sequence: UInt64, entry: CatalogEntry)
     /// DATA reply holding a JSON object (pmuctl pair status --json).
     case pairStatus
     /// Take over the partner's portion now: fence, replay, persist, serve. DATA reply with JSON.
@@ -188,6 +191,7 @@ public enum Request: Sendable, Equatable {
         case .mirrorOpen: .mirrorOpen
         case .mirrorAppend: .mirrorAppend
         case .mirrorTrim: .mirrorTrim
+        case .mirrorCatalog: .mirrorCatalog
         case .pairStatus: .pairStatus
         case .pairTakeover: .pairTakeover
         case .pairGiveback: .pairGiveback
@@ -273,6 +277,7 @@ public enum Opcode: UInt8, Sendable {
     case openResume = 0x26
     case replicaCatalog = 0x28
     case replicaRead = 0x29
+    case mirrorCatalog = 0x2A
     case serverInfo = 0x30
     case formBegin = 0x34
     case formData = 0x35

@@ -57,6 +57,9 @@ extension Request: WireMessage {
             buffer.writeBuffer(&data)
         case .mirrorTrim(let through):
             buffer.writeLE(through)
+        case .mirrorCatalog(let sequence, let entry):
+            buffer.writeLE(sequence)
+            buffer.writeBytes(CatalogFormat.encode(entry, sequence: 1))
         case .replicaCatalog(let after, let limit):
             buffer.writeWireString(after, maxBytes: Limits.maxNameBytes)
             buffer.writeLE(limit)
@@ -159,6 +162,20 @@ extension Request: WireMessage {
             request = .mirrorAppend(MirrorAppend(sequence: sequence, regionId: regionId, epoch: epoch, offset: offset, data: data))
         case .mirrorTrim:
             request = .mirrorTrim(through: try body.readLE(UInt64.self, "through"))
+        case .mirrorCatalog:
+            let sequence = try body.readLE(UInt64.self, "sequence")
+            guard body.readableBytes <= CatalogFormat.headerBytes + Int(CatalogFormat.maxBodyBytes) else {
+                throw PMUError(.requestTooLarge, "MIRROR_CATALOG of \(body.readableBytes) bytes exceeds the catalog record limit of \(CatalogFormat.headerBytes + Int(CatalogFormat.maxBodyBytes))")
+            }
+            let bytes = Array(body.readSlice(length: body.readableBytes)!.readableBytesView)
+            let entry: CatalogEntry
+            do throws(PMUError) {
+                entry = try CatalogFormat.decodeOne(bytes).entry
+            } catch {
+                throw PMUError(.malformedFrame, "MIRROR_CATALOG: \(error.message)")
+            }
+            if case .nextId = entry { throw PMUError(.malformedFrame, "MIRROR_CATALOG carries a next-id entry; only puts and deletes are mirrored") }
+            request = .mirrorCatalog(sequence: sequence, entry: entry)
         case .replicaCatalog:
             request = .replicaCatalog(after: try body.readWireString("after", maxBytes: Limits.maxNameBytes), limit: try body.readLE(UInt32.self, "limit"))
         case .replicaRead:

@@ -205,6 +205,20 @@ enum LogFuzz {
             }
             precondition(again == record && length == header + record.payload.count, "a decoded log record does not survive re-encoding")
         }
+        // The apply rule on what was decoded: catalog records' payloads (hostile catalog
+        // records) are checked, never trusted; writes are bounded by the regions they name.
+        if let replay = try? CatalogReplay.make(records: scan.records, catalog: []) {
+            var sizes: [UInt64: UInt64] = [:]
+            for step in replay.steps {
+                switch step {
+                case .create(let region), .update(let region): sizes[region.id] = region.sizeBytes
+                case .remove(let region): sizes[region.id] = nil
+                case .write(let record):
+                    let size = sizes[record.regionId] ?? 0
+                    precondition(record.offset <= size && UInt64(record.payload.count) <= size - record.offset, "the apply rule let a write past its region, or into one it does not hold")
+                }
+            }
+        }
     }
 }
 

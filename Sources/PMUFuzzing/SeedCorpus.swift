@@ -97,7 +97,26 @@ public enum SeedCorpus {
             ("log-one", LogRecordFormat.encode(records[0])),
             ("log-torn-tail", Array(log.dropLast(5))),
             ("log-zero-tail", log + [UInt8](repeating: 0, count: 64)),
+            ("log-catalog", catalogLog()),
         ]
+    }
+
+    /// A mirror log with catalog records (version 2): a create, writes into it, an epoch raise, a delete.
+    static func catalogLog() -> [UInt8] {
+        let region = RegionRecord(id: 7, name: "fresh", sizeBytes: 8192, kind: .raw, createdAtMilliseconds: 1, generation: 2, writerEpoch: 1, owner: "admin", readers: [], writers: ["w"])
+        var raised = region
+        raised.generation = 3
+        raised.writerEpoch = 2
+        let entries = [
+            CatalogReplay.logEntry(.put(region), origin: 1),
+            LogEntry(origin: 2, regionId: 7, epoch: 1, offset: 4096, payload: [UInt8](repeating: 0x5A, count: 40)),
+            CatalogReplay.logEntry(.put(raised), origin: 3),
+            LogEntry(origin: 4, regionId: 7, epoch: 2, offset: 0, payload: [1, 2, 3]),
+            CatalogReplay.logEntry(.delete(id: 7), origin: 5),
+        ]
+        return entries.enumerated().flatMap { index, entry in
+            LogRecordFormat.encode(LogRecord(kind: entry.kind, sequence: UInt64(index + 1), origin: entry.origin, regionId: entry.regionId, epoch: entry.epoch, offset: entry.offset, payload: entry.payload))
+        }
     }
 
     /// Input form of RequestStreamFuzz (after the mode byte): split seed, then the frames.
@@ -109,6 +128,9 @@ public enum SeedCorpus {
             Frame(requestId: 2, message: .write(key: key, offset: 0, data: ByteBuffer(bytes: (0..<300).map { UInt8(truncatingIfNeeded: $0) }))),
             Frame(requestId: 3, message: .persist(key: key, offset: 0, length: 300)),
             Frame(requestId: 4, message: .read(key: key, offset: 0, length: 300)),
+            Frame(requestId: 5, message: .mirrorCatalog(sequence: 9, entry: .put(RegionRecord(
+                id: 3, name: "fresh", sizeBytes: 4096, kind: .raw, createdAtMilliseconds: 1, generation: 2, writerEpoch: 1, owner: "admin", readers: [], writers: [])))),
+            Frame(requestId: 6, message: .mirrorCatalog(sequence: 10, entry: .delete(id: 3))),
         ]
         for frame in frames { FrameCodec.encode(frame, into: &stream) }
         let bytes = Array(stream.readableBytesView)

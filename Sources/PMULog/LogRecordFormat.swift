@@ -32,8 +32,8 @@ public struct LogRecord: Sendable, Equatable {
 /// The record format, pure (no I/O). Little-endian, 56-byte header then the payload:
 ///
 ///     0  u32 magic "PMUL" (0x4C554D50)
-///     4  u16 version (1)
-///     6  u16 kind (1 = write)
+///     4  u16 version (1: kind 1 only; 2: kind 1 or 2)
+///     6  u16 kind (1 = write; 2 = catalog change)
 ///     8  u64 sequence (the log's)
 ///     16 u64 origin (the writer's ordering key)
 ///     24 u64 region id
@@ -44,10 +44,23 @@ public struct LogRecord: Sendable, Equatable {
 ///
 /// The checksum covers the header as well as the payload, so a flipped length, offset or region
 /// id is caught, not only a flipped data byte.
+///
+/// Kind 2 (a catalog change of a mirrored owner: CREATE, DELETE, a writer-epoch raise, docs/
+/// DATA_FILES.md) is written as version 2, so that a build that knows only writes refuses the
+/// record as damage instead of replaying its payload as bytes of a region. Writes stay version 1,
+/// byte for byte what earlier builds wrote and read. A catalog record's payload is one catalog
+/// record (CatalogFormat), its region id the region's, offset 0.
 public enum LogRecordFormat {
     public static let magic: UInt32 = 0x4C55_4D50
+    /// The version of write records (unchanged since the first format).
     public static let version: UInt16 = 1
+    /// The version that introduced kind 2; it may carry either kind.
+    public static let versionCatalog: UInt16 = 2
     public static let kindWrite: UInt16 = 1
+    public static let kindCatalog: UInt16 = 2
+
+    /// The version a record of `kind` is written with: the oldest that can carry it.
+    public static func version(forKind kind: UInt16) -> UInt16 { kind == kindWrite ? version : versionCatalog }
     public static let headerBytes = 56
     /// Payloads above this are refused by the encoder's callers and read as damage by the decoder:
     /// a garbage length can never make a reader allocate more than one WRITE's worth.
@@ -70,8 +83,9 @@ public enum LogRecordFormat {
 
     private static func appendHeader(_ record: LogRecord, payloadBytes: Int, into out: inout [UInt8]) {
         precondition(payloadBytes <= Int(UInt32.max), "log payload larger than a u32")
+        precondition(record.kind == kindWrite || record.kind == kindCatalog, "log record kind \(record.kind) is not one this build writes")
         put(magic, into: &out)
-        put(version, into: &out)
+        put(version(forKind: record.kind), into: &out)
         put(record.kind, into: &out)
         put(record.sequence, into: &out)
         put(record.origin, into: &out)
@@ -110,8 +124,12 @@ public enum LogRecordFormat {
             throw PMUError(.damaged, "log record has bad magic 0x\(String(foundMagic, radix: 16)) (expected 0x\(String(magic, radix: 16)))")
         }
         let foundVersion = read(UInt16.self, header, 4)
-        guard foundVersion == version else {
-            throw PMUError(.damaged, "log record has version \(foundVersion); this build reads version \(version)")
+        guard foundVersion == version || foundVersion == versionCatalog else {
+            throw PMUError(.damaged, "log record has version \(foundVersion); this build reads versions \(version) and \(versionCatalog)")
+        }
+        let foundKind = read(UInt16.self, header, 6)
+        guard foundKind == kindWrite || (foundKind == kindCatalog && foundVersion == versionCatalog) else {
+            throw PMUError(.damaged, "log record of version \(foundVersion) has kind \(foundKind); version \(version) carries kind \(kindWrite) (write), version \(versionCatalog) kinds \(kindWrite) and \(kindCatalog) (catalog change)")
         }
         let length = read(UInt32.self, header, 48)
         guard Int(length) <= maxPayloadBytes else {
@@ -132,7 +150,7 @@ public enum LogRecordFormat {
             throw PMUError(.damaged, "log record checksum mismatch (stored 0x\(String(expected, radix: 16)), computed 0x\(String(actual, radix: 16)))")
         }
         let record = LogRecord(
-            kind: read(UInt16.self, header, 6), sequence: read(UInt64.self, header, 8), origin: read(UInt64.self, header, 16),
+            kind: foundKind, sequence: read(UInt64.self, header, 8), origin: read(UInt64.self, header, 16),
             regionId: read(UInt64.self, header, 24), epoch: read(UInt64.self, header, 32), offset: offset, payload: Array(payload))
         return .record(record, bytes: total)
     }

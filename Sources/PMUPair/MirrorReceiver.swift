@@ -149,6 +149,21 @@ public final class MirrorReceiver: @unchecked Sendable {
         return { () throws(PMUError) in try log.sync(through: sequence) }
     }
 
+    /// MIRROR_CATALOG, with group commit as `appendForGroupCommit`: the owner's catalog change
+    /// goes into the log as a catalog record (LogRecordFormat kind 2) at its mirror sequence, in
+    /// order with the writes, with the same durability as a write's record.
+    public func appendCatalogForGroupCommit(sequence: UInt64, entry: CatalogEntry, connection: UInt64) throws(PMUError) -> (@Sendable () throws(PMUError) -> Void)? {
+        let (_, log) = try attachedLog(connection, "MIRROR_CATALOG")
+        guard sequence > log.trimmedThroughOrigin else { return nil }
+        let logSequence = try log.appendUnsynced([CatalogReplay.logEntry(entry, origin: sequence)])
+        guard logConfiguration.sync == .dataSync else { return nil }
+        return { () throws(PMUError) in try log.sync(through: logSequence) }
+    }
+
+    /// Whether MIRROR_TRIM blocks and must run off the event loop: it syncs, or it applies
+    /// records to the replica (a catalog record there preallocates a region file).
+    public var trimBlocks: Bool { appendBlocks || lock.withLock { replicaApply != nil } }
+
     public func trim(through: UInt64, connection: UInt64) throws(PMUError) {
         let (portion, log) = try attachedLog(connection, "MIRROR_TRIM")
         try replicaLock.withTypedLock { () throws(PMUError) in

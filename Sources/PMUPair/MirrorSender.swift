@@ -86,6 +86,12 @@ public final class MirrorSender: @unchecked Sendable {
     /// Mirrored writes not yet covered by a PERSIST, per region, in sequence order.
     private var unpersisted: [UInt64: [(sequence: UInt64, offset: UInt64, length: UInt64)]] = [:]
     private var unpersistedBytes: UInt64 = 0
+    /// Sequences sent to the partner and not answered yet (writes and catalog changes): a trim
+    /// never passes the oldest, since the partner drops a record that arrives already trimmed,
+    /// and its replica would then lack it (the trim, on the first channel, can overtake an
+    /// append on another channel).
+    private var inFlight: Set<UInt64> = []
+    private var catalogChanges: UInt64 = 0
     private var trimmedThrough: UInt64 = 0
     private var lastTrimMilliseconds: UInt64 = 0
     private var regionLocks: [UInt64: NIOLock] = [:]
@@ -332,6 +338,7 @@ public final class MirrorSender: @unchecked Sendable {
                 }
                 unpersisted[regionId, default: []].append((sequence, offset, length))
                 unpersistedBytes += length
+                inFlight.insert(sequence)
                 return .success((sequence, client))
             }
         }
@@ -347,27 +354,90 @@ public final class MirrorSender: @unchecked Sendable {
             let policy = configuration.partnerDown
             // Written now on this loop's channel; the reply completes on the same loop.
             client.mirrorAppendNow(append).whenComplete { result in
-                switch result {
-                case .success:
-                    self.lock.withLock { self.acknowledged += 1 }
-                    promise.succeed(.mirrored)
-                case .failure(let failure):
-                    let error = (failure as? PMUError) ?? PMUError(.connectionClosed, "\(failure)")
-                    if error.code != .logFull { self.channelFailed(client, error) }
-                    if policy == .durable, ![.logFull, .fenced].contains(error.code) {
-                        // The partner went away with this write in flight: degraded for it too.
-                        self.lock.withLock {
-                            self.degradedWrites += 1
-                            if self.degradedSinceMilliseconds == nil { self.degradedSinceMilliseconds = PairClock.nowMilliseconds() }
-                        }
-                        promise.succeed(.localOnly)
-                    } else {
-                        promise.fail(PMUError(error.code, "write applied on this server but not acknowledged: the partner did not take it (\(error.message))"))
-                    }
-                }
+                if case .success = result { self.lock.withLock { self.acknowledged += 1 } }
+                self.settle(result, sequence: sequence, client: client, policy: policy, promise: promise, what: "write applied")
             }
             return promise.futureResult
         }
+    }
+
+    /// The partner answered the record at `sequence` (a write or a catalog change) or failed:
+    /// how the client's request is acknowledged.
+    private func settle(_ result: Result<Void, any Error>, sequence: UInt64, client: PMUClient, policy: PartnerDownPolicy, promise: EventLoopPromise<WriteOutcome>, what: String) {
+        answered(sequence)
+        switch result {
+        case .success:
+            promise.succeed(.mirrored)
+        case .failure(let failure):
+            let error = (failure as? PMUError) ?? PMUError(.connectionClosed, "\(failure)")
+            if error.code != .logFull { channelFailed(client, error) }
+            if policy == .durable, ![.logFull, .fenced].contains(error.code) {
+                // The partner went away with this record in flight: degraded for it too.
+                lock.withLock {
+                    degradedWrites += 1
+                    if degradedSinceMilliseconds == nil { degradedSinceMilliseconds = PairClock.nowMilliseconds() }
+                }
+                promise.succeed(.localOnly)
+            } else {
+                promise.fail(PMUError(error.code, "\(what) on this server but not acknowledged: the partner did not take it (\(error.message))"))
+            }
+        }
+    }
+
+    /// A catalog change (CREATE, DELETE, an OPEN for writing) is about to commit here: refused
+    /// as a write would be (stale owner; partner down under --partner-down refuse).
+    public func admitCatalogChange() throws(PMUError) {
+        let refusal = lock.withLock { () -> PMUError? in
+            if let superseded {
+                return PMUError(.fenced, "catalog change refused: the partner took over this server's portion (\(superseded.message)); this server is a stale owner")
+            }
+            guard client != nil || configuration.partnerDown == .durable else {
+                return PMUError(.serverUnavailable, "catalog change not made: this server mirrors to partner \(configuration.endpoint), which is not reachable (\(failure?.message ?? "unknown")), and --partner-down is refuse; retry later")
+            }
+            return nil
+        }
+        if let refusal { throw refusal }
+    }
+
+    /// The catalog change `entry` has just committed here (durably): called by the store under
+    /// its catalog lock, so that changes take mirror sequences in commit order, and in order
+    /// with the writes (a write into a region can only follow the grant its CREATE or OPEN
+    /// returned). Sent at once; the future tells how to acknowledge the change (`.mirrored`:
+    /// in the partner's log; `.localOnly`: the partner is down, the change is durable here).
+    public func mirrorCatalogChange(_ entry: CatalogEntry) -> EventLoopFuture<WriteOutcome> {
+        let (sequence, channel) = lock.withLock { () -> (UInt64, (loop: any EventLoop, client: PMUClient)?) in
+            let sequence = nextSequence
+            nextSequence += 1
+            catalogChanges += 1
+            guard let channel = channels.first else {
+                degradedWrites += 1
+                if degradedSinceMilliseconds == nil { degradedSinceMilliseconds = PairClock.nowMilliseconds() }
+                return (sequence, nil)
+            }
+            inFlight.insert(sequence)
+            return (sequence, channel)
+        }
+        guard let (loop, client) = channel else {
+            let loop = group?.next() ?? MultiThreadedEventLoopGroup.singleton.next()
+            return configuration.partnerDown == .durable
+                ? loop.makeSucceededFuture(.localOnly)
+                : loop.makeFailedFuture(PMUError(.serverUnavailable, "catalog change made on this server but not acknowledged: the partner \(configuration.endpoint) went away (--partner-down refuse)"))
+        }
+        let promise = loop.makePromise(of: WriteOutcome.self)
+        let policy = configuration.partnerDown
+        client.mirrorCatalogNow(sequence: sequence, entry: entry).whenComplete { result in
+            self.settle(result, sequence: sequence, client: client, policy: policy, promise: promise, what: "catalog change made")
+        }
+        return promise.futureResult
+    }
+
+    /// The partner answered `sequence` (or its channel failed): a trim may pass it now.
+    private func answered(_ sequence: UInt64) {
+        let trim = lock.withLock { () -> (UInt64, PMUClient)? in
+            inFlight.remove(sequence)
+            return trimPointLocked()
+        }
+        if let (through, client) = trim { sendTrim(through, client) }
     }
 
     /// Taken when a PERSIST arrives, before its msync: the writes it covers are the ones with a
@@ -406,8 +476,8 @@ public final class MirrorSender: @unchecked Sendable {
     }
 
     private func trimPointLocked() -> (UInt64, PMUClient)? {
-        let oldest = unpersisted.values.compactMap { $0.first?.sequence }.min()
-        let through = (oldest ?? nextSequence) - 1
+        let oldest = min(unpersisted.values.compactMap { $0.first?.sequence }.min() ?? nextSequence, inFlight.min() ?? nextSequence)
+        let through = oldest - 1
         guard through > trimmedThrough, let client else { return nil }
         trimmedThrough = through
         return (through, client)
@@ -435,6 +505,8 @@ public final class MirrorSender: @unchecked Sendable {
         public var trimmedThrough: UInt64
         public var lastTrimMilliseconds: UInt64
         public var acknowledgedWrites: UInt64
+        /// Catalog changes (CREATE, DELETE, OPEN for writing) given a mirror sequence.
+        public var catalogChanges: UInt64
         public var refusedWrites: UInt64
         public var partnerDownPolicy: String
         /// Writes acknowledged after a local msync because the partner was down.
@@ -452,7 +524,7 @@ public final class MirrorSender: @unchecked Sendable {
             Status(
                 partner: "\(configuration.endpoint)", connected: client != nil, lastError: failure.map { "\($0)" }, nextSequence: nextSequence,
                 unpersistedWrites: unpersisted.values.reduce(0) { $0 + $1.count }, unpersistedBytes: unpersistedBytes,
-                trimmedThrough: trimmedThrough, lastTrimMilliseconds: lastTrimMilliseconds, acknowledgedWrites: acknowledged, refusedWrites: refused,
+                trimmedThrough: trimmedThrough, lastTrimMilliseconds: lastTrimMilliseconds, acknowledgedWrites: acknowledged, catalogChanges: catalogChanges, refusedWrites: refused,
                 partnerDownPolicy: configuration.partnerDown.rawValue, degradedWrites: degradedWrites,
                 degradedSinceMilliseconds: degradedSinceMilliseconds, superseded: superseded.map { "\($0)" },
                 channels: channels.count, lastHeartbeatMilliseconds: lastHeartbeatMilliseconds,

@@ -19,6 +19,10 @@ public struct TakeoverReport: Sendable, Codable, Equatable {
     public var regions: Int
     public var milliseconds: UInt64
     public var serving: String?
+    /// Catalog records (CREATE, DELETE, writer-epoch raises) replayed into a replica's catalog,
+    /// and those skipped (shared storage, or older than the replica's copy).
+    public var catalogRecordsApplied: Int = 0
+    public var catalogRecordsSkipped: Int = 0
 }
 
 /// Takes over the partner's portion, in the order that keeps the promise (ARCHITECTURE.md,
@@ -85,29 +89,22 @@ public enum Takeover {
             store = try RegionStore(directory: directory, configuration: storeConfiguration, logger: logger)
         }
         // 3. Replay every record not trimmed, in the owner's sequence order (records of concurrent
-        //    writers may sit slightly out of order in the log).
+        //    writers may sit slightly out of order in the log). Catalog records (CREATE, DELETE, a
+        //    writer-epoch raise) shape a replica's catalog before the writes that follow them; a
+        //    portion on shared storage has its own catalog, durable before any change was
+        //    acknowledged and at least as new as any record, so there they are skipped.
         let records = try MirrorReceiver.records(log, after: replayAfter)
+        let replay = try CatalogReplay.make(records: records, catalog: store.list(after: "", limit: Int.max).records, applyCatalog: replica != nil)
+        if let record = replay.outOfBounds.first {
+            let size = replay.catalog[record.regionId]?.sizeBytes ?? 0
+            throw PMUError(.damaged, "mirror log record \(record.sequence) writes [\(record.offset), +\(record.payload.count)) outside region id \(record.regionId) of \(size) bytes; not serving a portion replayed from a log that does not match it")
+        }
+        var touched = try replay.apply(to: store)
         var report = TakeoverReport(
             portion: portion, portionDirectory: portionDirectory, fenceCommand: fenceCommand, replayedRecords: 0, replayedBytes: 0,
-            skippedDeletedRegions: 0, regionsPersisted: 0, regions: store.regionCount, milliseconds: 0, serving: nil)
-        var touched: [UInt64: MappedRegion] = [:]
-        for record in records {
-            guard let region = store.record(id: record.regionId) else {
-                report.skippedDeletedRegions += 1
-                continue
-            }
-            let (end, overflow) = record.offset.addingReportingOverflow(UInt64(record.payload.count))
-            guard !overflow, end <= region.sizeBytes else {
-                throw PMUError(.damaged, "mirror log record \(record.sequence) writes [\(record.offset), +\(record.payload.count)) outside region \(NameRules.quoted(region.name)) of \(region.sizeBytes) bytes; not serving a portion replayed from a log that does not match it")
-            }
-            let mapping: MappedRegion
-            if let known = touched[record.regionId] {
-                mapping = known
-            } else {
-                mapping = try store.mapping(id: record.regionId)
-                touched[record.regionId] = mapping
-            }
-            record.payload.withUnsafeBytes { mapping.write($0, at: record.offset) }
+            skippedDeletedRegions: replay.unknownRegionWrites, regionsPersisted: 0, regions: store.regionCount, milliseconds: 0, serving: nil,
+            catalogRecordsApplied: replay.catalogRecordsApplied, catalogRecordsSkipped: replay.catalogRecordsSkipped)
+        for case .write(let record) in replay.steps {
             report.replayedRecords += 1
             report.replayedBytes += UInt64(record.payload.count)
         }

@@ -62,7 +62,8 @@ final class PairController: Sendable {
             : nil
         if let source = settings.replicaFrom, let receiver, let directory = settings.partnerPortion, let clientId = settings.replicaClient {
             replica = ReplicaController(
-                settings: .init(source: source, clientId: clientId, secret: settings.replicaSecret, directory: directory, intervalMilliseconds: settings.replicaIntervalMilliseconds),
+                settings: .init(source: source, clientId: clientId, secret: settings.replicaSecret, directory: directory, intervalMilliseconds: settings.replicaIntervalMilliseconds,
+                                passIntervalMilliseconds: settings.replicaPassIntervalMilliseconds ?? settings.replicaIntervalMilliseconds),
                 receiver: receiver, storeConfiguration: configuration.store, pool: runtime.metadataPool, logger: logger)
         } else {
             replica = nil

@@ -28,8 +28,12 @@ public struct PairSettings: Sendable {
     public var replicaFrom: Endpoint?
     public var replicaClient: String?
     public var replicaSecret: [UInt8] = []
-    /// Between copy passes (the heartbeat interval).
+    /// Between tries of a full copy (the heartbeat interval).
     public var replicaIntervalMilliseconds: Int64 = 1000
+    /// `--replica-interval`: between the passes that follow a complete full copy (nil: the
+    /// heartbeat interval). Catalog changes reach the replica as mirror-log records, so these
+    /// passes are a check, not what keeps the copy current.
+    public var replicaPassIntervalMilliseconds: Int64?
     /// `--takeover-partner`: where a taken-over portion mirrors its writes (the other server's
     /// monitor address), so that server can copy it and take it over in turn. nil: a taken-over
     /// portion has no partner and every write is durable before its OK.

@@ -16,7 +16,8 @@ import PMUTransport
 /// (REPLICA_CATALOG) and copies them (REPLICA_READ) into `--partner-portion`, this server's own
 /// directory; the mirrored writes then keep it current (records are applied as the primary trims
 /// them, the rest at takeover). Passes repeat every interval to pick up created, deleted and
-/// re-opened regions. A takeover serves this copy; until a full copy has completed since the
+/// re-opened regions (the mirror log's catalog records carry those changes as they happen; passes
+/// re-check). A takeover serves this copy; until a full copy has completed since the
 /// primary's current attachment, the replica is not ready and the monitor does not take over.
 ///
 /// Why the copy plus the log is every acknowledged write: the log holds every write from the
@@ -29,7 +30,10 @@ final class ReplicaController: Sendable {
         var clientId: String
         var secret: [UInt8]
         var directory: String
+        /// Between tries while the replica is not ready (no full copy under the current attachment).
         var intervalMilliseconds: Int64
+        /// Between passes once it is (`--replica-interval`).
+        var passIntervalMilliseconds: Int64
     }
 
     struct CopyReport: Sendable, Codable, Equatable {
@@ -54,8 +58,9 @@ final class ReplicaController: Sendable {
         var lastCopy: CopyReport?
         var lastFullCopy: CopyReport?
         var lastError: String?
-        /// Records of regions the replica did not know yet (created on the primary since the last
-        /// pass): the next pass copies those regions whole.
+        /// Write records for a region the replica does not hold at their point in the log (deleted
+        /// before them, or created while the primary's channel was not attached: the next pass
+        /// copies such regions whole), and writes outside their region (a full copy follows).
         var recordsForUnknownRegions: UInt64
     }
 
@@ -74,8 +79,10 @@ final class ReplicaController: Sendable {
         var client: PMUClient?
     }
 
-    /// A pass copies regions in reads of this size.
+    /// A pass copies regions in reads of this size, this many outstanding at a time (at most
+    /// 16 MiB of replies buffered).
     static let chunkBytes = 4 << 20
+    static let readsInFlight = 4
 
     let settings: Settings
     private let receiver: MirrorReceiver
@@ -98,21 +105,15 @@ final class ReplicaController: Sendable {
             if handedOver { throw PMUError(.fenced, "portion \(portion) is being taken over by this server; its log is kept whole") }
             // No replica open yet: the first pass copies after this trim, so it reads these bytes.
             guard let store else { return }
-            var unknown: UInt64 = 0
-            for record in records {
-                guard let region = store.record(id: record.regionId), let mapping = try? store.mapping(id: record.regionId) else {
-                    unknown += 1
-                    continue
-                }
-                let (end, overflow) = record.offset.addingReportingOverflow(UInt64(record.payload.count))
-                guard !overflow, end <= region.sizeBytes else {
-                    // The replica's region does not match the primary's: copy everything again.
-                    state.withLockedValue { $0.copiedGeneration = nil }
-                    unknown += 1
-                    continue
-                }
-                record.payload.withUnsafeBytes { mapping.write($0, at: record.offset) }
+            // Catalog records first shape the copy's catalog (a region created since the last
+            // pass, a delete, a raised epoch), then the writes that follow them land in it.
+            let replay = try CatalogReplay.make(records: records, catalog: store.list(after: "", limit: Int.max).records)
+            if !replay.outOfBounds.isEmpty {
+                // The replica's region does not match the primary's: copy everything again.
+                state.withLockedValue { $0.copiedGeneration = nil }
             }
+            _ = try replay.apply(to: store)
+            let unknown = UInt64(replay.unknownRegionWrites + replay.outOfBounds.count)
             if unknown > 0 { state.withLockedValue { $0.unknownRecords += unknown } }
         }
     }
@@ -121,12 +122,18 @@ final class ReplicaController: Sendable {
     /// heartbeats in a row (the copy waits for it, as the issue asks).
     func start(peerReady: @escaping @Sendable () -> Bool) {
         self.peerReady.withLockedValue { $0 = peerReady }
-        let interval = max(settings.intervalMilliseconds, 10)
         let task = Task { [self] in
+            // Woken every interval; a ready replica passes only every --replica-interval, one
+            // that is not (a new attachment needs its full copy) at once.
+            var sinceLastPass: Int64 = 0
             while !Task.isCancelled {
+                let interval = max(settings.intervalMilliseconds, 10)
                 try? await Task.sleep(for: .milliseconds(interval))
                 if Task.isCancelled { return }
+                sinceLastPass += interval
+                guard notReadyReason() != nil || sinceLastPass >= settings.passIntervalMilliseconds else { continue }
                 guard peerReady(), let portion = receiver.attachedPortions.first, let attachment = receiver.attachment(portion: portion), attachment.open else { continue }
+                sinceLastPass = 0
                 await pass(portion: portion, generation: attachment.generation)
             }
         }
@@ -273,18 +280,51 @@ final class ReplicaController: Sendable {
         }
     }
 
-    /// Copies a region's bytes in chunks, then makes them durable here.
+    /// Copies a region's bytes in chunks, `readsInFlight` REPLICA_READs outstanding at a time on
+    /// the one connection (a read's round trip and the primary's copy into its reply overlap the
+    /// others' transfer and this server's copy into the mapping), then makes them durable here.
+    /// Chunks are disjoint, so they land in any order.
     private func copy(regionId: UInt64, from client: PMUClient, into store: RegionStore) async throws(PMUError) -> UInt64 {
         let mapping = try store.mapping(id: regionId)
-        var offset: UInt64 = 0
-        while offset < mapping.sizeBytes {
-            let length = Int(min(UInt64(Self.chunkBytes), mapping.sizeBytes - offset))
-            let data = try await client.replicaRead(regionId: regionId, offset: offset, length: length)
-            data.withUnsafeReadableBytes { mapping.write($0, at: offset) }
-            offset += UInt64(length)
+        let size = mapping.sizeBytes
+        let landing = Landing(file: RegionFileWriter(mapping), mapping: mapping)
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                var next: UInt64 = 0
+                var running = 0
+                while next < size || running > 0 {
+                    while running < Self.readsInFlight && next < size {
+                        let offset = next
+                        let length = Int(min(UInt64(Self.chunkBytes), size - offset))
+                        next += UInt64(length)
+                        running += 1
+                        group.addTask {
+                            let data = try await client.replicaRead(regionId: regionId, offset: offset, length: length)
+                            data.withUnsafeReadableBytes { landing.write($0, at: offset) }
+                        }
+                    }
+                    try await group.next()
+                    running -= 1
+                }
+            }
+        } catch {
+            throw (error as? PMUError) ?? PMUError(.internalError, "replica copy of region id \(regionId): \(error)")
         }
-        try await blocking { () throws(PMUError) in try mapping.persist(offset: 0, length: mapping.sizeBytes) }
-        return mapping.sizeBytes
+        try await blocking { () throws(PMUError) in try mapping.persist(offset: 0, length: size) }
+        return size
+    }
+
+    /// Where copied bytes land: through the region's file (pwrite: no page fault and zero-fill
+    /// per page of a fresh region, as for streamed WRITEs) where the region is a file mapping,
+    /// else into the mapping. Unchecked Sendable: the copy's tasks write disjoint chunks, and
+    /// pwrite on one descriptor from several threads at distinct offsets is safe.
+    private struct Landing: @unchecked Sendable {
+        let file: RegionFileWriter?
+        let mapping: MappedRegion
+
+        func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) {
+            if let file { file.write(bytes, at: offset) } else { mapping.write(bytes, at: offset) }
+        }
     }
 
     /// The replica's directory, holding the primary's portion id. A directory that held another

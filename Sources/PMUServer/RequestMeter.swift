@@ -119,6 +119,7 @@ final class RequestMeter: Sendable {
         case .mirrorOpen: "MIRROR_OPEN"
         case .mirrorAppend: "MIRROR_APPEND"
         case .mirrorTrim: "MIRROR_TRIM"
+        case .mirrorCatalog: "MIRROR_CATALOG"
         case .pairStatus: "PAIR_STATUS"
         case .pairTakeover: "PAIR_TAKEOVER"
         case .pairGiveback: "PAIR_GIVEBACK"

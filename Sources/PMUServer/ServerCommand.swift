@@ -135,6 +135,9 @@ public struct ServerCommand: ParsableCommand {
     @Option(name: .customLong("takeover-partner"), help: "With --replica-from: HOST:PORT of the other server's mirror listener (a monitor's --listen, a rebooted primary's --monitor-listen). A portion this server takes over mirrors its writes there once it answers, so it can be copied and taken over in turn.")
     var takeoverPartner: String?
 
+    @Option(name: .customLong("replica-interval"), help: "With --replica-from: milliseconds between the copy passes that follow a complete full copy (default: --heartbeat-interval). Creates, deletes and writer-epoch raises reach the copy through the mirror log; a pass re-checks the catalog.")
+    var replicaIntervalMilliseconds: Int64?
+
     @Option(name: .customLong("monitor-listen"), help: "With --role primary and --replica-from: HOST:PORT where this server listens when it reboots as the monitor of the new primary (the service address is the new primary's): it takes the new primary's mirror channel there and copies the portion into its data directory.")
     var monitorListen: String?
 
@@ -312,6 +315,10 @@ public struct ServerCommand: ParsableCommand {
             pair.replicaClient = clientId
             pair.replicaSecret = secret
             pair.replicaIntervalMilliseconds = heartbeatIntervalMilliseconds
+            if let replicaIntervalMilliseconds {
+                guard replicaIntervalMilliseconds >= 10 else { throw ValidationError("--replica-interval \(replicaIntervalMilliseconds) is below 10 ms") }
+                pair.replicaPassIntervalMilliseconds = replicaIntervalMilliseconds
+            }
             if let takeoverPartner {
                 pair.takeoverPartner = PartnerConfiguration(
                     endpoint: try Endpoint(parsing: takeoverPartner), clientId: clientId, secret: secret, maxUnpersistedBytes: try ByteSize.parse(partnerMaxUnpersisted),

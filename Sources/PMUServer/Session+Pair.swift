@@ -29,6 +29,18 @@ extension Session {
         }
     }
 
+    /// A catalog change committed here, mirrored (`pending`, nil: unpaired): returns once the
+    /// partner's log holds it, or, degraded, at once (the change is durable here already).
+    /// Blocks; runs on the metadata pool, never on an event loop.
+    static func awaitMirrored(_ pending: EventLoopFuture<WriteOutcome>?) throws(PMUError) {
+        guard let pending else { return }
+        do {
+            _ = try pending.wait()
+        } catch {
+            throw (error as? PMUError) ?? PMUError(.internalError, "mirroring a catalog change: \(error)")
+        }
+    }
+
     /// WRITE where durability comes from this server alone (a taken-over portion).
     func writeDurably(key: AccessKey, offset: UInt64, data: ByteBuffer, id: UInt64) throws(PMUError) {
         var target: MappedRegion?
@@ -58,7 +70,7 @@ extension Session {
             throw PMUError(.invalidArgument, "this pmu-server runs unpaired (no --partner, --mirror-client)")
         }
         switch request {
-        case .mirrorOpen, .mirrorAppend, .mirrorTrim:
+        case .mirrorOpen, .mirrorAppend, .mirrorTrim, .mirrorCatalog:
             guard let receiver = pair.receiver, pair.mayMirror(clientId) else {
                 throw PMUError(.accessDenied, "client '\(clientId)' may not mirror into this server; its --mirror-client (or --partner-client) names who may")
             }
@@ -102,6 +114,21 @@ extension Session {
         }
     }
 
+    /// Answers OK once `sync` (nil: nothing to sync) has run off the event loop.
+    private func syncThenReply(_ sync: (@Sendable () throws(PMUError) -> Void)?, id: UInt64) {
+        guard let sync else { return reply(id, .ok) }
+        pool.runIfActive(eventLoop: info.eventLoop) { () -> Response in
+            do throws(PMUError) {
+                try sync()
+                return .ok
+            } catch {
+                return .error(error)
+            }
+        }.whenComplete { [self] result in
+            self.reply(id, (try? result.get()) ?? .error(PMUError(.shuttingDown, "server is shutting down")))
+        }
+    }
+
     static func replicaDenied(_ clientId: String) -> PMUError {
         PMUError(.accessDenied, "client '\(clientId)' may not copy this server's portion; only the pair's client (--mirror-client, or --partner-client) may")
     }
@@ -117,21 +144,13 @@ extension Session {
         case .mirrorAppend(let append) where receiver.appendBlocks:
             // Group commit: written now, in arrival order; synced off the event loop while this
             // connection's next appends are written, so one fdatasync answers all of them.
-            guard let sync = try receiver.appendForGroupCommit(append, connection: connection) else { return reply(id, .ok) }
-            pool.runIfActive(eventLoop: info.eventLoop) { () -> Response in
-                do throws(PMUError) {
-                    try sync()
-                    return .ok
-                } catch {
-                    return .error(error)
-                }
-            }.whenComplete { [self] result in
-                self.reply(id, (try? result.get()) ?? .error(PMUError(.shuttingDown, "server is shutting down")))
-            }
+            syncThenReply(try receiver.appendForGroupCommit(append, connection: connection), id: id)
         case .mirrorAppend(let append):
             try receiver.append(append, connection: connection)
             reply(id, .ok)
-        case .mirrorTrim(let through) where receiver.appendBlocks:
+        case .mirrorCatalog(let sequence, let entry):
+            syncThenReply(try receiver.appendCatalogForGroupCommit(sequence: sequence, entry: entry, connection: connection), id: id)
+        case .mirrorTrim(let through) where receiver.trimBlocks:
             runBlocking(id) { () throws(PMUError) -> Response in
                 try receiver.trim(through: through, connection: connection)
                 return .ok

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PMUCore
+import PMUPair
 import PMUStore
 import PMUTransport
 
@@ -373,25 +374,37 @@ final class Session: RequestHandler, @unchecked Sendable {
                 }
                 try state.checkHandleRoom(connection: connection)
                 runBlocking(id) { () throws(PMUError) -> Response in
+                    // Mirrored: the create with its first writer epoch is in the partner's log
+                    // before it is acknowledged (a replica must not lose an acknowledged region).
+                    let mirror = state.pair?.sender
+                    try mirror?.admitCatalogChange()
                     let record = try state.store.create(create, owner: clientId)
-                    let updated = try state.store.update(id: record.id) { (current: inout RegionRecord) throws(PMUError) in
+                    var mirrored: EventLoopFuture<WriteOutcome>?
+                    let updated = try state.store.update(id: record.id, { (current: inout RegionRecord) throws(PMUError) in
                         current.writerEpoch += 1
-                    }
+                    }, committed: { mirrored = mirror?.mirrorCatalogChange($0) })
+                    try Session.awaitMirrored(mirrored)
                     return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: .readWrite, epoch: updated.writerEpoch)
                 }
                 logger.debug("create", metadata: ["region": "\(create.name)", "size": "\(create.sizeBytes)", "request": "\(id)"])
 
             case .delete(let name):
                 runBlocking(id) { () throws(PMUError) -> Response in
-                    let record = try state.store.delete(named: name) { (record: RegionRecord) throws(PMUError) in
+                    let mirror = state.pair?.sender
+                    try mirror?.admitCatalogChange()
+                    var mirrored: EventLoopFuture<WriteOutcome>?
+                    let record = try state.store.delete(named: name, authorize: { (record: RegionRecord) throws(PMUError) in
                         guard AccessPolicy.mayDelete(clientId, owner: record.owner, isAdmin: isAdmin) else {
                             throw PMUError(.accessDenied, "only the owner ('\(record.owner)') or an admin may delete region \(NameRules.quoted(name))")
                         }
                         // Revoked before the delete commits: no key outlives its region.
                         state.revokeAll(regionId: record.id)
-                    }
-                    state.pair?.sender?.forget(regionId: record.id)
+                    }, committed: { mirrored = mirror?.mirrorCatalogChange($0) })
+                    // The region's writes need no replay any more (a trim still stops short of
+                    // the delete's record until the partner has it).
+                    defer { mirror?.forget(regionId: record.id) }
                     state.resumeGrants.forget(regionId: record.id)
+                    try Session.awaitMirrored(mirrored)
                     return .ok
                 }
 
@@ -400,7 +413,7 @@ final class Session: RequestHandler, @unchecked Sendable {
                 guard isAdmin else { throw PMUError(.accessDenied, "server info is for admins (--admin); client '\(clientId)' is not one") }
                 reply(id, .data(ByteBuffer(string: ServerInfo(state: state).json)))
 
-            case .mirrorOpen, .mirrorAppend, .mirrorTrim, .pairStatus, .pairTakeover, .pairGiveback, .replicaCatalog, .replicaRead:
+            case .mirrorOpen, .mirrorAppend, .mirrorTrim, .mirrorCatalog, .pairStatus, .pairTakeover, .pairGiveback, .replicaCatalog, .replicaRead:
                 try pairRequest(request, id: id, clientId: clientId, isAdmin: isAdmin)
 
             case .formBegin, .formData, .formCommit, .formRebuild:
@@ -422,16 +435,22 @@ final class Session: RequestHandler, @unchecked Sendable {
         let (state, connection, memory) = (state, info.id, info.memory)
         try state.checkHandleRoom(connection: connection)
         runBlocking(id) { () throws(PMUError) -> Response in
+            // Mirrored: the raised epoch is in the partner's log before the writer gets it, so
+            // that a takeover's copy resumes this writer (OPEN_RESUME compares epochs).
+            let mirror = state.pair?.sender
+            try mirror?.admitCatalogChange()
+            var mirrored: EventLoopFuture<WriteOutcome>?
             var raised = false
-            let updated = try state.store.update(id: record.id) { (current: inout RegionRecord) throws(PMUError) in
+            let updated = try state.store.update(id: record.id, { (current: inout RegionRecord) throws(PMUError) in
                 raised = try check(current)
                 if raised { current.writerEpoch += 1 }
-            }
+            }, committed: { mirrored = mirror?.mirrorCatalogChange($0) })
             if raised, let resumeToken {
                 state.resumeGrants.record(regionId: updated.id, epoch: updated.writerEpoch, token: resumeToken.token, clientId: resumeToken.clientId)
             }
             // Fence older writers now, even if mapping or granting fails below.
             state.raiseEpoch(regionId: updated.id, to: updated.writerEpoch, kind: updated.kind)
+            try Session.awaitMirrored(mirrored)
             return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: rights, epoch: updated.writerEpoch)
         }
     }

@@ -456,7 +456,9 @@ public final class RegionStore: @unchecked Sendable {
     }
 
     /// Changes a region's metadata durably (bumping its generation) and returns the new record.
-    public func update(id: UInt64, _ change: (inout RegionRecord) throws(PMUError) -> Void) throws(PMUError) -> RegionRecord {
+    /// `committed` runs under the catalog lock right after the change is durable, so that changes
+    /// reach it in commit order (a mirrored owner gives them mirror sequences there).
+    public func update(id: UInt64, _ change: (inout RegionRecord) throws(PMUError) -> Void, committed: (CatalogEntry) -> Void = { _ in }) throws(PMUError) -> RegionRecord {
         try catalogLock.withTypedLock { () throws(PMUError) -> RegionRecord in
             let current = lock.withLock { deleting.contains(id) ? nil : state.regions[id] }
             guard var record = current else {
@@ -465,13 +467,15 @@ public final class RegionStore: @unchecked Sendable {
             try change(&record)
             record.generation += 1
             try commitLocked(.put(record))
+            committed(.put(record))
             return record
         }
     }
 
     /// Deletes a region. `authorize` runs under the lock on the current record, so the check and
     /// the delete see the same region even if another client races to recreate the name.
-    public func delete(named name: String, authorize: (RegionRecord) throws(PMUError) -> Void) throws(PMUError) -> RegionRecord {
+    /// `committed` as for `update`.
+    public func delete(named name: String, authorize: (RegionRecord) throws(PMUError) -> Void, committed: (CatalogEntry) -> Void = { _ in }) throws(PMUError) -> RegionRecord {
         let record = try catalogLock.withTypedLock { () throws(PMUError) -> RegionRecord in
             // Marked first: from here no new mapping, so no new grant, can be made for it.
             let found = lock.withLock { () -> RegionRecord? in
@@ -485,6 +489,7 @@ public final class RegionStore: @unchecked Sendable {
             defer { _ = lock.withLock { deleting.remove(record.id) } }
             try authorize(record)
             try commitLocked(.delete(id: record.id))
+            committed(.delete(id: record.id))
             return record
         }
         // Committed: from here a crash leaves an orphan file that recovery removes.

@@ -34,6 +34,9 @@ let sampleRequests: [Request] = [
     .mirrorAppend(MirrorAppend(sequence: 1, regionId: 2, epoch: 0, offset: 0, data: ByteBuffer())),
     .mirrorAppend(MirrorAppend(sequence: .max, regionId: .max, epoch: .max, offset: 100, data: ByteBuffer(bytes: Array(repeating: 0xCD, count: 5000)))),
     .mirrorTrim(through: .max),
+    .mirrorCatalog(sequence: 7, entry: .put(RegionRecord(
+        id: 3, name: "fresh", sizeBytes: 4096, kind: .checkpointAppend, createdAtMilliseconds: 1, generation: 2, writerEpoch: 1, owner: "o", readers: ["r"], writers: ["*"]))),
+    .mirrorCatalog(sequence: .max, entry: .delete(id: 3)),
     .pairStatus,
     .pairTakeover,
     .pairGiveback,
@@ -146,14 +149,47 @@ func encoded<M: WireMessage>(_ frame: Frame<M>) -> ByteBuffer {
         var body = ByteBuffer()
         body.writeInteger(UInt16(2), endianness: .little)
         body.writeBytes([0xC3, 0x28])
-        var frame = ByteBuffer()
-        FrameCodec.encodeHeader(opcode: .stat, requestId: 1, bodyBytes: body.readableBytes, into: &frame)
-        frame.writeBuffer(&body)
+        var frame = Self.requestFrame(.stat, body)
         do {
             _ = try FrameCodec.decode(Request.self, from: &frame)
             Issue.record("accepted")
         } catch {
             #expect(error.error.code == .malformedFrame)
+        }
+    }
+
+    /// A request frame of `opcode` around `body`, bytes as a hostile peer would send them.
+    static func requestFrame(_ opcode: Opcode, _ body: ByteBuffer) -> ByteBuffer {
+        var body = body
+        var frame = ByteBuffer()
+        FrameCodec.encodeHeader(opcode: opcode, requestId: 1, bodyBytes: body.readableBytes, into: &frame)
+        frame.writeBuffer(&body)
+        return frame
+    }
+
+    /// MIRROR_CATALOG's catalog record is hostile input: a damaged one, trailing bytes, a
+    /// next-id entry, or one over the catalog's record limit is MALFORMED_FRAME with the reason.
+    @Test func hostileMirrorCatalogIsMalformed() {
+        let good = CatalogFormat.encode(.delete(id: 3), sequence: 1)
+        var flipped = good
+        flipped[flipped.count - 1] ^= 1
+        let cases: [([UInt8], String)] = [
+            (flipped, "record checksum mismatch"),
+            (good + [0], "followed by 1 more"),
+            (CatalogFormat.encode(.nextId(9), sequence: 1), "next-id entry"),
+            ([UInt8](repeating: 0, count: CatalogFormat.headerBytes + Int(CatalogFormat.maxBodyBytes) + 1), "exceeds the catalog record limit"),
+        ]
+        for (payload, reason) in cases {
+            var body = ByteBuffer()
+            body.writeInteger(UInt64(5), endianness: .little)
+            body.writeBytes(payload)
+            var frame = Self.requestFrame(.mirrorCatalog, body)
+            do {
+                _ = try FrameCodec.decode(Request.self, from: &frame)
+                Issue.record("accepted: \(reason)")
+            } catch {
+                #expect([.malformedFrame, .requestTooLarge].contains(error.error.code) && error.error.message.contains(reason), "\(error.error)")
+            }
         }
     }
 

@@ -45,10 +45,14 @@ final class FailoverPair: @unchecked Sendable {
     /// Where the monitor copies from (default: the service address, where the primary serves).
     let replicaSource: Endpoint?
 
-    init(etcd: EtcdProcess, replica: Bool = false, replicaSource: Endpoint? = nil) throws {
+    /// The monitor's `--replica-interval` (nil: the default, the heartbeat interval).
+    let replicaIntervalMilliseconds: Int?
+
+    init(etcd: EtcdProcess, replica: Bool = false, replicaSource: Endpoint? = nil, replicaIntervalMilliseconds: Int? = nil) throws {
         self.etcd = etcd
         self.replica = replica
         self.replicaSource = replicaSource
+        self.replicaIntervalMilliseconds = replicaIntervalMilliseconds
         secretsPath = scratch.path + "/secrets"
         pairSecretPath = scratch.path + "/pair.secret"
         var secrets = testSecrets
@@ -76,6 +80,7 @@ final class FailoverPair: @unchecked Sendable {
                 extraArguments: ["--role", "monitor", "--listen", "127.0.0.1:\(monitorPort)", "--mirror-client", "pair", "--replica-from", "\(replicaSource ?? service)",
                                  "--partner-portion", replicaDirectory, "--fence-command", fence, "--takeover-listen", "\(service)",
                                  "--takeover-partner", "127.0.0.1:\(rebootedMonitorPort)"]
+                    + (replicaIntervalMilliseconds.map { ["--replica-interval", "\($0)"] } ?? [])
                     + common("mon", listen: monitorHeartbeat, peer: primaryHeartbeat))
             try "\(monitor.process.processIdentifier)\n".write(toFile: monitorPidFile, atomically: true, encoding: .utf8)
             return

@@ -57,13 +57,28 @@ import Testing
         for index in 0..<slots { try await client.write("journal", at: UInt64(index * Self.slotBytes), Self.record(index, 0xA)) }
         try await client.persist("journal")
         _ = try await waitReady(pair)
-        // The monitor reboots (kill -9, same data directory). Meanwhile the primary deletes a
-        // region and refuses writes (--partner-down refuse under --role).
+        // The monitor reboots (kill -9, same data directory). Meanwhile the primary refuses
+        // writes and catalog changes (--partner-down refuse under --role: a monitor behind a
+        // partition could take over without them): a DELETE is refused SERVER_UNAVAILABLE once
+        // the primary saw its mirror channel close, and the region stays.
         pair.monitor.kill9()
         let admin = try await PMUClient.connect(pair.primary.configuration())
+        var refused: PMUError?
+        for _ in 0..<100 {
+            let mirroring = (try? await pair.pairStatus(pair.primary))?["mirroringTo"] as? [String: Any]
+            if mirroring?["connected"] as? Bool == false {
+                do throws(PMUError) { try await admin.delete("doomed") } catch { refused = error }
+                break
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(refused?.code == .serverUnavailable, "\(String(describing: refused))")
+        #expect(try await admin.list().map(\.name).contains("doomed"))
+        try pair.startMonitor()
+        _ = try await waitReady(pair)
+        // Mirrored again: the delete is in the monitor's log before it is acknowledged.
         try await admin.delete("doomed")
         await admin.disconnect()
-        try pair.startMonitor()
         let ready = try await waitReady(pair)
         let copy = try #require(ready["lastFullCopy"] as? [String: Any])
         #expect(copy["full"] as? Bool == true)
@@ -97,6 +112,70 @@ import Testing
         let journal = try #require(try await served.list().first)
         #expect(journal.sizeBytes == UInt64(3 * slots * Self.slotBytes) && journal.kind == .raw && journal.owner == "admin")
         await served.disconnect()
+    }
+
+    /// Catalog changes are mirror-log records (issue 13): a CREATE, the writes into the new
+    /// region, a DELETE and a writer-epoch raise, each acknowledged by the primary, then kill -9
+    /// right away, with no copy pass possible in between (--replica-interval of 10 minutes; the
+    /// regions touched were copied once, before): the monitor serves the created region with
+    /// every acknowledged byte, the deleted one stays deleted, the raised epoch holds, and the
+    /// primary's directory is gone. Without the catalog records the replica would lack "fresh",
+    /// still hold "doomed", and have the old epoch of "kept" (checked by mutation: disabling
+    /// them fails this test).
+    @Test func acknowledgedCreateDeleteAndEpochRaiseSurviveKill9BeforeAnyCopyPass() async throws {
+        let etcd = try await EtcdProcess()
+        defer { withExtendedLifetime(etcd) {} }
+        let pair = try FailoverPair(etcd: etcd, replica: true, replicaIntervalMilliseconds: 600_000)
+        _ = try await pair.waitFor(pair.primary, "primary serving") { $0["serving"] as? Bool == true }
+        var configuration = pair.primary.configuration()
+        configuration.requestTimeout = .seconds(5)
+        let client = ReconnectingClient(configuration)
+        // Regions the replica gets by its full copy: the monitor restarts after they exist, and
+        // its copy of the new attachment has them.
+        try await client.create("doomed", sizeBytes: 8192)
+        try await client.write("doomed", at: 0, Array("acknowledged, then deleted: must stay deleted".utf8))
+        try await client.create("kept", sizeBytes: 8192)
+        try await client.persist("doomed")
+        pair.monitor.kill9()
+        try pair.startMonitor()
+        let ready = try await waitReady(pair)
+        #expect((ready["lastFullCopy"] as? [String: Any])?["regions"] as? Int == 2, "\(ready)")
+        let passes = ready["passes"] as? Int ?? 0
+        // After the copy: create and write (half persisted, so trimmed and applied to the
+        // replica at the trim; half left in the mirror log), delete, raise an epoch.
+        let slots = 32
+        try await client.create("fresh", sizeBytes: UInt64(slots * Self.slotBytes))
+        for index in 0..<(slots / 2) { try await client.write("fresh", at: UInt64(index * Self.slotBytes), Self.record(index, 0xF)) }
+        try await client.persist("fresh")
+        for index in (slots / 2)..<slots { try await client.write("fresh", at: UInt64(index * Self.slotBytes), Self.record(index, 0xF)) }
+        let admin = try await PMUClient.connect(pair.primary.configuration())
+        try await admin.delete("doomed")
+        let raised = try await admin.openRegion("kept", rights: .readWrite)
+        let primaryKept = try await admin.stat("kept")
+        #expect(primaryKept.writerEpoch == raised.epoch && raised.epoch >= 2)
+        await admin.disconnect()
+        // No pass ran since the copy: what the replica has now came through the mirror log.
+        #expect(try await replicaStatus(pair)["passes"] as? Int == passes)
+        pair.primary.kill9()
+        try FileManager.default.removeItem(atPath: pair.primaryDirectory)
+        let after = try await pair.waitFor(pair.monitor, "monitor took over") { $0["serving"] as? Bool == true }
+        #expect((after["lastFailover"] as? [String: Any])?["error"] == nil, "\(after)")
+        let served = try await PMUClient.connect(pair.monitor.configuration()._with(endpoint: pair.service))
+        let regions = try await served.list()
+        #expect(regions.map(\.name) == ["fresh", "kept"], "an acknowledged CREATE lost or an acknowledged DELETE undone: \(regions.map(\.name))")
+        if regions.contains(where: { $0.name == "fresh" }) {
+            let fresh = try await served.openRegion("fresh")
+            for index in 0..<slots {
+                let bytes = try await served.read(fresh, at: UInt64(index * Self.slotBytes), length: Self.slotBytes)
+                #expect(Array(buffer: bytes) == Self.record(index, 0xF), "acknowledged write \(index) into the created region lost after the takeover")
+            }
+        }
+        let kept = try await served.stat("kept")
+        #expect(kept.writerEpoch == primaryKept.writerEpoch, "the acknowledged epoch raise of 'kept' was lost: \(kept.writerEpoch), primary had \(primaryKept.writerEpoch)")
+        await served.disconnect()
+        await client.disconnect()
+        let mirroring = (try? await replicaStatus(pair)) ?? [:]
+        print("takeover after catalog records: \(after["lastFailover"] ?? ""), replica \(mirroring)")
     }
 
     /// A primary with no region yet: the first full copy is of nothing, and completes (the

@@ -60,7 +60,7 @@ func sampleRecord(_ sequence: UInt64, payloadBytes: Int = 37, origin: UInt64? = 
         }
         var version = LogRecordFormat.encode(sampleRecord(2))
         version[4] = 9
-        #expect(throws: PMUError(.damaged, "log record has version 9; this build reads version 1")) { try LogRecordFormat.decode(version) }
+        #expect(throws: PMUError(.damaged, "log record has version 9; this build reads versions 1 and 2")) { try LogRecordFormat.decode(version) }
         #expect(throws: PMUError.self) { try LogRecordFormat.decode([1, 2, 3]) }
     }
 
