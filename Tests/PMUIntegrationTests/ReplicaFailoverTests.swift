@@ -56,7 +56,8 @@ import Testing
         try await client.write("doomed", at: 0, Array("the primary deletes this region while its monitor is down".utf8))
         for index in 0..<slots { try await client.write("journal", at: UInt64(index * Self.slotBytes), Self.record(index, 0xA)) }
         try await client.persist("journal")
-        _ = try await waitReady(pair)
+        let before = try await waitReady(pair)
+        let copiedAt = (before["lastFullCopy"] as? [String: Any])?["atMilliseconds"] as? UInt64 ?? 0
         // The monitor reboots (kill -9, same data directory). Meanwhile the primary refuses
         // writes and catalog changes (--partner-down refuse under --role: a monitor behind a
         // partition could take over without them): a DELETE is refused SERVER_UNAVAILABLE once
@@ -75,7 +76,10 @@ import Testing
         #expect(refused?.code == .serverUnavailable, "\(String(describing: refused))")
         #expect(try await admin.list().map(\.name).contains("doomed"))
         try pair.startMonitor()
-        _ = try await waitReady(pair)
+        // Ready with a copy made after the restart, so over the primary's new mirror channel (a
+        // status read before the primary reconnected could say ready from the old copy: seen
+        // once under load, the DELETE then refused SERVER_UNAVAILABLE).
+        _ = try await waitReady(pair, afterFullCopies: copiedAt)
         // Mirrored again: the delete is in the monitor's log before it is acknowledged.
         try await admin.delete("doomed")
         await admin.disconnect()
