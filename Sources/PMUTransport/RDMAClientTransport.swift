@@ -56,9 +56,14 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     private let bounceSlots: AsyncSlots
     private let closing = ManagedAtomicFlag()
     private let polling: RDMAPolling
+    /// Tasks that prefer it run on the completion thread (`PMUClient.taskExecutor`).
+    private let executor: CompletionThreadExecutor
+    /// The completion thread, set once by `connect`; `close` joins it.
+    private let thread = NIOLockedValueBox<JoinableThread?>(nil)
 
-    private init(endpoint: Endpoint, resources: Resources, completionChannel: CompletionChannel, eventChannel: EventChannel, deviceDescription: String, limits: RequestLimits, polling: RDMAPolling) {
+    private init(endpoint: Endpoint, resources: Resources, completionChannel: CompletionChannel, eventChannel: EventChannel, deviceDescription: String, limits: RequestLimits, polling: RDMAPolling, executor: CompletionThreadExecutor) {
         self.polling = polling
+        self.executor = executor
         self.endpoint = endpoint
         self.maxTransferBytes = resources.bounce.slotBytes
         self.deviceDescription = deviceDescription
@@ -92,9 +97,15 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             thread.start()
         }
         let transport = try result.get()
-        let thread = Thread { transport.completionLoop() }
-        thread.name = "pmu-rdma-client-cq"
-        thread.start()
+        do throws(PMUError) {
+            let thread = try JoinableThread(name: "pmu-rdma-client-cq") { transport.completionLoop() }
+            transport.thread.withLockedValue { $0 = thread }
+        } catch {
+            transport.fail(error)
+            transport.resources.withLockedValue { $0 = nil }
+            transport.executor.stop()
+            throw error
+        }
         return transport
     }
 
@@ -121,6 +132,12 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             // Replies: one per credit, plus room for a connection-level error (id 0).
             let receives = try RegisteredSlots(protectionDomain: protectionDomain, count: credits + 4, slotBytes: RDMALimits.replySlotBytes)
             let bounce = try RegisteredSlots(protectionDomain: protectionDomain, count: bounceBuffers, slotBytes: bounceBytes)
+            let executor: CompletionThreadExecutor
+            do {
+                executor = try CompletionThreadExecutor()
+            } catch {
+                throw VerbsError(.connection, operation: "pipe", message: error.message)
+            }
             try receives.postAllReceives(on: queuePair)
             try completionQueue.requestNotification()
             var parameters = ConnectionParameters()
@@ -131,7 +148,8 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             let resources = Resources(queuePair: queuePair, completionQueue: completionQueue, sends: sends, receives: receives,
                                       bounce: bounce, connection: connection)
             return RDMAClientTransport(endpoint: endpoint, resources: resources, completionChannel: completionChannel,
-                                       eventChannel: eventChannel, deviceDescription: "\(context.name) port \(port.portNumber)", limits: limits, polling: polling)
+                                       eventChannel: eventChannel, deviceDescription: "\(context.name) port \(port.portNumber)", limits: limits, polling: polling,
+                                       executor: executor)
         } catch {
             throw PMUError(error.kind == .memoryRegistration ? .rdmaError : .connectionClosed,
                            "cannot connect to pmu-server at \(endpoint) over RDMA (is it running with --transport rdma, listening on that address?): \(error)")
@@ -139,6 +157,8 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     }
 
     public var oneSided: (any OneSidedTransport)? { self }
+    /// The completion thread: a task preferring it continues where its completion was polled.
+    public var taskExecutor: (any TaskExecutor)? { executor }
     public var transportDescription: String { "rdma (\(deviceDescription))" }
 
     // MARK: control
@@ -330,6 +350,7 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
                     if let what = replies.expired() { fail(replies.timedOut(what)) }
                 }
             },
+            jobs: executor,
             poll: { [resources] (entries, capacity) throws(VerbsError) in
                 try resources.withVerbsLock { (resources: inout Resources?) throws(VerbsError) -> Int in try resources?.completionQueue.poll(into: entries, capacity: capacity) ?? 0 }
             },
@@ -337,7 +358,9 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
                 try resources.withVerbsLock { (resources: inout Resources?) throws(VerbsError) in try resources?.completionQueue.requestNotification() }
             },
             sleep: { [self] milliseconds in
-                let ready = waitReadable([completionChannel.fileDescriptor, eventChannel.pointer.pointee.fd], timeoutMilliseconds: milliseconds)
+                let ready = waitReadable([completionChannel.fileDescriptor, eventChannel.pointer.pointee.fd, executor.wakeDescriptor],
+                                         timeoutMilliseconds: milliseconds)
+                executor.awake(signalled: ready[2])
                 if ready[0] { try? completionChannel.consumeEvent() }
                 if ready[1], let event = try? eventChannel.next(timeout: .zero) {
                     switch event.type {
@@ -355,6 +378,7 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             failed: { [self] error in fail(PMUError(.connectionClosed, "RDMA completion queue failed: \(error)")) }))
         // Release in dependency order (see RDMAServerConnection.release).
         resources.withLockedValue { $0 = nil }
+        executor.stop()
     }
 
     private func handle(_ completion: WorkCompletion) {
@@ -439,10 +463,20 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         bounceSlots.fail(failure)
         if closing.setOnce() {
             resources.withLockedValue { resources in try? resources?.connection.disconnect() }
+            // Noticed now rather than at the end of the pump's 200 ms sleep.
+            executor.signal()
         }
     }
 
+    /// Ends the connection and joins the completion thread (which releases the verbs objects
+    /// before it ends), for at most `closeDeadline`; a thread still running then is detached.
+    /// Safe from a task running on `taskExecutor`: the join waits by sleeping, and once the
+    /// thread has ended such a task resumes on the executor's fallback event loop.
     public func close() async {
         fail(PMUError(.connectionClosed, "the RDMA connection to pmu-server was closed by this client"))
+        guard let thread = thread.withLockedValue({ $0 }) else { return }
+        if await !thread.join(until: .now.advanced(by: Self.closeDeadline)) { thread.detach() }
     }
+
+    static let closeDeadline: Duration = .seconds(10)
 }

@@ -51,11 +51,10 @@ final class RDMAServerConnection: @unchecked Sendable {
     /// Event-loop confined.
     private var handler: (any RequestHandler)?
     /// Who releases the verbs objects: the completion thread once started, else `shutdown`.
-    /// Under a lock: `established` runs on the rdma_cm thread, `shutdown` on any thread.
-    private enum Loop { case notStarted, running, released }
+    /// Under a lock: `established` runs on the rdma_cm thread, `shutdown` and `completionThread`
+    /// (read by `RDMAServerTransport.stop` to join it) on any thread.
+    private enum Loop { case notStarted, running(JoinableThread), released }
     private let loop = NIOLockedValueBox(Loop.notStarted)
-    /// Set once the verbs objects are released (so `RDMAServerTransport.stop` can wait for it).
-    let finished = ManagedAtomicFlag()
     private let polling: RDMAPolling
     private let onFinished: @Sendable (RDMAServerConnection) -> Void
 
@@ -101,15 +100,25 @@ final class RDMAServerConnection: @unchecked Sendable {
                                   replies: RDMAReplySink(connection: self), memory: RDMARegistrar(connection: self),
                                   maxReplyBytes: RDMALimits.replySlotBytes)
         eventLoop.execute { self.handler = makeHandler(info) }
-        let start = loop.withLockedValue { loop -> Bool in
-            guard loop == .notStarted, !closing.isSet else { return false }
-            loop = .running
-            return true
+        let failure = loop.withLockedValue { loop -> PMUError? in
+            guard case .notStarted = loop, !closing.isSet else { return nil }
+            do throws(PMUError) {
+                // Started under the lock, so `completionThread` never sees `running` without it.
+                loop = .running(try JoinableThread(name: "pmu-rdma-cq-\(id)") { [self] in completionLoop() })
+                return nil
+            } catch {
+                return error
+            }
         }
-        guard start else { return }
-        let thread = Thread { [self] in completionLoop() }
-        thread.name = "pmu-rdma-cq-\(id)"
-        thread.start()
+        if let failure { shutdown("no completion thread: \(failure.message)") }
+    }
+
+    /// The completion thread, once `established` started it (the transport's `stop` joins it).
+    var completionThread: JoinableThread? {
+        loop.withLockedValue { loop in
+            if case .running(let thread) = loop { return thread }
+            return nil
+        }
     }
 
     /// Ends the connection once, from any thread: revokes every rkey now, moves the QP to error,
@@ -131,7 +140,7 @@ final class RDMAServerConnection: @unchecked Sendable {
         }
         // No completion thread (never established, or established lost the race): release here.
         let releaseHere = loop.withLockedValue { loop -> Bool in
-            guard loop == .notStarted else { return false }
+            guard case .notStarted = loop else { return false }
             loop = .released
             return true
         }
@@ -287,7 +296,6 @@ final class RDMAServerConnection: @unchecked Sendable {
         }
         for registration in all { try? registration.region.deregister() }
         resources.withLockedValue { $0 = nil }
-        _ = finished.setOnce()
     }
 
     static func peerAddress(_ id: UnsafeMutablePointer<rdma_cm_id>) -> String {
