@@ -45,9 +45,7 @@ final class JoinableThread: @unchecked Sendable {
             // is gone once a join returns.
             let ended: NIOLockedValueBox<Bool> = {
                 let start = Unmanaged<Start>.fromOpaque(argument!).takeRetainedValue()
-                // Foundation names the current thread through pthread_setname_np (which
-                // Glibc's module does not export).
-                Thread.current.name = start.name
+                JoinableThread.nameCurrentThread(start.name)
                 start.body()
                 return start.ended
             }()
@@ -62,6 +60,18 @@ final class JoinableThread: @unchecked Sendable {
     }
 
     deinit { detach() }
+
+    /// Names the calling thread for ps, top and gdb. Glibc's module exports neither
+    /// pthread_setname_np nor prctl, and Foundation's `Thread.name` does not reach the kernel for
+    /// a thread it did not start (the name stayed the creator's, a Dispatch worker's); the
+    /// thread's own comm file in /proc does. At most 15 bytes are kept.
+    static func nameCurrentThread(_ name: String) {
+        let descriptor = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return }
+        defer { close(descriptor) }
+        let bytes = Array(name.utf8.prefix(15))
+        _ = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+    }
 
     /// True once the body has returned (the thread is exiting or gone).
     var hasEnded: Bool { ended.withLockedValue { $0 } }

@@ -11,10 +11,11 @@ import Testing
 @Suite struct TaskExecutorTests {
     let scratch = Scratch()
 
-    /// The kernel's name of the calling thread (15 bytes at most).
+    /// The kernel's name of the calling thread (15 bytes at most) and its pthread id, "name#id".
     static func threadName() -> String {
-        ((try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? "?")
+        let name = ((try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? "?")
             .trimmingCharacters(in: .whitespacesAndNewlines)
+        return "\(name)#\(UInt(pthread_self()))"
     }
 
     @Test func workUnderTheClientsExecutorRunsOnItsThreadAndStaysCorrect() async throws {
@@ -61,6 +62,8 @@ import Testing
         #expect(names.count == 4 * rounds * 2)
         let elsewhere = Set(names.filter { !$0.hasPrefix(expectedThread) })
         #expect(elsewhere.isEmpty, "expected every step on \(expectedThread)*, some ran on: \(elsewhere)")
+        // One thread for all of it: a name alone would not tell two pool threads apart.
+        #expect(Set(names).count == 1, "\(Set(names))")
         // A second connection sees every byte the first wrote.
         let other = try await server.client()
         let otherHandle = try await other.openRegion("executor", rights: .read)

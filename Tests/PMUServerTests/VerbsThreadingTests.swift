@@ -26,6 +26,17 @@ import Testing
         }
     }
 
+    @Test func theKernelKnowsTheThreadByItsName() async throws {
+        let seen = NIOLockedValueBox("")
+        let thread = try JoinableThread(name: "pmu-rdma-cq-12345") {
+            let comm = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? ""
+            seen.withLockedValue { $0 = comm.trimmingCharacters(in: .whitespacesAndNewlines) }
+        }
+        #expect(await thread.join(until: .now.advanced(by: .seconds(30))))
+        // Cut to the kernel's 15 bytes.
+        #expect(seen.withLockedValue { $0 } == "pmu-rdma-cq-123")
+    }
+
     @Test func joinWaitsForTheBodyAndReturnsAfterWhatItHeldIsReleased() async throws {
         let gate = DispatchSemaphore(value: 0)
         let released = NIOLockedValueBox(false)
