@@ -6,11 +6,14 @@
 #        scripts/bench-rdma.sh --in-vm    (internal)
 # Data directories on an ext4 virtio disk (made here with mkfs.ext4): a durable write over verbs
 # then pays the shadow's copy-out + fdatasync, over TCP msync, both to the same emulated disk.
-# PMU runs: rdma with the default polling (adaptive), rdma with --rdma-poll busy (server and
-# client, PMU_RDMA_POLL), tcp.
+# PMU runs: rdma with the default polling (adaptive), the same with pmu-bench's tasks on the
+# default (pool) executor instead of the client's completion thread (PMUClient.taskExecutor;
+# small writes only: bulk always runs on the pool),
+# rdma with --rdma-poll busy (server and client, PMU_RDMA_POLL), tcp. A run is
+# TRANSPORT:POLL[:pool].
 # Env:   PMU_BENCH_CONFIG (release|debug, default release), PMU_BENCH_SMALL_COUNT (default 2000),
 #        PMU_BENCH_BULK_MIB (default 256), PMU_RDMA_TIMEOUT (default 900),
-#        PMU_BENCH_RUNS (default "rdma:adaptive rdma:busy tcp:-").
+#        PMU_BENCH_RUNS (default "rdma:adaptive rdma:adaptive:pool rdma:busy tcp:-").
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 project=$(cd "$here/.." && pwd)
@@ -29,8 +32,9 @@ in_vm() {
     mkdir -p /tmp/pmu-disk
     mount -t ext4 /dev/vda /tmp/pmu-disk
     echo "=== data directories on $(grep ' /tmp/pmu-disk ' /proc/mounts)"
-    for run in ${PMU_BENCH_RUNS:-rdma:adaptive rdma:busy tcp:-}; do
-        local transport=${run%%:*} poll=${run#*:} dir
+    for run in ${PMU_BENCH_RUNS:-rdma:adaptive rdma:adaptive:pool rdma:busy tcp:-}; do
+        local transport=${run%%:*} poll=${run#*:} executor=() where=client dir
+        if [[ $poll == *:pool ]]; then poll=${poll%:pool}; executor=(--pool-executor); where=pool; fi
         dir=$(mktemp -d /tmp/pmu-disk/pmu-bench.XXXXXX)
         if [[ $poll != - ]]; then export PMU_RDMA_POLL=$poll; else unset PMU_RDMA_POLL; fi
         "$bin/pmu-server" --transport "$transport" --data-dir "$dir/data" --listen "$ip:0" --ready-file "$dir/ready" \
@@ -38,10 +42,10 @@ in_vm() {
         local srv=$!
         for _ in $(seq 300); do [[ -s $dir/ready ]] && break; sleep 0.1; done
         local args=(--server "$(cat "$dir/ready")" --secret-file "$dir/data/admin.secret" --transport "$transport")
-        echo "=== pmu $transport (polling ${PMU_RDMA_POLL:-n/a}) small: 64 B acknowledged writes, $count"
-        "$bin/pmu-bench" small --size 64 --count "$count" "${args[@]}"
+        echo "=== pmu $transport (polling ${PMU_RDMA_POLL:-n/a}, executor $where) small: 64 B acknowledged writes, $count"
+        "$bin/pmu-bench" small --size 64 --count "$count" "${args[@]}" "${executor[@]}"
         echo "=== pmu $transport small durable: 64 B write + persist, $count"
-        "$bin/pmu-bench" small --size 64 --count "$count" --persist "${args[@]}"
+        "$bin/pmu-bench" small --size 64 --count "$count" --persist "${args[@]}" "${executor[@]}"
         echo "=== pmu $transport bulk: $((bulk >> 20)) MiB in 1 MiB writes (8 in flight), persist, read back"
         "$bin/pmu-bench" bulk --total "$bulk" --chunk 1048576 "${args[@]}"
         kill "$srv"; wait "$srv" || true

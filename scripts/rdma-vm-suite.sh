@@ -7,12 +7,12 @@
 #   suites the cases that exercise the verbs data path (checkpoint overwrite/append/ring, fencing,
 #   backup recovery after kill -9 of a primary, the example pair, server kill -9 with a 256 MiB
 #   region, ServerTests, live snapshots (SnapshotTests: full and incremental rounds, pool, bad
-#   input, server kill -9), the fence race (FenceRaceTests)). PMU_RDMA_FULL=1 runs every shared suite (~11 min); PMU_RDMA_FILTER /
+#   input, server kill -9), the fence race (FenceRaceTests), work on the client's task executor (TaskExecutorTests)). PMU_RDMA_FULL=1 runs every shared suite (~11 min); PMU_RDMA_FILTER /
 #   PMU_RDMA_SKIP override the regexes.
 set -euo pipefail
 project=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=${PMU_BIN_DIR:-$project/.build/debug}
-filter=${1:-${PMU_RDMA_FILTER:-PMUIntegrationTests\.(VerbsTests|TransportChoiceTests|CheckpointTests|ServerTests|PMUCtlTests|CrashTests|SnapshotTests|FenceRaceTests)}}
+filter=${1:-${PMU_RDMA_FILTER:-PMUIntegrationTests\.(VerbsTests|TransportChoiceTests|CheckpointTests|ServerTests|PMUCtlTests|CrashTests|SnapshotTests|FenceRaceTests|TaskExecutorTests)}}
 # Slow under emulation and nothing verbs-specific in them beyond what the default set covers.
 slow='|CheckpointTests/(serverKilledDuringCheckpointWrites|pmuctlCheckpointCommands)|CrashTests/metadataStaysConsistent|PMUCtlTests/'
 [[ ${PMU_RDMA_FULL:-0} == 1 ]] && slow=''

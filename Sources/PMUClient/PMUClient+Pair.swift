@@ -42,7 +42,7 @@ extension PMUClient {
     }
 
     private func sendNowExpectingOK(_ request: Request, orWait: @escaping @Sendable () async throws(PMUError) -> Void) -> EventLoopFuture<Void> {
-        if let tcp = transport as? TCPClientTransport, let reply = tcp.sendNow(request) {
+        if let reply = transport.sendNow(request) {
             return reply.flatMapThrowing { response in
                 switch response {
                 case .ok: return
@@ -51,7 +51,7 @@ extension PMUClient {
                 }
             }.flatMapErrorThrowing { error in throw Self.pmuError(error) }
         }
-        let loop = (transport as? TCPClientTransport)?.eventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
+        let loop = transport.replyEventLoop ?? MultiThreadedEventLoopGroup.singleton.next()
         let promise = loop.makePromise(of: Void.self)
         Task {
             do throws(PMUError) {

@@ -62,8 +62,9 @@ public final class PMUClient: Sendable {
     /// line `--transport auto` owes its user.
     public let transportReason: String
     /// Run latency-sensitive loops under `withTaskExecutorPreference(client.taskExecutor)` to avoid
-    /// a thread hop per request (see EventLoopTaskExecutor). nil for transports without an event loop.
-    public let taskExecutor: EventLoopTaskExecutor?
+    /// a thread hop per request: on TCP the connection's event loop (EventLoopTaskExecutor), over
+    /// verbs the completion thread (CompletionThreadExecutor). nil for other transports.
+    public let taskExecutor: (any TaskExecutor)?
 
     private init(configuration: ClientConfiguration, transport: any ClientTransport, reason: String) {
         self.transportReason = reason
@@ -71,7 +72,7 @@ public final class PMUClient: Sendable {
         self.transport = transport
         self.oneSided = transport.oneSided
         self.transportDescription = transport.transportDescription
-        self.taskExecutor = transport.replyEventLoop.map { EventLoopTaskExecutor(eventLoop: $0) }
+        self.taskExecutor = transport.taskExecutor
     }
 
     /// Connects and authenticates (challenge-response; the secret never crosses the wire, and the

@@ -80,10 +80,13 @@ final class CompletionPump {
     /// The owner's side of the loop. `poll` runs `ibv_poll_cq` under the owner's lock (0 once
     /// the queue is gone); `arm` re-arms the queue's notification; `sleep` waits on the
     /// completion channel (and anything else the owner watches) for up to the given milliseconds
-    /// and consumes what it saw; `tick` runs once per round (deadlines).
+    /// and consumes what it saw; `tick` runs once per round (deadlines). With `jobs`, the
+    /// thread also runs the tasks that prefer it, between polls (its `sleep` must watch
+    /// `jobs.wakeDescriptor` and call `jobs.awake`).
     struct Owner {
         var stopped: () -> Bool
         var tick: () -> Void = {}
+        var jobs: CompletionThreadExecutor? = nil
         var poll: (_ entries: UnsafeMutablePointer<ibv_wc>, _ capacity: Int) throws(VerbsError) -> Int
         var arm: () throws(VerbsError) -> Void
         var sleep: (_ milliseconds: Int32) -> Void
@@ -94,8 +97,11 @@ final class CompletionPump {
     func run(_ owner: Owner) {
         while !owner.stopped() {
             owner.tick()
+            // Jobs first: a task resumed by the last drain posts its next request now.
+            if let jobs = owner.jobs, jobs.runPending() > 0 { continue }
             do {
                 if try spin(owner) > 0 { continue }
+                if let jobs = owner.jobs, !jobs.prepareToSleep() { continue }
                 owner.sleep(polling == .busy ? 0 : 200)
                 try owner.arm()
                 // Drain after re-arming: a completion that slipped in between raises no event.
@@ -106,7 +112,8 @@ final class CompletionPump {
         }
     }
 
-    /// Polls until something completes or the spin window passes (at once for `event`).
+    /// Polls until something completes, a job is queued, or the spin window passes (at once
+    /// for `event`). Returns how many completions were handled (1 for a job).
     private func spin(_ owner: Owner) throws(VerbsError) -> Int {
         let window = polling.spinMicroseconds
         guard window > 0 else { return 0 }
@@ -115,6 +122,7 @@ final class CompletionPump {
         while true {
             let found = try drain(owner)
             if found > 0 { return found }
+            if let jobs = owner.jobs, jobs.hasPending { return 1 }
             spins += 1
             // Reading the clock costs more than an empty poll: only now and then.
             if spins & 0x3f == 0, ContinuousClock.now >= deadline { return 0 }

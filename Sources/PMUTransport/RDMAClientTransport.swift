@@ -15,14 +15,9 @@ import PMUVerbs
 /// moves the queue pair to error: the operation that caused it gets REMOTE_ACCESS, every other
 /// waiter CONNECTION_CLOSED, and the transport is unusable afterwards.
 public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unchecked Sendable {
-    struct Resources {
-        var queuePair: QueuePair
-        var completionQueue: CompletionQueue
-        var sends: RegisteredSlots
-        var receives: RegisteredSlots
-        var bounce: RegisteredSlots
-        var connection: ConnectionID
-    }
+    /// The control channel (the same as a server connection's); its extra part is the
+    /// registered bounce buffers one-sided transfers go through.
+    typealias Channel = VerbsChannel<RegisteredSlots>
 
     typealias ReplyWaiter = CheckedContinuation<Result<Response, PMUError>, Never>
 
@@ -43,9 +38,8 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     public let maxTransferBytes: Int
     /// e.g. "rxe0 port 1", for the log line saying which transport a client uses.
     public let deviceDescription: String
-    private let completionChannel: CompletionChannel
     private let eventChannel: EventChannel
-    private let resources: NIOLockedValueBox<Resources?>
+    private let channel: Channel
     private let waiting = NIOLockedValueBox(Waiting())
     /// Set by the completion thread when the connection manager reports the server hung up.
     private let disconnected = NIOLockedValueBox<PMUError?>(nil)
@@ -56,20 +50,24 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     private let bounceSlots: AsyncSlots
     private let closing = ManagedAtomicFlag()
     private let polling: RDMAPolling
+    /// Tasks that prefer it run on the completion thread (`PMUClient.taskExecutor`).
+    private let executor: CompletionThreadExecutor
+    /// The completion thread, set once by `connect`; `close` joins it.
+    private let thread = NIOLockedValueBox<JoinableThread?>(nil)
 
-    private init(endpoint: Endpoint, resources: Resources, completionChannel: CompletionChannel, eventChannel: EventChannel, deviceDescription: String, limits: RequestLimits, polling: RDMAPolling) {
+    private init(endpoint: Endpoint, channel: Channel, bounce: RegisteredSlots, eventChannel: EventChannel, deviceDescription: String, limits: RequestLimits, polling: RDMAPolling, executor: CompletionThreadExecutor) {
         self.polling = polling
+        self.executor = executor
         self.endpoint = endpoint
-        self.maxTransferBytes = resources.bounce.slotBytes
+        self.maxTransferBytes = bounce.slotBytes
         self.deviceDescription = deviceDescription
-        self.completionChannel = completionChannel
         self.eventChannel = eventChannel
-        self.resources = NIOLockedValueBox(resources)
-        self.sendSlots = AsyncSlots(count: resources.sends.count)
+        self.channel = channel
+        self.sendSlots = AsyncSlots(count: channel.sendSlotCount)
         self.credits = AsyncSlots(count: RDMALimits.credits)
         self.replies = RequestTable(limits: RequestLimits(
             requestTimeout: limits.requestTimeout, maxPendingRequests: min(limits.maxPendingRequests, RDMALimits.credits)))
-        self.bounceSlots = AsyncSlots(count: resources.bounce.count)
+        self.bounceSlots = AsyncSlots(count: bounce.count)
     }
 
     /// Resolves, connects and starts the completion thread. `bounceBuffers` × `bounceBytes` is
@@ -92,9 +90,15 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             thread.start()
         }
         let transport = try result.get()
-        let thread = Thread { transport.completionLoop() }
-        thread.name = "pmu-rdma-client-cq"
-        thread.start()
+        do throws(PMUError) {
+            let thread = try JoinableThread(name: "pmu-rdma-client-cq") { transport.completionLoop() }
+            transport.thread.withLockedValue { $0 = thread }
+        } catch {
+            transport.fail(error)
+            transport.channel.release()
+            transport.executor.stop()
+            throw error
+        }
         return transport
     }
 
@@ -109,29 +113,27 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             }
             let port = try context.requireActivePort(connection.pointer.pointee.port_num)
             let protectionDomain = try ProtectionDomain(context: context)
-            let completionChannel = try CompletionChannel(context: context)
             let credits = RDMALimits.credits
-            let completionQueue = try CompletionQueue(context: context, capacity: Int32(credits * 3 + bounceBuffers + 8), channel: completionChannel)
-            var capacity = QueuePairCapacity()
-            capacity.sendRequests = UInt32(credits + bounceBuffers + 4)
-            capacity.receiveRequests = UInt32(credits + 4)
-            let queuePair = try QueuePair(connection: connection, protectionDomain: protectionDomain,
-                                          sendQueue: completionQueue, receiveQueue: completionQueue, capacity: capacity)
-            let sends = try RegisteredSlots(protectionDomain: protectionDomain, count: credits, slotBytes: RDMALimits.requestSlotBytes)
-            // Replies: one per credit, plus room for a connection-level error (id 0).
-            let receives = try RegisteredSlots(protectionDomain: protectionDomain, count: credits + 4, slotBytes: RDMALimits.replySlotBytes)
             let bounce = try RegisteredSlots(protectionDomain: protectionDomain, count: bounceBuffers, slotBytes: bounceBytes)
-            try receives.postAllReceives(on: queuePair)
-            try completionQueue.requestNotification()
+            // Sends: one per credit. Receives (replies): one per credit, plus room for a
+            // connection-level error (id 0).
+            let channel = try Channel(connection: connection, context: context, protectionDomain: protectionDomain, shape: .init(
+                completionQueueEntries: credits * 3 + bounceBuffers + 8, sendRequests: credits + bounceBuffers + 4, receiveRequests: credits + 4,
+                receiveSlots: (credits + 4, RDMALimits.replySlotBytes), sendSlots: (credits, RDMALimits.requestSlotBytes)),
+                extra: bounce)
+            let executor: CompletionThreadExecutor
+            do {
+                executor = try CompletionThreadExecutor()
+            } catch {
+                throw VerbsError(.connection, operation: "pipe", message: error.message)
+            }
             var parameters = ConnectionParameters()
             parameters.initiatorDepth = UInt8(clamping: max(1, min(try context.maxReadsInFlight(), 16)))
             parameters.responderResources = 0
             try? connection.setAckTimeout(exponent: RDMALimits.ackTimeoutExponent)
             try connection.connect(parameters, timeout: timeout)
-            let resources = Resources(queuePair: queuePair, completionQueue: completionQueue, sends: sends, receives: receives,
-                                      bounce: bounce, connection: connection)
-            return RDMAClientTransport(endpoint: endpoint, resources: resources, completionChannel: completionChannel,
-                                       eventChannel: eventChannel, deviceDescription: "\(context.name) port \(port.portNumber)", limits: limits, polling: polling)
+            return RDMAClientTransport(endpoint: endpoint, channel: channel, bounce: bounce, eventChannel: eventChannel, deviceDescription: "\(context.name) port \(port.portNumber)", limits: limits, polling: polling,
+                                       executor: executor)
         } catch {
             throw PMUError(error.kind == .memoryRegistration ? .rdmaError : .connectionClosed,
                            "cannot connect to pmu-server at \(endpoint) over RDMA (is it running with --transport rdma, listening on that address?): \(error)")
@@ -139,6 +141,8 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
     }
 
     public var oneSided: (any OneSidedTransport)? { self }
+    /// The completion thread: a task preferring it continues where its completion was polled.
+    public var taskExecutor: (any TaskExecutor)? { executor }
     public var transportDescription: String { "rdma (\(deviceDescription))" }
 
     // MARK: control
@@ -182,16 +186,7 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
                     credits.release(0)
                     return
                 }
-                let posted: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
-                    guard let resources else { return VerbsError(.connection, operation: "SEND", message: "the connection is closed") }
-                    do throws(VerbsError) {
-                        try resources.sends.send(buffer, fromSlot: slot, on: resources.queuePair)
-                        return nil
-                    } catch {
-                        return error
-                    }
-                }
-                if let posted { fail(PMUError(.connectionClosed, "cannot send to pmu-server over RDMA: \(posted)")) }
+                if let posted = channel.send(buffer, fromSlot: slot) { fail(PMUError(.connectionClosed, "cannot send to pmu-server over RDMA: \(posted)")) }
             }
         } onCancel: {
             replies.cancel(id)?.resume(returning: .failure(RequestTable<ReplyWaiter>.cancelled("\(request.opcode)")))
@@ -214,18 +209,15 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         guard length > 0 else { return ByteBuffer() }
         let slot = try await bounceSlots.acquire()
         defer { bounceSlots.release(slot) }
-        try await dataOperation("RDMA READ of \(length) bytes at offset \(offset)") { (resources, id) throws(VerbsError) in
-            try resources.queuePair.postRead(local: resources.bounce.region, localOffset: resources.bounce.offset(slot),
+        try await dataOperation("RDMA READ of \(length) bytes at offset \(offset)") { (parts, id) throws(VerbsError) in
+            try parts.queuePair.postRead(local: parts.extra.region, localOffset: parts.extra.offset(slot),
                                              lengthBytes: length, remoteAddress: remote.address &+ offset,
                                              rkey: remote.rkey, workRequestID: id)
         }
         // The connection can fail between the completion and this copy (another operation's
         // error tears it down): that is an error, never an empty or short result.
-        let bytes = resources.withLockedValue { resources -> ByteBuffer? in
-            guard let resources else { return nil }
-            return ByteBuffer(bytes: UnsafeRawBufferPointer(start: resources.bounce.pointer(slot), count: length))
-        }
-        guard let bytes else {
+        let copied = try? channel.withParts { parts in ByteBuffer(bytes: UnsafeRawBufferPointer(start: parts.extra.pointer(slot), count: length)) }
+        guard let bytes = copied ?? nil else {
             throw PMUError(.connectionClosed, "the verbs connection closed after an RDMA READ of \(length) bytes completed, before its data was copied out")
         }
         return bytes
@@ -254,21 +246,21 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
 
     /// Copies `bytes` into bounce slot `slot` and posts a signaled RDMA WRITE of them.
     private func postWrite(_ remote: RemoteAccess, offset: UInt64, _ bytes: ByteBuffer, slot: Int) throws(PMUError) -> Int {
-        try postData("RDMA WRITE of \(bytes.readableBytes) bytes at offset \(offset)") { (resources, id) throws(VerbsError) in
-            bytes.withUnsafeReadableBytes { resources.bounce.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            try resources.queuePair.postWrite(local: resources.bounce.region, localOffset: resources.bounce.offset(slot),
+        try postData("RDMA WRITE of \(bytes.readableBytes) bytes at offset \(offset)") { (parts, id) throws(VerbsError) in
+            bytes.withUnsafeReadableBytes { parts.extra.pointer(slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            try parts.queuePair.postWrite(local: parts.extra.region, localOffset: parts.extra.offset(slot),
                                               lengthBytes: bytes.readableBytes, remoteAddress: remote.address &+ offset,
                                               rkey: remote.rkey, workRequestID: id)
         }
     }
 
     /// Posts one signaled data work request and waits for its completion.
-    private func dataOperation(_ what: String, _ post: (Resources, UInt64) throws(VerbsError) -> Void) async throws(PMUError) {
+    private func dataOperation(_ what: String, _ post: (Channel.Parts, UInt64) throws(VerbsError) -> Void) async throws(PMUError) {
         try await awaitData(try postData(what, post))
     }
 
     /// Posts one signaled data work request; its completion is awaited with `awaitData`.
-    private func postData(_ what: String, _ post: (Resources, UInt64) throws(VerbsError) -> Void) throws(PMUError) -> Int {
+    private func postData(_ what: String, _ post: (Channel.Parts, UInt64) throws(VerbsError) -> Void) throws(PMUError) -> Int {
         let operation: Int? = waiting.withLockedValue { waiting in
             guard waiting.failure == nil else { return nil }
             defer { waiting.nextOperation += 1 }
@@ -276,14 +268,12 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             return waiting.nextOperation
         }
         guard let operation else { throw currentFailure }
-        let posted: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
-            guard let resources else { return VerbsError(.connection, operation: what, message: "the connection is closed") }
-            do throws(VerbsError) {
-                try post(resources, WorkRequestKind.data.id(operation))
-                return nil
-            } catch {
-                return error
-            }
+        let posted: VerbsError?
+        do throws(VerbsError) {
+            let done: Void? = try channel.withParts { parts throws(VerbsError) in try post(parts, WorkRequestKind.data.id(operation)) }
+            posted = done == nil ? VerbsError(.connection, operation: what, message: "the connection is closed") : nil
+        } catch {
+            posted = error
         }
         if let posted {
             fail(PMUError(.connectionClosed, "cannot post \(what): \(posted)"))
@@ -330,14 +320,13 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
                     if let what = replies.expired() { fail(replies.timedOut(what)) }
                 }
             },
-            poll: { [resources] (entries, capacity) throws(VerbsError) in
-                try resources.withVerbsLock { (resources: inout Resources?) throws(VerbsError) -> Int in try resources?.completionQueue.poll(into: entries, capacity: capacity) ?? 0 }
-            },
-            arm: { [resources] () throws(VerbsError) in
-                try resources.withVerbsLock { (resources: inout Resources?) throws(VerbsError) in try resources?.completionQueue.requestNotification() }
-            },
-            sleep: { [self] milliseconds in
-                let ready = waitReadable([completionChannel.fileDescriptor, eventChannel.pointer.pointee.fd], timeoutMilliseconds: milliseconds)
+            jobs: executor,
+            poll: channel.poll,
+            arm: channel.arm,
+            sleep: { [self, completionChannel = channel.completionChannel] milliseconds in
+                let ready = waitReadable([completionChannel.fileDescriptor, eventChannel.pointer.pointee.fd, executor.wakeDescriptor],
+                                         timeoutMilliseconds: milliseconds)
+                executor.awake(signalled: ready[2])
                 if ready[0] { try? completionChannel.consumeEvent() }
                 if ready[1], let event = try? eventChannel.next(timeout: .zero) {
                     switch event.type {
@@ -353,8 +342,8 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             },
             handle: { [self] completion in handle(completion) },
             failed: { [self] error in fail(PMUError(.connectionClosed, "RDMA completion queue failed: \(error)")) }))
-        // Release in dependency order (see RDMAServerConnection.release).
-        resources.withLockedValue { $0 = nil }
+        channel.release()
+        executor.stop()
     }
 
     private func handle(_ completion: WorkCompletion) {
@@ -379,21 +368,16 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
             fail(cause)
             return
         }
-        switch kind {
-        case .receive:
-            received(slot: index, byteCount: Int(completion.byteLength))
-        case .send:
-            sendSlots.release(index)
-        case .data:
-            finishData(index, .success(()))
-        case nil:
-            break
+        switch CompletedWork(completion) {
+        case .received(let slot, let byteCount): received(slot: slot, byteCount: byteCount)
+        case .sent(let slot): sendSlots.release(slot)
+        case .data(let operation): finishData(operation, .success(()))
+        case nil: break
         }
     }
 
     private func received(slot: Int, byteCount: Int) {
-        let buffer = resources.withLockedValue { $0.map { $0.receives.takeReceived(slot, byteCount: byteCount, repostingOn: $0.queuePair) } }
-        guard var bytes = buffer else { return }
+        guard var bytes = channel.takeReceived(slot, byteCount: byteCount) else { return }
         let frame: Frame<Response>
         do {
             guard let decoded = try FrameCodec.decode(Response.self, from: &bytes, maxFrameBytes: RDMALimits.replySlotBytes) else {
@@ -438,11 +422,21 @@ public final class RDMAClientTransport: ClientTransport, OneSidedTransport, @unc
         sendSlots.fail(closed)
         bounceSlots.fail(failure)
         if closing.setOnce() {
-            resources.withLockedValue { resources in try? resources?.connection.disconnect() }
+            channel.disconnect()
+            // Noticed now rather than at the end of the pump's 200 ms sleep.
+            executor.signal()
         }
     }
 
+    /// Ends the connection and joins the completion thread (which releases the verbs objects
+    /// before it ends), for at most `closeDeadline`; a thread still running then is detached.
+    /// Safe from a task running on `taskExecutor`: the join waits by sleeping, and once the
+    /// thread has ended such a task resumes on the executor's fallback event loop.
     public func close() async {
         fail(PMUError(.connectionClosed, "the RDMA connection to pmu-server was closed by this client"))
+        guard let thread = thread.withLockedValue({ $0 }) else { return }
+        if await !thread.join(until: .now.advanced(by: Self.closeDeadline)) { thread.detach() }
     }
+
+    static let closeDeadline: Duration = .seconds(10)
 }

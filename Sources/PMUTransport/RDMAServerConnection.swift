@@ -14,18 +14,9 @@ import PMUVerbs
 /// Threads: the transport's connection-manager thread creates it and reports disconnects; a
 /// thread of its own waits for completions (requests in, replies sent, errors) and, when the
 /// connection ends, releases every verbs object in order. Requests go to the session on its event
-/// loop in arrival order. Every post and the release take `resources`' lock, so nothing is posted
-/// on a destroyed queue pair.
+/// loop in arrival order. The queue pair, its slots and their posting are a VerbsChannel (the
+/// same as the client's), whose lock keeps posts off a destroyed queue pair.
 final class RDMAServerConnection: @unchecked Sendable {
-    struct Resources {
-        var queuePair: QueuePair
-        var completionQueue: CompletionQueue
-        var receives: RegisteredSlots
-        var sends: RegisteredSlots
-        var protectionDomain: ProtectionDomain
-        var connection: ConnectionID
-    }
-
     struct Registration {
         var region: MemoryRegion
         var regionId: UInt64
@@ -38,8 +29,9 @@ final class RDMAServerConnection: @unchecked Sendable {
     let idPointer: UnsafeMutablePointer<rdma_cm_id>
     let eventLoop: any EventLoop
     let remoteAddress: String
-    private let channel: CompletionChannel
-    private let resources: NIOLockedValueBox<Resources?>
+    /// The control channel; its extra part is the connection's protection domain (grants are
+    /// registered in it).
+    private let channel: VerbsChannel<ProtectionDomain>
     private let freeSends: FreeList
     /// Requests received and not yet answered. An honest client never has more than its credits
     /// out; one that does would queue unbounded work in its Session (receive slots are reposted
@@ -51,11 +43,10 @@ final class RDMAServerConnection: @unchecked Sendable {
     /// Event-loop confined.
     private var handler: (any RequestHandler)?
     /// Who releases the verbs objects: the completion thread once started, else `shutdown`.
-    /// Under a lock: `established` runs on the rdma_cm thread, `shutdown` on any thread.
-    private enum Loop { case notStarted, running, released }
+    /// Under a lock: `established` runs on the rdma_cm thread, `shutdown` and `completionThread`
+    /// (read by `RDMAServerTransport.stop` to join it) on any thread.
+    private enum Loop { case notStarted, running(JoinableThread), released }
     private let loop = NIOLockedValueBox(Loop.notStarted)
-    /// Set once the verbs objects are released (so `RDMAServerTransport.stop` can wait for it).
-    let finished = ManagedAtomicFlag()
     private let polling: RDMAPolling
     private let onFinished: @Sendable (RDMAServerConnection) -> Void
 
@@ -66,28 +57,18 @@ final class RDMAServerConnection: @unchecked Sendable {
             throw VerbsError(.noDevice, operation: "CONNECT_REQUEST", message: "the incoming connection has no RDMA device")
         }
         let protectionDomain = try ProtectionDomain(context: context)
-        let channel = try CompletionChannel(context: context)
         let credits = RDMALimits.credits
-        let completionQueue = try CompletionQueue(context: context, capacity: Int32(credits * 4 + 8), channel: channel)
-        var capacity = QueuePairCapacity()
-        capacity.sendRequests = UInt32(credits + 12)
-        capacity.receiveRequests = UInt32(credits)
-        let queuePair = try QueuePair(connection: connection, protectionDomain: protectionDomain,
-                                      sendQueue: completionQueue, receiveQueue: completionQueue, capacity: capacity)
-        let receives = try RegisteredSlots(protectionDomain: protectionDomain, count: credits, slotBytes: RDMALimits.requestSlotBytes)
-        // One per credit, plus room for connection-level errors (id 0) and replies whose SEND
-        // completion has not been polled yet when the next request's reply goes out.
-        let sends = try RegisteredSlots(protectionDomain: protectionDomain, count: credits + 8, slotBytes: RDMALimits.replySlotBytes)
-        try receives.postAllReceives(on: queuePair)
-        try completionQueue.requestNotification()
+        // Receives: one per credit. Sends: one per credit, plus room for connection-level errors
+        // (id 0) and replies whose SEND completion has not been polled yet when the next
+        // request's reply goes out.
+        channel = try VerbsChannel(connection: connection, context: context, protectionDomain: protectionDomain, shape: .init(
+            completionQueueEntries: credits * 4 + 8, sendRequests: credits + 12, receiveRequests: credits,
+            receiveSlots: (credits, RDMALimits.requestSlotBytes), sendSlots: (credits + 8, RDMALimits.replySlotBytes)),
+            extra: protectionDomain)
         self.id = id
         self.idPointer = connection.pointer
         self.eventLoop = eventLoop
-        self.channel = channel
-        self.freeSends = FreeList(count: credits + 8)
-        self.resources = NIOLockedValueBox(Resources(
-            queuePair: queuePair, completionQueue: completionQueue, receives: receives, sends: sends,
-            protectionDomain: protectionDomain, connection: connection))
+        self.freeSends = FreeList(count: channel.sendSlotCount)
         self.remoteAddress = RDMAServerConnection.peerAddress(connection.pointer)
         self.logger = logger
         self.logger[metadataKey: "connection"] = "\(id)"
@@ -101,15 +82,25 @@ final class RDMAServerConnection: @unchecked Sendable {
                                   replies: RDMAReplySink(connection: self), memory: RDMARegistrar(connection: self),
                                   maxReplyBytes: RDMALimits.replySlotBytes)
         eventLoop.execute { self.handler = makeHandler(info) }
-        let start = loop.withLockedValue { loop -> Bool in
-            guard loop == .notStarted, !closing.isSet else { return false }
-            loop = .running
-            return true
+        let failure = loop.withLockedValue { loop -> PMUError? in
+            guard case .notStarted = loop, !closing.isSet else { return nil }
+            do throws(PMUError) {
+                // Started under the lock, so `completionThread` never sees `running` without it.
+                loop = .running(try JoinableThread(name: "pmu-rdma-cq-\(id)") { [self] in completionLoop() })
+                return nil
+            } catch {
+                return error
+            }
         }
-        guard start else { return }
-        let thread = Thread { [self] in completionLoop() }
-        thread.name = "pmu-rdma-cq-\(id)"
-        thread.start()
+        if let failure { shutdown("no completion thread: \(failure.message)") }
+    }
+
+    /// The completion thread, once `established` started it (the transport's `stop` joins it).
+    var completionThread: JoinableThread? {
+        loop.withLockedValue { loop in
+            if case .running(let thread) = loop { return thread }
+            return nil
+        }
     }
 
     /// Ends the connection once, from any thread: revokes every rkey now, moves the QP to error,
@@ -122,16 +113,14 @@ final class RDMAServerConnection: @unchecked Sendable {
             return Array(registrations.values)
         }
         for registration in all { try? registration.region.deregister() }
-        resources.withLockedValue { resources in
-            if let connection = resources?.connection { try? connection.disconnect() }
-        }
+        channel.disconnect()
         eventLoop.execute {
             self.handler?.connectionClosed()
             self.handler = nil
         }
         // No completion thread (never established, or established lost the race): release here.
         let releaseHere = loop.withLockedValue { loop -> Bool in
-            guard loop == .notStarted else { return false }
+            guard case .notStarted = loop else { return false }
             loop = .released
             return true
         }
@@ -145,14 +134,10 @@ final class RDMAServerConnection: @unchecked Sendable {
     private func completionLoop() {
         CompletionPump(polling: polling).run(.init(
             stopped: { [closing] in closing.isSet },
-            poll: { [resources] (entries, capacity) throws(VerbsError) in
-                try resources.withVerbsLock { (resources: inout Resources?) throws(VerbsError) -> Int in try resources?.completionQueue.poll(into: entries, capacity: capacity) ?? 0 }
-            },
-            arm: { [resources] () throws(VerbsError) in
-                try resources.withVerbsLock { (resources: inout Resources?) throws(VerbsError) in try resources?.completionQueue.requestNotification() }
-            },
-            sleep: { [channel] milliseconds in
-                if waitReadable([channel.fileDescriptor], timeoutMilliseconds: milliseconds)[0] { try? channel.consumeEvent() }
+            poll: channel.poll,
+            arm: channel.arm,
+            sleep: { [completions = channel.completionChannel] milliseconds in
+                if waitReadable([completions.fileDescriptor], timeoutMilliseconds: milliseconds)[0] { try? completions.consumeEvent() }
             },
             handle: { [self] completion in handle(completion) },
             failed: { [self] error in shutdown("completion queue: \(error)") }))
@@ -160,7 +145,6 @@ final class RDMAServerConnection: @unchecked Sendable {
     }
 
     private func handle(_ completion: WorkCompletion) {
-        let (kind, index) = WorkRequestKind.split(completion.workRequestID)
         guard completion.isSuccess else {
             // Flushes after our own shutdown are expected; anything else ends the connection. A
             // client that wrote with a bad rkey moved both QPs to error: this is how we see it.
@@ -171,21 +155,17 @@ final class RDMAServerConnection: @unchecked Sendable {
             shutdown("work completion \(completion.statusName)")
             return
         }
-        switch kind {
-        case .receive:
-            received(slot: index, byteCount: Int(completion.byteLength))
-        case .send:
-            freeSends.give(index)
-        case .data, nil:
-            break
+        switch CompletedWork(completion) {
+        case .received(let slot, let byteCount): received(slot: slot, byteCount: byteCount)
+        case .sent(let slot): freeSends.give(slot)
+        case .data, nil: break
         }
     }
 
     private func received(slot: Int, byteCount: Int) {
         // Copy out, then hand the slot straight back to the device (the client's credit returns
         // with our reply, by which time the slot is posted again).
-        let buffer = resources.withLockedValue { $0.map { $0.receives.takeReceived(slot, byteCount: byteCount, repostingOn: $0.queuePair) } }
-        guard var bytes = buffer else { return }
+        guard var bytes = channel.takeReceived(slot, byteCount: byteCount) else { return }
         let unanswered = outstanding.withLockedValue { count -> Int in
             count += 1
             return count
@@ -224,35 +204,24 @@ final class RDMAServerConnection: @unchecked Sendable {
             // Cannot happen while the client keeps to its credits: it is not, so it goes.
             return shutdown("no free send slot: the client exceeded its \(RDMALimits.credits) credits")
         }
-        let failed: VerbsError? = resources.withLockedValue { resources -> VerbsError? in
-            guard let resources else { return nil }
-            do throws(VerbsError) {
-                try resources.sends.send(buffer, fromSlot: slot, on: resources.queuePair)
-                return nil
-            } catch {
-                return error
-            }
-        }
-        if let failed { shutdown("posting a reply: \(failed)") }
+        if let failed = channel.send(buffer, fromSlot: slot) { shutdown("posting a reply: \(failed)") }
     }
 
     // MARK: memory registrations
 
     func register(key: AccessKey, regionId: UInt64, epoch: UInt64, writable: Bool, memory: GrantedMemory) throws(PMUError) -> RemoteAccess {
-        let result: Result<MemoryRegion, PMUError> = resources.withLockedValue { resources in
-            guard let resources, !closing.isSet else {
-                return .failure(PMUError(.connectionClosed, "the verbs connection is closing"))
-            }
-            do throws(VerbsError) {
+        let registered: MemoryRegion??
+        do throws(VerbsError) {
+            registered = try channel.withParts { parts throws(VerbsError) -> MemoryRegion? in
+                guard !closing.isSet else { return nil }
                 // Read-only handles get a read-only MR: the device itself refuses their writes.
                 let access: AccessFlags = writable ? .region : [.remoteRead]
-                return .success(try MemoryRegion(protectionDomain: resources.protectionDomain, address: memory.base,
-                                                 lengthBytes: memory.lengthBytes, access: access))
-            } catch {
-                return .failure(PMUError.rdma(error, "cannot register region \(regionId) (\(memory.lengthBytes) bytes) for remote access"))
+                return try MemoryRegion(protectionDomain: parts.extra, address: memory.base, lengthBytes: memory.lengthBytes, access: access)
             }
+        } catch {
+            throw PMUError.rdma(error, "cannot register region \(regionId) (\(memory.lengthBytes) bytes) for remote access")
         }
-        let region = try result.get()
+        guard let region = registered ?? nil else { throw PMUError(.connectionClosed, "the verbs connection is closing") }
         registrations.withLockedValue {
             $0[key] = Registration(region: region, regionId: regionId, epoch: epoch, writable: writable, owner: memory.owner)
         }
@@ -275,10 +244,9 @@ final class RDMAServerConnection: @unchecked Sendable {
 
     // MARK: teardown
 
-    /// Releases the verbs objects. The order the kernel requires (QP before the MRs, CQ and ID
-    /// it uses; MRs and QP before their PD; CQ before its channel) follows from the references
-    /// the wrappers hold on each other: dropping ours lets each deinit run after its dependents'.
-    /// Runs once, on the completion thread (or in `shutdown` when the connection never got one).
+    /// Releases the verbs objects: the registrations, then the channel (VerbsChannel.release has
+    /// the order). Runs once, on the completion thread (or in `shutdown` when the connection
+    /// never got one).
     private func release() {
         onFinished(self)
         let all = registrations.withLockedValue { registrations -> [Registration] in
@@ -286,8 +254,7 @@ final class RDMAServerConnection: @unchecked Sendable {
             return Array(registrations.values)
         }
         for registration in all { try? registration.region.deregister() }
-        resources.withLockedValue { $0 = nil }
-        _ = finished.setOnce()
+        channel.release()
     }
 
     static func peerAddress(_ id: UnsafeMutablePointer<rdma_cm_id>) -> String {

@@ -20,14 +20,15 @@ public final class RDMAServerTransport: ServerTransport, @unchecked Sendable {
     private let logger: Logger
     private let state = NIOLockedValueBox<State>(State())
     private let stopping = ManagedAtomicFlag()
-    private let stopped = NIOLockedValueBox<Bool>(false)
+    /// How long `stop` waits for the transport's threads before it logs and detaches them.
+    static let stopDeadline: Duration = .seconds(10)
 
     struct State {
         var connections: [UnsafeMutablePointer<rdma_cm_id>: RDMAServerConnection] = [:]
         var nextId: UInt64 = 1
         var listener: ConnectionID?
         var channel: EventChannel?
-        var thread: Thread?
+        var thread: JoinableThread?
     }
 
     /// Description of the device listening, for the start-up log line ("rxe0 port 1").
@@ -82,34 +83,50 @@ public final class RDMAServerTransport: ServerTransport, @unchecked Sendable {
             throw PMUError.rdma(error, "cannot listen for RDMA connections on \(endpoint)")
         }
         let bound = Endpoint(host: endpoint.host, port: Int(listener.localPort))
-        let thread = Thread { [self] in eventLoop(channel: channel, makeHandler: makeHandler) }
-        thread.name = "pmu-rdma-cm"
-        state.withLockedValue { $0.thread = thread }
-        thread.start()
+        // Under the lock, so a concurrent `stop` sees either no thread (and releases the
+        // listener itself) or the thread it must join.
+        let started = state.withLockedValue { state -> PMUError? in
+            guard !stopping.isSet else { return PMUError(.shuttingDown, "the RDMA transport was stopped while starting") }
+            do throws(PMUError) {
+                state.thread = try JoinableThread(name: "pmu-rdma-cm") { [self] in eventLoop(channel: channel, makeHandler: makeHandler) }
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let started { throw started }
         return bound
     }
 
-    /// Stops accepting, ends every connection, and returns once the rdma_cm thread and every
-    /// connection's completion thread have finished and released their verbs objects (each
-    /// notices within its 200 ms wait). Waits by sleeping, not by blocking a pool thread.
+    /// Stops accepting, ends every connection, and joins the rdma_cm thread and every
+    /// connection's completion thread (each notices within its 200 ms wait and releases its
+    /// verbs objects before it ends). Waits by sleeping, not by blocking a pool thread, for at
+    /// most `stopDeadline`: a thread still running then (a verbs call stuck in the kernel) is
+    /// logged and detached; it keeps what it uses alive until it ends, so nothing is freed
+    /// under it.
     public func stop() async {
         guard stopping.setOnce() else { return }
+        let deadline = ContinuousClock.now.advanced(by: Self.stopDeadline)
         // Bound but never started: no thread owns the listener; release it here.
-        let started = state.withLockedValue { state -> Bool in
+        let listenerThread = state.withLockedValue { state -> JoinableThread? in
             if state.thread == nil { state.listener = nil; state.channel = nil }
-            return state.thread != nil
+            return state.thread
         }
-        guard started else { return }
-        let connections = state.withLockedValue { Array($0.connections.values) }
-        for connection in connections { connection.shutdown("server stopping") }
-        var waited = 0
-        while !stopped.withLockedValue({ $0 }) || connections.contains(where: { !$0.finished.isSet }) {
-            try? await Task.sleep(for: .milliseconds(10))
-            waited += 1
-            if waited == 500 {
-                logger.warning("RDMA transport: threads still running 5 s after stop; waiting for them")
-            }
+        guard let listenerThread else { return }
+        var ending = state.withLockedValue { Array($0.connections.values) }
+        for connection in ending { connection.shutdown("server stopping") }
+        var threads = [listenerThread]
+        if await listenerThread.join(until: deadline) {
+            // Accepted before the rdma_cm thread saw `stopping`: end those too.
+            let known = Set(ending.map(\.id))
+            let late = state.withLockedValue { $0.connections.values.filter { !known.contains($0.id) } }
+            for connection in late { connection.shutdown("server stopping") }
+            ending += late
+            threads = []
         }
+        // A connection that never got its thread was released by its `shutdown`.
+        threads += ending.compactMap(\.completionThread)
+        await JoinableThread.joinAll(threads, until: deadline, logger: logger, what: "RDMA transport stop")
     }
 
     private func eventLoop(channel: EventChannel, makeHandler: @escaping @Sendable (ConnectionInfo) -> any RequestHandler) {
@@ -127,7 +144,6 @@ public final class RDMAServerTransport: ServerTransport, @unchecked Sendable {
             $0.listener = nil
             $0.channel = nil
         }
-        stopped.withLockedValue { $0 = true }
     }
 
     private func handle(_ event: ConnectionEvent, channel: EventChannel, makeHandler: @escaping @Sendable (ConnectionInfo) -> any RequestHandler) {

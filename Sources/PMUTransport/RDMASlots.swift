@@ -36,6 +36,26 @@ enum WorkRequestKind: UInt64 {
     }
 }
 
+/// What a successful work completion did, read from its wr_id.
+enum CompletedWork {
+    /// A peer's frame arrived in receive slot `slot`.
+    case received(slot: Int, byteCount: Int)
+    /// Send slot `slot` is free again.
+    case sent(slot: Int)
+    /// One-sided operation `operation` completed.
+    case data(operation: Int)
+
+    init?(_ completion: WorkCompletion) {
+        let (kind, index) = WorkRequestKind.split(completion.workRequestID)
+        switch kind {
+        case .receive: self = .received(slot: index, byteCount: Int(completion.byteLength))
+        case .send: self = .sent(slot: index)
+        case .data: self = .data(operation: index)
+        case nil: return nil
+        }
+    }
+}
+
 /// `count` fixed-size slots in one registered buffer (local access only).
 final class RegisteredSlots: @unchecked Sendable {
     let memory: UnsafeMutableRawPointer

@@ -147,11 +147,20 @@ public protocol ClientTransport: Sendable {
     /// The event loop replies are completed on, if any: running under it as task executor saves
     /// a thread hop per request (`PMUClient.taskExecutor`).
     var replyEventLoop: (any EventLoop)? { get }
+    /// Where a latency-sensitive task should run to continue on the thread that completes its
+    /// requests (`PMUClient.taskExecutor`): by default the reply event loop's executor.
+    var taskExecutor: (any TaskExecutor)? { get }
+    /// The optional capability of sending without a task: writes the request at once and returns
+    /// the future of its reply (completed on `replyEventLoop`), or nil when the transport cannot
+    /// (none can, but TCP) or has no place for it now (then `send`).
+    func sendNow(_ request: Request) -> EventLoopFuture<Response>?
 }
 
 extension ClientTransport {
     public var oneSided: (any OneSidedTransport)? { nil }
     public var replyEventLoop: (any EventLoop)? { nil }
+    public var taskExecutor: (any TaskExecutor)? { replyEventLoop.map { EventLoopTaskExecutor(eventLoop: $0) } }
+    public func sendNow(_ request: Request) -> EventLoopFuture<Response>? { nil }
 
     /// Fallback for transports that cannot pipeline: one request at a time, same results.
     public func sendPipelined(_ requests: [Request]) async throws -> [Response] {
