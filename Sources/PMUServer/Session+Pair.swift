@@ -29,15 +29,31 @@ extension Session {
         }
     }
 
-    /// A catalog change committed here, mirrored (`pending`, nil: unpaired): returns once the
+    /// One catalog change (CREATE, DELETE, an OPEN for writing) of a mirrored owner: admitted as a
+    /// write would be when made, `committed` handed to the store (it runs under the catalog lock,
+    /// so the change takes its mirror sequence in commit order), then `wait` returns once the
     /// partner's log holds it, or, degraded, at once (the change is durable here already).
-    /// Blocks; runs on the metadata pool, never on an event loop.
-    static func awaitMirrored(_ pending: EventLoopFuture<WriteOutcome>?) throws(PMUError) {
-        guard let pending else { return }
-        do {
-            _ = try pending.wait()
-        } catch {
-            throw (error as? PMUError) ?? PMUError(.internalError, "mirroring a catalog change: \(error)")
+    /// Unpaired, all three do nothing. `wait` blocks: metadata pool only, never an event loop.
+    final class CatalogChangeMirror: @unchecked Sendable {
+        private let sender: MirrorSender?
+        private var pending: EventLoopFuture<WriteOutcome>?
+
+        init(_ state: ServerState) throws(PMUError) {
+            sender = state.pair?.sender
+            try sender?.admitCatalogChange()
+        }
+
+        func committed(_ entry: CatalogEntry) {
+            pending = sender?.mirrorCatalogChange(entry)
+        }
+
+        func wait() throws(PMUError) {
+            guard let pending else { return }
+            do {
+                _ = try pending.wait()
+            } catch {
+                throw (error as? PMUError) ?? PMUError(.internalError, "mirroring a catalog change: \(error)")
+            }
         }
     }
 

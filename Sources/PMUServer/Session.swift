@@ -376,35 +376,31 @@ final class Session: RequestHandler, @unchecked Sendable {
                 runBlocking(id) { () throws(PMUError) -> Response in
                     // Mirrored: the create with its first writer epoch is in the partner's log
                     // before it is acknowledged (a replica must not lose an acknowledged region).
-                    let mirror = state.pair?.sender
-                    try mirror?.admitCatalogChange()
+                    let mirror = try CatalogChangeMirror(state)
                     let record = try state.store.create(create, owner: clientId)
-                    var mirrored: EventLoopFuture<WriteOutcome>?
                     let updated = try state.store.update(id: record.id, { (current: inout RegionRecord) throws(PMUError) in
                         current.writerEpoch += 1
-                    }, committed: { mirrored = mirror?.mirrorCatalogChange($0) })
-                    try Session.awaitMirrored(mirrored)
+                    }, committed: mirror.committed)
+                    try mirror.wait()
                     return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: .readWrite, epoch: updated.writerEpoch)
                 }
                 logger.debug("create", metadata: ["region": "\(create.name)", "size": "\(create.sizeBytes)", "request": "\(id)"])
 
             case .delete(let name):
                 runBlocking(id) { () throws(PMUError) -> Response in
-                    let mirror = state.pair?.sender
-                    try mirror?.admitCatalogChange()
-                    var mirrored: EventLoopFuture<WriteOutcome>?
+                    let mirror = try CatalogChangeMirror(state)
                     let record = try state.store.delete(named: name, authorize: { (record: RegionRecord) throws(PMUError) in
                         guard AccessPolicy.mayDelete(clientId, owner: record.owner, isAdmin: isAdmin) else {
                             throw PMUError(.accessDenied, "only the owner ('\(record.owner)') or an admin may delete region \(NameRules.quoted(name))")
                         }
                         // Revoked before the delete commits: no key outlives its region.
                         state.revokeAll(regionId: record.id)
-                    }, committed: { mirrored = mirror?.mirrorCatalogChange($0) })
+                    }, committed: mirror.committed)
                     // The region's writes need no replay any more (a trim still stops short of
                     // the delete's record until the partner has it).
-                    defer { mirror?.forget(regionId: record.id) }
+                    defer { state.pair?.sender?.forget(regionId: record.id) }
                     state.resumeGrants.forget(regionId: record.id)
-                    try Session.awaitMirrored(mirrored)
+                    try mirror.wait()
                     return .ok
                 }
 
@@ -437,20 +433,18 @@ final class Session: RequestHandler, @unchecked Sendable {
         runBlocking(id) { () throws(PMUError) -> Response in
             // Mirrored: the raised epoch is in the partner's log before the writer gets it, so
             // that a takeover's copy resumes this writer (OPEN_RESUME compares epochs).
-            let mirror = state.pair?.sender
-            try mirror?.admitCatalogChange()
-            var mirrored: EventLoopFuture<WriteOutcome>?
+            let mirror = try CatalogChangeMirror(state)
             var raised = false
             let updated = try state.store.update(id: record.id, { (current: inout RegionRecord) throws(PMUError) in
                 raised = try check(current)
                 if raised { current.writerEpoch += 1 }
-            }, committed: { mirrored = mirror?.mirrorCatalogChange($0) })
+            }, committed: mirror.committed)
             if raised, let resumeToken {
                 state.resumeGrants.record(regionId: updated.id, epoch: updated.writerEpoch, token: resumeToken.token, clientId: resumeToken.clientId)
             }
             // Fence older writers now, even if mapping or granting fails below.
             state.raiseEpoch(regionId: updated.id, to: updated.writerEpoch, kind: updated.kind)
-            try Session.awaitMirrored(mirrored)
+            try mirror.wait()
             return try Session.grant(state: state, connection: connection, memory: memory, record: updated, rights: rights, epoch: updated.writerEpoch)
         }
     }
